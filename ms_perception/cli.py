@@ -1,0 +1,236 @@
+"""``ms-perception`` command line. Errors print one line naming the problem and exit 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from ms_perception.formats.errors import FormatError
+
+
+class CliError(Exception):
+    """A user error: printed as ``ms-perception: error: ...`` without a traceback."""
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = text.lower().split("x")
+        return int(w), int(h)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 320x256, got {text!r}") from None
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {v}")
+    return v
+
+
+# ------------------------------------------------------------------------------ synth
+
+
+def cmd_synth(args) -> int:
+    from ms_perception.synth.generator import SynthConfig, SyntheticGenerator
+    from ms_perception.synth.writers import timed, write_dataset
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise CliError(f"output folder {out} is not empty; choose another --out or pass --overwrite")
+    try:
+        cfg = SynthConfig(width=args.size[0], height=args.size[1], night_fraction=args.night_fraction,
+                          dusk_fraction=args.dusk_fraction, fog_fraction=args.fog_fraction,
+                          thermal_factor=args.thermal_factor, crossover_fraction=args.crossover_fraction,
+                          sequence_length=args.sequence_length, fps=args.fps,
+                          misregistration_px=args.misregistration_px)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if args.pairs < 1:
+        raise CliError(f"--pairs must be >= 1, got {args.pairs}")
+    gen = SyntheticGenerator(cfg, seed=args.seed)
+    src = timed(gen.pairs(args.pairs))
+    t0 = time.perf_counter()
+    n = write_dataset(args.format, src, out, thermal_factor=args.thermal_factor, test_every=args.test_every)
+    total = time.perf_counter() - t0
+    rate = src.count / src.seconds if src.seconds else float("inf")
+    summary = {"pairs": n, "format": args.format, "out": str(out), "size": list(args.size),
+               "thermal_size": list(cfg.thermal_size), "generation_pairs_per_s": round(rate, 1),
+               "total_pairs_per_s_with_writing": round(n / total, 1)}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"wrote {n} {args.format} pairs to {out} ({cfg.width}x{cfg.height} visible, "
+              f"{cfg.thermal_size[0]}x{cfg.thermal_size[1]} thermal)")
+        print(f"generation: {rate:.1f} pairs/s (one core); with encoding and writing: {n / total:.1f} pairs/s")
+    return 0
+
+
+# ------------------------------------------------------------------------------- eval
+
+
+def cmd_eval_kaist(args) -> int:
+    from ms_perception.formats.kaist import load_annotations, load_detections
+    from ms_perception.metrics.kaist import KaistEvalConfig, evaluate_kaist
+
+    gts = load_annotations(args.annotations)
+    dets = load_detections(args.detections)
+    known = {g.image_id for g in gts}
+    unknown = sorted(set(dets) - known)
+    if unknown:
+        raise CliError(f"{args.detections}: detections reference {len(unknown)} image(s) not in the annotations "
+                       f"(first: 1-based index {unknown[0] + 1}; the annotations hold {len(gts)} images)")
+    cfg = KaistEvalConfig(height_range=(args.min_height, float("inf")),
+                          count_gt_without_detections=not args.mlpd_compat)
+    t0 = time.perf_counter()
+    res = evaluate_kaist(gts, dets, cfg)
+    dt = time.perf_counter() - t0
+    out = {k: round(100 * v.miss_rate, 4) for k, v in res.items()}
+    if args.plot:
+        from ms_perception.metrics.plots import plot_miss_rate_curves
+        plot_miss_rate_curves(res, args.plot, title="KAIST reasonable")
+    if not args.json:
+        for k, v in res.items():
+            print(f"{k:>5}: log-average miss rate {100 * v.miss_rate:6.2f}%  "
+                  f"({v.num_images} images, {v.num_gt} pedestrians, recall {100 * v.recall:.1f}%)")
+        print(f"evaluated in {dt:.2f} s")
+    print(json.dumps(out))
+    return 0
+
+
+def cmd_eval_coco(args) -> int:
+    from ms_perception.metrics.coco import coco_eval
+    stats = coco_eval(args.gt, args.detections)
+    if not args.json:
+        for k, v in stats.items():
+            print(f"{k:>6}: {v:.4f}")
+    print(json.dumps({k: round(v, 6) for k, v in stats.items()}))
+    return 0
+
+
+def cmd_eval_seg(args) -> int:
+    import cv2
+    import numpy as np
+    from ms_perception.metrics.segmentation import confusion_matrix, segmentation_metrics
+
+    gt_dir, pred_dir = Path(args.gt), Path(args.pred)
+    for d in (gt_dir, pred_dir):
+        if not d.is_dir():
+            raise CliError(f"not a folder of label PNGs: {d}")
+    names = sorted(p.name for p in gt_dir.glob("*.png"))
+    if not names:
+        raise CliError(f"no .png label maps in {gt_dir}")
+    if args.names_file:
+        names = [f"{n.strip()}.png" for n in Path(args.names_file).read_text().split() if n.strip()]
+    conf = {"all": np.zeros((args.num_classes,) * 2, np.int64)}
+    ignore = None if args.ignore_index < 0 else args.ignore_index
+    for n in names:
+        g = cv2.imread(str(gt_dir / n), cv2.IMREAD_UNCHANGED)
+        p = cv2.imread(str(pred_dir / n), cv2.IMREAD_UNCHANGED)
+        if g is None:
+            raise CliError(f"cannot read ground-truth label map {gt_dir / n}")
+        if p is None:
+            raise CliError(f"missing or unreadable prediction {pred_dir / n} (every ground-truth map needs one)")
+        if g.shape != p.shape:
+            raise CliError(f"{n}: prediction is {p.shape[::-1]}, ground truth {g.shape[::-1]} (w, h); they must match")
+        c = confusion_matrix(g, p, args.num_classes, ignore)
+        conf["all"] += c
+        # MFNet names end in D (day) or N (night)
+        tag = {"D": "day", "N": "night"}.get(Path(n).stem[-1:])
+        if tag:
+            conf.setdefault(tag, np.zeros_like(c))
+            conf[tag] += c
+    out = {}
+    for k, c in conf.items():
+        r = segmentation_metrics(c, ignore)
+        out[k] = {"mAcc": round(r.mean_accuracy, 6), "mIoU": round(r.miou, 6)}
+        if not args.json:
+            print(f"{k:>5}: mean accuracy {100 * r.mean_accuracy:.2f}%  mIoU {100 * r.miou:.2f}%")
+    print(json.dumps(out))
+    return 0
+
+
+# ------------------------------------------------------------------------------- demo
+
+
+def cmd_demo(args) -> int:
+    from ms_perception.demo import run_demo
+    return run_demo(Path(args.out), pairs=args.pairs, seed=args.seed)
+
+
+# ------------------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ms-perception", description="Multispectral perception: data, evaluation, runtime.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="generate a synthetic multispectral dataset in a real dataset layout")
+    s.add_argument("--format", required=True, choices=("kaist", "mfnet", "flir", "coco"))
+    s.add_argument("--out", required=True)
+    s.add_argument("--pairs", type=int, default=100)
+    s.add_argument("--size", type=_size, default=(320, 256), help="visible size WxH (default 320x256)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--night-fraction", type=_fraction, default=0.3)
+    s.add_argument("--dusk-fraction", type=_fraction, default=0.1)
+    s.add_argument("--fog-fraction", type=_fraction, default=0.1)
+    s.add_argument("--crossover-fraction", type=_fraction, default=0.1)
+    s.add_argument("--thermal-factor", type=int, default=1, choices=(1, 4, 16, 64),
+                   help="thermal camera has K times fewer pixels (1, 4, 16, 64)")
+    s.add_argument("--misregistration-px", type=float, default=2.0)
+    s.add_argument("--sequence-length", type=int, default=20)
+    s.add_argument("--fps", type=float, default=10.0)
+    s.add_argument("--test-every", type=int, default=4, help="every K-th sequence goes to the test split (0: none)")
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_synth)
+
+    e = sub.add_parser("eval", help="evaluate detections or segmentations")
+    esub = e.add_subparsers(dest="metric", required=True)
+    k = esub.add_parser("kaist", help="KAIST log-average miss rate (reasonable subset)")
+    k.add_argument("--annotations", required=True, help="KAIST JSON or folder of bbGt .txt files")
+    k.add_argument("--detections", required=True, help="txt 'index,x,y,w,h,score' (1-based) or COCO results JSON")
+    k.add_argument("--min-height", type=float, default=55.0, help="reasonable height threshold (thesis: 50)")
+    k.add_argument("--mlpd-compat", action="store_true",
+                   help="reproduce the MLPD Python script (skip ground truth of images without detections)")
+    k.add_argument("--plot", help="write the miss-rate/FPPI curves to this PNG")
+    k.add_argument("--json", action="store_true")
+    k.set_defaults(func=cmd_eval_kaist)
+    c = esub.add_parser("coco", help="COCO AP through pycocotools")
+    c.add_argument("--gt", required=True)
+    c.add_argument("--detections", required=True)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_eval_coco)
+    g = esub.add_parser("seg", help="segmentation mean accuracy / mIoU from label PNG folders")
+    g.add_argument("--gt", required=True, help="folder of ground-truth label PNGs")
+    g.add_argument("--pred", required=True, help="folder of predicted label PNGs with the same names")
+    g.add_argument("--num-classes", type=int, default=9)
+    g.add_argument("--ignore-index", type=int, default=0, help="unlabeled class id (-1: none)")
+    g.add_argument("--names-file", help="list of names (e.g. MFNet test.txt)")
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(func=cmd_eval_seg)
+
+    d = sub.add_parser("demo", help="end-to-end demo on generated data")
+    d.add_argument("--out", default="demo_out")
+    d.add_argument("--pairs", type=int, default=200)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (CliError, FormatError, FileNotFoundError, ValueError, OSError) as exc:
+        print(f"ms-perception: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

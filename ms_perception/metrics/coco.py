@@ -1,0 +1,72 @@
+"""COCO-style detection AP through pycocotools (no re-implementation).
+
+``coco_eval(gt_json, dets)`` returns the 12 standard numbers as fractions in [0, 1]
+(-1 where pycocotools reports a metric as undefined, e.g. no large objects).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from ms_perception.formats.errors import FormatError
+
+COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
+                   "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+def _load_json(path: str | os.PathLike, what: str) -> Any:
+    p = Path(path)
+    try:
+        with p.open() as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {p}") from None
+    except json.JSONDecodeError as exc:
+        raise FormatError(str(p), exc.lineno, f"invalid JSON: {exc.msg}") from None
+
+
+def coco_eval(gt: str | os.PathLike | dict, dets: str | os.PathLike | Sequence[dict],
+              iou_type: str = "bbox", quiet: bool = True) -> dict[str, float]:
+    """Evaluate COCO results against a COCO ground-truth JSON with pycocotools.
+
+    ``gt``: path or dict in COCO format; ``dets``: path or list of
+    ``{image_id, category_id, bbox: [x, y, w, h], score}``.
+    """
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt_data = _load_json(gt, "COCO ground truth") if not isinstance(gt, dict) else gt
+    for key in ("images", "annotations", "categories"):
+        if key not in gt_data:
+            raise FormatError(str(gt) if not isinstance(gt, dict) else "<gt>", None,
+                              f"COCO ground truth needs the key {key!r}")
+    det_list = _load_json(dets, "COCO detections") if isinstance(dets, (str, os.PathLike)) else list(dets)
+    if not isinstance(det_list, list):
+        raise FormatError(str(dets), None, "COCO detections must be a JSON list of {image_id, category_id, bbox, score}")
+    img_ids = {im["id"] for im in gt_data["images"]}
+    cat_ids = {c["id"] for c in gt_data["categories"]}
+    for i, d in enumerate(det_list):
+        if not {"image_id", "category_id", "bbox", "score"} <= set(d):
+            raise FormatError(str(dets), None, f"detection {i} needs image_id, category_id, bbox and score; has {sorted(d)}")
+        if d["image_id"] not in img_ids:
+            raise FormatError(str(dets), None, f"detection {i}: image_id {d['image_id']} is not in the ground truth")
+        if d["category_id"] not in cat_ids:
+            raise FormatError(str(dets), None, f"detection {i}: category_id {d['category_id']} is not in the ground truth "
+                                               f"(valid: {sorted(cat_ids)})")
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext():
+        coco_gt = COCO()
+        coco_gt.dataset = gt_data
+        coco_gt.createIndex()
+        if not det_list:
+            return {k: 0.0 for k in COCO_STAT_NAMES}
+        coco_dt = coco_gt.loadRes([dict(d) for d in det_list])
+        ev = COCOeval(coco_gt, coco_dt, iou_type)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {k: float(v) for k, v in zip(COCO_STAT_NAMES, ev.stats)}

@@ -1,0 +1,80 @@
+"""Plots (matplotlib, Agg backend, PNG): miss rate vs FPPI, precision vs recall."""
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_miss_rate_curves(curves: Mapping[str, "object"], path: str | os.PathLike, title: str = "") -> str:
+    """``curves``: {label: MissRateResult}. Log-log axes as in the KAIST devkit."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for label, r in curves.items():
+        x = np.maximum(r.fppi, 1e-4)
+        ax.plot(x, r.miss, linewidth=2, label=f"{100 * r.miss_rate:.2f}% {label}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(1e-3, 1e1)
+    ax.set_ylim(0.01, 1.0)
+    ax.set_xlabel("false positives per image")
+    ax.set_ylabel("miss rate")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower left")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path)
+
+
+def plot_precision_recall(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | os.PathLike,
+                          title: str = "") -> str:
+    """``curves``: {label: (recall, precision)} arrays."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for label, (rec, prec) in curves.items():
+        ax.plot(rec, prec, linewidth=2, label=label)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower left")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path)
+
+
+def coco_pr_curves(gt: dict, dets: list, iou_index: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-category precision-recall at IoU 0.5 (iou_index 0) from pycocotools' accumulate."""
+    import contextlib
+    import io
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    with contextlib.redirect_stdout(io.StringIO()):
+        cg = COCO()
+        cg.dataset = gt
+        cg.createIndex()
+        ev = COCOeval(cg, cg.loadRes([dict(d) for d in dets]), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+    rec = ev.params.recThrs
+    out = {}
+    for k, cid in enumerate(ev.params.catIds):
+        prec = ev.eval["precision"][iou_index, :, k, 0, -1]  # all areas, maxDets=100
+        name = cg.cats[cid]["name"]
+        out[name] = (rec, np.where(prec < 0, 0.0, prec))
+    return out

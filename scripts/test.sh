@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole test suite in its own virtual environment (runtime + training, torch on CPU).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${MS_PERCEPTION_TEST_VENV:-.venv}
+PY=${PYTHON:-python3}
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+# torch first, pinned: 2.13.0 is the local CPU build; anything else pulls gigabytes of CUDA.
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check torch==2.13.0
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test,train]"
+exec "$VENV/bin/python" -m pytest -q -n "${PYTEST_WORKERS:-2}" test "$@"
