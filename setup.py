@@ -25,7 +25,7 @@ setup(
     extras_require={
         # torch is NOT listed: install torch==2.13.0 first (a local CPU build here), see README
         "train": ["pyyaml>=6"],
-        "test": ["pytest>=7", "hypothesis>=6", "pyyaml>=6"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "pyyaml>=6"],
     },
     zip_safe=True,
     maintainer="ms_perception developers",
