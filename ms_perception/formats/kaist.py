@@ -21,7 +21,6 @@ data written by :mod:`ms_perception.synth` adds an explicit ``condition`` field,
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ms_perception.formats.errors import FormatError
+from ms_perception.formats.errors import FormatError, read_json
 
 BBGT_HEADER = "% bbGt version=3"
 KAIST_REGULAR_LABELS = ("person",)
@@ -158,13 +157,7 @@ def load_kaist_json(path: str | os.PathLike) -> list[ImageAnnotation]:
     ``image_index`` refers to ``image_id + 1``.
     """
     p = Path(path)
-    try:
-        with p.open() as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"KAIST annotation JSON not found: {p}") from None
-    except json.JSONDecodeError as exc:
-        raise FormatError(str(p), exc.lineno, f"invalid JSON: {exc.msg}") from None
+    data = read_json(p, "KAIST annotation JSON")
     for key in ("images", "annotations"):
         if key not in data:
             raise FormatError(str(p), None, f"missing top-level key {key!r}; is this a KAIST/COCO annotation JSON?")
@@ -265,13 +258,7 @@ def load_detections_txt(path: str | os.PathLike) -> dict[int, np.ndarray]:
 def load_detections_coco(path: str | os.PathLike) -> dict[int, np.ndarray]:
     """COCO results JSON ``[{image_id, bbox:[x,y,w,h], score, category_id}]`` -> {image_id: (N, 5)}."""
     p = Path(path)
-    try:
-        with p.open() as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"detection file not found: {p}") from None
-    except json.JSONDecodeError as exc:
-        raise FormatError(str(p), exc.lineno, f"invalid JSON: {exc.msg}") from None
+    data = read_json(p, "detection file")
     if not isinstance(data, list):
         raise FormatError(str(p), None, "a COCO results file is a JSON list of {image_id, bbox, score}")
     rows: dict[int, list[list[float]]] = {}

@@ -7,26 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-from ms_perception.formats.errors import FormatError
+from ms_perception.formats.errors import FormatError, read_json
 
 COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
                    "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-
-
-def _load_json(path: str | os.PathLike, what: str) -> Any:
-    p = Path(path)
-    try:
-        with p.open() as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} not found: {p}") from None
-    except json.JSONDecodeError as exc:
-        raise FormatError(str(p), exc.lineno, f"invalid JSON: {exc.msg}") from None
 
 
 def coco_eval(gt: str | os.PathLike | dict, dets: str | os.PathLike | Sequence[dict],
@@ -39,12 +26,12 @@ def coco_eval(gt: str | os.PathLike | dict, dets: str | os.PathLike | Sequence[d
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    gt_data = _load_json(gt, "COCO ground truth") if not isinstance(gt, dict) else gt
+    gt_data = read_json(gt, "COCO ground truth") if not isinstance(gt, dict) else gt
     for key in ("images", "annotations", "categories"):
         if key not in gt_data:
             raise FormatError(str(gt) if not isinstance(gt, dict) else "<gt>", None,
                               f"COCO ground truth needs the key {key!r}")
-    det_list = _load_json(dets, "COCO detections") if isinstance(dets, (str, os.PathLike)) else list(dets)
+    det_list = read_json(dets, "COCO detections") if isinstance(dets, (str, os.PathLike)) else list(dets)
     if not isinstance(det_list, list):
         raise FormatError(str(dets), None, "COCO detections must be a JSON list of {image_id, category_id, bbox, score}")
     img_ids = {im["id"] for im in gt_data["images"]}

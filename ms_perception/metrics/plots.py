@@ -14,6 +14,16 @@ def _pyplot():
     return plt
 
 
+def _finish(plt, fig, ax, path, title: str) -> str:
+    ax.legend(loc="lower left")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path)
+
+
 def plot_miss_rate_curves(curves: Mapping[str, "object"], path: str | os.PathLike, title: str = "") -> str:
     """``curves``: {label: MissRateResult}. Log-log axes as in the KAIST devkit."""
     plt = _pyplot()
@@ -28,13 +38,7 @@ def plot_miss_rate_curves(curves: Mapping[str, "object"], path: str | os.PathLik
     ax.set_xlabel("false positives per image")
     ax.set_ylabel("miss rate")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower left")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return str(path)
+    return _finish(plt, fig, ax, path, title)
 
 
 def plot_precision_recall(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | os.PathLike,
@@ -49,13 +53,7 @@ def plot_precision_recall(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], p
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower left")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return str(path)
+    return _finish(plt, fig, ax, path, title)
 
 
 def coco_pr_curves(gt: dict, dets: list, iou_index: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:

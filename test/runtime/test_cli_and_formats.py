@@ -192,3 +192,17 @@ def test_demo_runs_end_to_end(tmp_path):
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert set(summary) >= {"all"} and 0 <= summary["all"] <= 100
     assert (tmp_path / "demo" / "miss_rate.png").exists() and list((tmp_path / "demo" / "overlays").glob("*.jpg"))
+
+
+def test_precision_recall_curves_and_plot(tmp_path):
+    from ms_perception.metrics.plots import coco_pr_curves, plot_precision_recall
+    gt_path, gt, dets = _small_coco(tmp_path)
+    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+               for a in gt["annotations"]]
+    curves = coco_pr_curves(gt, perfect)
+    present = {c["name"] for c in gt["categories"] if any(a["category_id"] == c["id"] for a in gt["annotations"])}
+    for name in present:
+        rec, prec = curves[name]
+        assert prec.min() == pytest.approx(1.0)  # perfect detections: precision 1 at every recall
+    plot_precision_recall(coco_pr_curves(gt, dets), tmp_path / "pr.png")
+    assert cv2.imread(str(tmp_path / "pr.png")) is not None

@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ms_perception.formats.errors import FormatError
+from ms_perception.formats.errors import FormatError, read_json
 from ms_perception.formats.kaist import (KAIST_IGNORE_LABELS, KAIST_REGULAR_LABELS, condition_from_name,
                                          load_kaist_json, read_bbgt, read_image_list)
 
@@ -297,10 +297,7 @@ def read_coco(annotation_file: str | Path, image_root: str | Path | None = None)
     ``thermal_file_name``). Category ids are mapped to contiguous labels 1..K in id order;
     returns (records, class names)."""
     p = Path(annotation_file)
-    try:
-        data = json.loads(_require(p, "COCO annotation file").read_text())
-    except json.JSONDecodeError as exc:
-        raise FormatError(str(p), exc.lineno, f"invalid JSON: {exc.msg}") from None
+    data = read_json(p, "COCO annotation file")
     for key in ("images", "annotations", "categories"):
         if key not in data:
             raise FormatError(str(p), None, f"COCO annotation file needs the key {key!r}")
