@@ -27,7 +27,7 @@ How each modality fails (what makes fusion and inconsistency measurable):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import cv2
@@ -570,6 +570,3 @@ class SyntheticGenerator:
         return np.clip(np.rint(counts), 0, 65535).astype(np.uint16)
 
 
-def with_overrides(cfg: SynthConfig, **kw) -> SynthConfig:
-    """A copy of ``cfg`` with fields replaced (validated again)."""
-    return replace(cfg, **kw)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from ms_perception.synth.generator import (CAR, PERSON, SynthConfig, SyntheticGenerator, celsius_to_counts,
+from ms_perception.synth.generator import (PERSON, SynthConfig, SyntheticGenerator, celsius_to_counts,
                                            counts_to_celsius, thermal_to_8bit)
 
 
@@ -79,13 +79,19 @@ def test_visible_contrast_collapses_at_night_but_thermal_does_not():
     assert c_night < 0.35 * c_day, (c_day, c_night)
 
     def thermal_contrast(pairs):
+        """Median |person - surrounding background| in the rendered thermal image (°C)."""
+        import cv2
         vals = []
         for p in pairs:
-            t = p.thermal_celsius
+            t = cv2.warpPerspective(p.thermal_celsius, p.homography, (p.visible.shape[1], p.visible.shape[0]))
             for o in p.objects:
-                if o.class_id == PERSON and not o.crossover:
-                    vals.append(abs(o.temperature_c - p.ambient_c))
-        return np.mean(vals)
+                if o.class_id == PERSON and not o.crossover and o.occlusion == 0 and o.height_px > 30:
+                    m = cv2.erode((p.instances == o.instance_id).astype(np.uint8), np.ones((3, 3), np.uint8))
+                    ring = cv2.dilate(m, np.ones((9, 9), np.uint8)) - cv2.dilate(m, np.ones((5, 5), np.uint8))
+                    ring &= (p.instances == 0)
+                    if m.sum() > 20 and ring.sum() > 20:
+                        vals.append(abs(np.median(t[m > 0]) - np.median(t[ring > 0])))
+        return float(np.median(vals))
     assert thermal_contrast(night) > 5.0  # people stay well above a cool night background
 
 

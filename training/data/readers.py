@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from ms_perception.formats.errors import FormatError, read_json
-from ms_perception.formats.kaist import (KAIST_IGNORE_LABELS, KAIST_REGULAR_LABELS, condition_from_name,
+from ms_perception.formats.kaist import (KAIST_REGULAR_LABELS, condition_from_name,
                                          load_kaist_json, read_bbgt, read_image_list)
 
 KAIST_CLASSES = ("person",)
