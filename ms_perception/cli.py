@@ -115,6 +115,7 @@ def cmd_eval_coco(args) -> int:
 def cmd_eval_seg(args) -> int:
     import cv2
     import numpy as np
+
     from ms_perception.metrics.segmentation import confusion_matrix, segmentation_metrics
 
     gt_dir, pred_dir = Path(args.gt), Path(args.pred)
@@ -219,10 +220,26 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--pairs", type=int, default=200)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo)
+    sub.add_parser("train", help="training, info and export (needs torch; see `ms-perception train -h`)")
     return p
 
 
+def _train(argv: list[str]) -> int:
+    """``ms-perception train ...`` hands over to the training package (torch), imported only here."""
+    import importlib
+    try:
+        train_cli = importlib.import_module("ms_perception_training.cli")
+    except ImportError as exc:
+        print(f"ms-perception: error: `train` needs the training extra and torch ({exc}); install "
+              "`pip install torch==2.13.0` then `pip install -e .[train]`", file=sys.stderr)
+        return 2
+    return train_cli.main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:
+        return _train(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -60,6 +60,7 @@ def coco_pr_curves(gt: dict, dets: list, iou_index: int = 0) -> dict[str, tuple[
     """Per-category precision-recall at IoU 0.5 (iou_index 0) from pycocotools' accumulate."""
     import contextlib
     import io
+
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
     with contextlib.redirect_stdout(io.StringIO()):

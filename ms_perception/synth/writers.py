@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from ms_perception.formats.kaist import BBGtObject, format_bbgt
-from ms_perception.synth.generator import (BICYCLE, CAR, PERSON, SynthPair)
+from ms_perception.synth.generator import BICYCLE, CAR, PERSON, SynthPair
 
 FORMATS = ("kaist", "mfnet", "flir", "coco")
 KAIST_SET_FOR_CONDITION = {"day": 0, "fog": 1, "night": 3, "dusk": 4}

@@ -2,8 +2,14 @@
 import numpy as np
 import pytest
 
-from ms_perception.synth.generator import (PERSON, SynthConfig, SyntheticGenerator, celsius_to_counts,
-                                           counts_to_celsius, thermal_to_8bit)
+from ms_perception.synth.generator import (
+    PERSON,
+    SynthConfig,
+    SyntheticGenerator,
+    celsius_to_counts,
+    counts_to_celsius,
+    thermal_to_8bit,
+)
 
 
 def frames(cfg=None, seed=0, n=10, seq=0, condition=None):

@@ -6,11 +6,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from ms_perception_training.data import datasets, readers
 
 from ms_perception.formats.errors import FormatError
 from ms_perception.synth.generator import SynthConfig, SyntheticGenerator
 from ms_perception.synth.writers import voc_xml, write_dataset
-from ms_perception_training.data import datasets, readers
 
 
 def img(path: Path, shape, value=100, dtype=np.uint8):

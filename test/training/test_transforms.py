@@ -3,12 +3,25 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
-
-from ms_perception_training.data.transforms import (Compose, Expand, HorizontalFlip, LowResThermal, RandomCrop,
-                                                     Resize, Sample, Thermal3Ch, ThermalPhotometric,
-                                                     VisiblePhotometric, box_mask, default_train_transforms,
-                                                     ellipse_mask, mixup, sample_mixup_lambda)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from ms_perception_training.data.transforms import (
+    Compose,
+    Expand,
+    HorizontalFlip,
+    LowResThermal,
+    RandomCrop,
+    Resize,
+    Sample,
+    Thermal3Ch,
+    ThermalPhotometric,
+    VisiblePhotometric,
+    box_mask,
+    default_train_transforms,
+    ellipse_mask,
+    mixup,
+    sample_mixup_lambda,
+)
 
 W, H = 96, 64
 

@@ -17,10 +17,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
-
 from ms_perception_training.data import readers
 from ms_perception_training.data.transforms import Sample
+from torch.utils.data import Dataset
 
 
 class MultispectralDataset(Dataset):

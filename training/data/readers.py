@@ -20,8 +20,13 @@ import cv2
 import numpy as np
 
 from ms_perception.formats.errors import FormatError, read_json
-from ms_perception.formats.kaist import (KAIST_REGULAR_LABELS, condition_from_name,
-                                         load_kaist_json, read_bbgt, read_image_list)
+from ms_perception.formats.kaist import (
+    KAIST_REGULAR_LABELS,
+    condition_from_name,
+    load_kaist_json,
+    read_bbgt,
+    read_image_list,
+)
 
 KAIST_CLASSES = ("person",)
 FLIR_CLASSES = ("person", "bicycle", "car")

@@ -1,0 +1,1 @@
+"""Runtime core: model card, anchors/box coding, (later) pairing, preprocessing, inconsistency, capture."""

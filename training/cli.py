@@ -1,0 +1,138 @@
+"""``ms-perception train ...``: the training subpackage's commands (torch).
+
+Reached through ``ms-perception train`` (the runtime CLI imports this module only for that
+subcommand) or ``python -m ms_perception_training.cli``. Errors print one line and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+class TrainCliError(Exception):
+    pass
+
+
+def _load(config: str):
+    from ms_perception_training.models.config import load_model_config
+    from ms_perception_training.models.multispectral import build_model
+    cfg = load_model_config(config)
+    return cfg, build_model(cfg)
+
+
+def load_checkpoint_into(model, path: str) -> None:
+    """Load model weights from a checkpoint (``{"model": state_dict}`` or a bare state dict).
+
+    weights_only=True: a checkpoint from elsewhere cannot run code. Mismatches name the tensors.
+    """
+    import torch
+    p = Path(path)
+    if not p.exists():
+        raise TrainCliError(f"checkpoint not found: {p}")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle/zip errors come in many types
+        raise TrainCliError(f"{p}: not a readable PyTorch checkpoint ({exc})") from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or shape:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+        if shape:
+            k = shape[0]
+            parts.append(f"{len(shape)} with other shapes (e.g. {k}: checkpoint {tuple(state[k].shape)}, "
+                         f"config {tuple(own[k].shape)})")
+        raise TrainCliError(f"{p} does not match the config: " + "; ".join(parts))
+    model.load_state_dict(state)
+
+
+def cmd_info(args) -> int:
+    from ms_perception_training.models.info import model_info
+    cfg, model = _load(args.config)
+    info = model_info(model, latency_runs=args.latency_runs)
+    if not args.json:
+        print(f"{info['name']}: {cfg.task}, scheme {cfg.fusion.scheme}, fusion {cfg.fusion.module}, "
+              f"input {cfg.input.width}x{cfg.input.height}, thermal {info['thermal_input'][0]}x{info['thermal_input'][1]}")
+        print(f"  parameters: {info['params']:,}")
+        for k, v in info["params_by_part"].items():
+            print(f"    {k:<12s} {v:>12,}")
+        print(f"  multiply-accumulates: {info['macs'] / 1e9:.2f} G")
+        if "cpu_latency" in info:
+            lat = info["cpu_latency"]
+            print(f"  CPU latency (batch 1, {lat['threads']} threads): median {lat['median_ms']} ms over {lat['runs']} runs")
+    print(json.dumps(info))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from ms_perception_training.export.onnx_export import export_onnx
+    cfg, model = _load(args.config)
+    if args.checkpoint:
+        load_checkpoint_into(model, args.checkpoint)
+    res = export_onnx(model.eval(), args.out, uint8_input=not args.float_input, decode=not args.no_decode,
+                      batch=args.batch, dynamic_batch=args.dynamic_batch, fold_bn=not args.no_fold_bn,
+                      opset=args.opset, notes=args.notes or "")
+    side = Path(args.out).with_suffix(".card.json")
+    from ms_perception_training.export.onnx_export import card_json
+    tmp = side.with_name(side.name + ".tmp")
+    tmp.write_text(card_json(res.card))
+    tmp.replace(side)
+    summary = {"out": str(res.path), "card": str(side), "parity_max_abs": res.parity_max_abs,
+               "unsupported_tensorrt_ops": res.unsupported_ops, "folded_batchnorm": res.folded_bn,
+               "graph_sha256": res.card.graph_sha256}
+    if not args.json:
+        print(f"wrote {res.path} ({res.path.stat().st_size / 1e6:.1f} MB) and {side}")
+        print(f"  outputs: {', '.join(o.name + str(o.shape) for o in res.card.outputs)}")
+        print(f"  ONNX Runtime vs PyTorch max |diff|: {res.parity_max_abs}")
+        print("  TensorRT ONNX parser: " + ("all operators supported" if not res.unsupported_ops else
+                                             f"UNSUPPORTED {res.unsupported_ops}"))
+    print(json.dumps(summary))
+    return 1 if res.unsupported_ops and args.strict_tensorrt else 0
+
+
+def build_parser(prog: str = "ms-perception train") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Training, inspection and export of multispectral models.")
+    sub = p.add_subparsers(dest="command", required=True)
+    i = sub.add_parser("info", help="parameters, multiply-accumulates and CPU latency of a model config")
+    i.add_argument("--config", required=True)
+    i.add_argument("--latency-runs", type=int, default=3, help="timed CPU forwards (0: skip)")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_info)
+    e = sub.add_parser("export", help="export to ONNX with the model card embedded")
+    e.add_argument("--config", required=True)
+    e.add_argument("--checkpoint")
+    e.add_argument("--out", required=True)
+    e.add_argument("--float-input", action="store_true", help="float32 normalized inputs instead of uint8")
+    e.add_argument("--no-decode", action="store_true", help="output anchor deltas; the runtime decodes")
+    e.add_argument("--no-fold-bn", action="store_true")
+    e.add_argument("--batch", type=int, default=1)
+    e.add_argument("--dynamic-batch", action="store_true")
+    e.add_argument("--opset", type=int, default=17)
+    e.add_argument("--notes", help="free text stored in the card (e.g. the training command)")
+    e.add_argument("--strict-tensorrt", action="store_true", help="exit 1 if an operator is not TensorRT-parsable")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_export)
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "ms-perception train") -> int:
+    args = build_parser(prog).parse_args(argv)
+    from ms_perception_training.config import ConfigError
+    try:
+        return int(args.func(args) or 0)
+    except (TrainCliError, ConfigError, FileNotFoundError, ValueError, OSError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m ms_perception_training.cli"))

@@ -1,0 +1,1 @@
+"""Export to the robot: ONNX with the model card embedded, parity and TensorRT-operator checks."""

@@ -1,0 +1,244 @@
+"""ONNX export with the model card (DESIGN.md "The seam").
+
+The exported graph:
+  inputs   visible (N, 3, H, W) and, if the model uses it, thermal (N, 1, h, w) at the
+           thermal camera's resolution (h = H / sqrt(thermal_factor)); uint8 by default,
+           normalized in the graph ((x / 255 - mean) / std), or float32 already normalized.
+  outputs  detection: ``scores`` (N, A, K) class probabilities (sigmoid; SSD: softmax
+           without the background column) and ``boxes`` (N, A, 4) xyxy input pixels
+           (in-graph decoding, default) or ``deltas`` (N, A, 4) with the anchor layout in
+           the card; segmentation: ``probs`` (N, K, H, W). Each extra branch adds
+           ``scores_<branch>`` / ``probs_<branch>`` (visible, thermal) for the
+           cross-modality inconsistency score.
+Static shapes by default; ``dynamic_batch`` makes N symbolic. BatchNorm is folded first.
+Export-only code (normalization, flattening, decoding) lives here, not in the models.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from ms_perception_training.models.bn_fold import fold_batchnorm
+from ms_perception_training.models.config import ModelConfig
+from ms_perception_training.models.heads import flatten_levels
+from ms_perception_training.models.multispectral import MultispectralModel
+from torch import nn
+
+from ms_perception.core.anchors import BoxCoder, grid_anchors
+from ms_perception.core.card import CARD_KEY, ModelCard, Normalization, TensorSpec
+
+OPSET = 17
+OPS_FILE = Path(__file__).with_name("tensorrt_onnx_ops.txt")
+
+
+def decode_boxes_torch(anchors: torch.Tensor, deltas: torch.Tensor, weights, clip: float) -> torch.Tensor:
+    """Torch mirror of ``ms_perception.core.anchors.BoxCoder.decode`` (equality tested)."""
+    aw, ah = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+    ax, ay = anchors[:, 0] + 0.5 * aw, anchors[:, 1] + 0.5 * ah
+    wx, wy, ww, wh = weights
+    dx, dy = deltas[..., 0] / wx, deltas[..., 1] / wy
+    dw = torch.clamp(deltas[..., 2] / ww, max=clip)
+    dh = torch.clamp(deltas[..., 3] / wh, max=clip)
+    cx, cy = dx * aw + ax, dy * ah + ay
+    w, h = torch.exp(dw) * aw, torch.exp(dh) * ah
+    return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], -1)
+
+
+class ExportWrapper(nn.Module):
+    """Normalization + model + flattening/activation/decoding, with plain tensor outputs."""
+
+    def __init__(self, model: MultispectralModel, uint8_input: bool = True, decode: bool = True,
+                 anchors: np.ndarray | None = None):
+        super().__init__()
+        cfg = model.cfg
+        self.model, self.uint8, self.decode = model, uint8_input, decode
+        self.task, self.act = cfg.task, model.score_activation
+        self.k = cfg.num_classes
+        self.branches = [model.main_branch] + [b for b in model.branch_names if b != model.main_branch]
+        if model.scheme in ("decision", "cfl"):
+            self.branches = ["fused", "visible", "thermal"]
+        self.register_buffer("v_mean", torch.tensor(cfg.input.visible_mean).view(1, 3, 1, 1))
+        self.register_buffer("v_std", torch.tensor(cfg.input.visible_std).view(1, 3, 1, 1))
+        self.t_mean, self.t_std = cfg.input.thermal_mean, cfg.input.thermal_std
+        self.uses_v, self.uses_t = cfg.uses_visible, cfg.uses_thermal
+        self.register_buffer("anchors", torch.from_numpy(anchors) if anchors is not None else torch.zeros(0, 4))
+        self.coder = BoxCoder(tuple(cfg.head.box_coder_weights))
+
+    def output_names(self) -> list[str]:
+        names = []
+        for i, b in enumerate(self.branches):
+            sfx = "" if i == 0 else f"_{b}"
+            if self.task == "segmentation":
+                names.append("probs" + sfx)
+            else:
+                names.append("scores" + sfx)
+                if i == 0:
+                    names.append("boxes" if self.decode else "deltas")
+        return names
+
+    def forward(self, visible: torch.Tensor | None = None, thermal: torch.Tensor | None = None):
+        v, t = visible, thermal
+        if self.uint8:  # otherwise the runtime feeds float32 already normalized (card: in_graph False)
+            v = (visible.float() / 255.0 - self.v_mean) / self.v_std if visible is not None else None
+            t = (thermal.float() / 255.0 - self.t_mean) / self.t_std if thermal is not None else None
+        out = self.model(v, t)
+        res = []
+        for i, b in enumerate(self.branches):
+            br = out.branches[b]
+            if self.task == "segmentation":
+                res.append(torch.softmax(br.mask_logits, 1))
+                continue
+            if self.act == "sigmoid":
+                scores = torch.sigmoid(flatten_levels(br.cls_logits, self.k))
+            else:  # SSD: softmax over K+1, background column dropped
+                scores = torch.softmax(flatten_levels(br.cls_logits, self.k + 1), -1)[..., 1:]
+            res.append(scores)
+            if i == 0:
+                deltas = flatten_levels(br.box_deltas, 4)
+                res.append(decode_boxes_torch(self.anchors, deltas, self.coder.weights, self.coder.clip)
+                           if self.decode else deltas)
+        return tuple(res)
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    card: ModelCard
+    parity_max_abs: dict[str, float]
+    unsupported_ops: list[str]
+    folded_bn: int
+
+
+def _dummy_inputs(cfg: ModelConfig, batch: int, uint8: bool, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    H, W = cfg.input.height, cfg.input.width
+    h, w = cfg.input.thermal_hw
+
+    def make(shape):
+        x = torch.randint(0, 256, shape, generator=g, dtype=torch.int64)
+        return x.to(torch.uint8) if uint8 else ((x.float() / 255.0) - 0.45) / 0.225
+
+    v = make((batch, 3, H, W)) if cfg.uses_visible else None
+    t = make((batch, 1, h, w)) if cfg.uses_thermal else None
+    return v, t
+
+
+def build_card(cfg: ModelConfig, wrapper: ExportWrapper, outputs: list[torch.Tensor], level_sizes, anchor_levels,
+               batch: int) -> ModelCard:
+    dt = "uint8" if wrapper.uint8 else "float32"
+    inputs = []
+    if cfg.uses_visible:
+        inputs.append(TensorSpec("visible", [batch, 3, cfg.input.height, cfg.input.width], dt, "RGB, channel-first"))
+    if cfg.uses_thermal:
+        h, w = cfg.input.thermal_hw
+        inputs.append(TensorSpec("thermal", [batch, 1, h, w], dt,
+                                 "thermal, 8-bit after the runtime's radiometric window, registered to visible"))
+    meaning = {"scores": "class probabilities per anchor (N, A, K)", "boxes": "xyxy input pixels per anchor",
+               "deltas": "box deltas per anchor (decode with anchor_levels)", "probs": "class probabilities (N, K, H, W)"}
+    outs = [TensorSpec(n, list(o.shape), "float32", meaning.get(n.split("_")[0], ""))
+            for n, o in zip(wrapper.output_names(), outputs)]
+    vis = Normalization(list(cfg.input.visible_mean), list(cfg.input.visible_std), 255.0, wrapper.uint8)
+    th = Normalization([cfg.input.thermal_mean], [cfg.input.thermal_std], 255.0, wrapper.uint8) if cfg.uses_thermal else None
+    from ms_perception_training.config import to_dict
+    return ModelCard(name=cfg.name, task=cfg.task, class_names=list(cfg.class_names), inputs=inputs, outputs=outs,
+                     visible_norm=vis, thermal_norm=th, thermal_factor=cfg.input.thermal_factor,
+                     branches=list(wrapper.branches),
+                     box_decoding=("in_graph" if wrapper.decode else "anchors") if cfg.task == "detection" else "none",
+                     anchor_levels=list(anchor_levels), level_sizes=[list(s) for s in level_sizes],
+                     box_coder_weights=list(cfg.head.box_coder_weights), score_activation="probabilities",
+                     config=to_dict(cfg))
+
+
+def export_onnx(model: MultispectralModel, out: str | Path, *, uint8_input: bool = True, decode: bool = True,
+                batch: int = 1, dynamic_batch: bool = False, fold_bn: bool = True, opset: int = OPSET,
+                check_parity: bool = True, notes: str = "") -> ExportResult:
+    """Export ``model`` to ``out`` (written atomically) and return the card and checks."""
+    cfg = model.cfg
+    model = copy.deepcopy(model).eval()
+    folded = fold_batchnorm(model) if fold_bn else 0
+    v, t = _dummy_inputs(cfg, batch, uint8_input)
+    anchors, level_sizes, levels = None, [], []
+    if cfg.task == "detection":
+        with torch.no_grad():
+            probe = model(_dummy_inputs(cfg, 1, False)[0], _dummy_inputs(cfg, 1, False)[1])
+        level_sizes = [tuple(x.shape[-2:]) for x in probe.main.cls_logits]
+        levels = model.anchor_levels()
+        anchors = grid_anchors(levels, level_sizes)
+    wrapper = ExportWrapper(model, uint8_input, decode, anchors).eval()
+    with torch.no_grad():
+        ref = wrapper(v, t)
+    args = tuple(x for x in (v, t) if x is not None)
+    in_names = [n for n, x in (("visible", v), ("thermal", t)) if x is not None]
+    out_names = wrapper.output_names()
+    dyn = {n: {0: "batch"} for n in in_names + out_names} if dynamic_batch else None
+
+    class _Positional(nn.Module):  # the exporter passes inputs positionally
+        def __init__(self, w):
+            super().__init__()
+            self.w = w
+
+        def forward(self, *xs):
+            kw = dict(zip(in_names, xs))
+            return self.w(kw.get("visible"), kw.get("thermal"))
+
+    buf = io.BytesIO()
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Positional(wrapper).eval(), args, buf, input_names=in_names, output_names=out_names,
+                          opset_version=opset, dynamo=False, dynamic_axes=dyn, do_constant_folding=True)
+    import onnx
+    m = onnx.load_from_string(buf.getvalue())
+    graph_bytes = m.SerializeToString()
+    card = build_card(cfg, wrapper, list(ref), level_sizes, levels, batch)
+    card.graph_sha256 = hashlib.sha256(graph_bytes).hexdigest()
+    card.notes = notes
+    unsupported = unsupported_ops(m)
+    entry = m.metadata_props.add()
+    entry.key, entry.value = CARD_KEY, card.to_json()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(m.SerializeToString())
+    tmp.replace(out)
+    wrapper.eval()  # the exporter restores the wrapper's previous mode; make sure it is eval
+    parity = {}
+    if check_parity:
+        parity = onnx_parity(out, wrapper, v, t, in_names, out_names)
+    return ExportResult(out, card, parity, unsupported, folded)
+
+
+def onnx_parity(path, wrapper, v, t, in_names, out_names) -> dict[str, float]:
+    """Max |ONNX Runtime − PyTorch| per output on the same inputs."""
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {n: x.numpy() for n, x in zip(in_names, (x for x in (v, t) if x is not None))}
+    got = sess.run(out_names, feeds)
+    with torch.no_grad():
+        ref = wrapper(v, t)
+    return {n: float(np.abs(g - r.numpy()).max()) for n, g, r in zip(out_names, got, ref)}
+
+
+def supported_ops() -> set[str]:
+    ops = set()
+    for line in OPS_FILE.read_text().splitlines():
+        if not line.startswith("#"):
+            ops.update(line.split())
+    return ops
+
+
+def unsupported_ops(model) -> list[str]:
+    """Operators of the graph (default ONNX domain) that the TensorRT parser list lacks."""
+    ok = supported_ops()
+    used = {(n.domain or "", n.op_type) for n in model.graph.node}
+    return sorted(f"{d + '::' if d else ''}{op}" for d, op in used if d not in ("", "ai.onnx") or op not in ok)
+
+
+def card_json(card: ModelCard) -> str:
+    return json.dumps(card.to_dict(), indent=2, sort_keys=True)

@@ -1,0 +1,251 @@
+"""ResNet-18/34 and VGG-16 written in the project (no torchvision on these machines).
+
+Module names follow torchvision exactly (``conv1``, ``layer1.0.downsample.0``, ``features.28``)
+so an ImageNet state dict saved from torchvision loads with :func:`load_torchvision_weights`
+without a key map, except for the classifier (dropped) and, for a width multiplier != 1,
+nothing at all (shapes differ; the loader says so).
+
+Every backbone exposes ``stages``: a list of modules run one after the other, with
+``stage_channels`` and ``stage_strides``. Two-stream models split the list at the fusion
+stage: each modality runs ``stages[:k]``, the fused feature runs ``stages[k:]``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def scaled(c: int, width: float) -> int:
+    """Channel count under a width multiplier (at least 4, a multiple of 4 below 64)."""
+    return c if width == 1.0 else max(4, int(round(c * width / 4)) * 4)
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        idt = x if self.downsample is None else self.downsample(x)
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return self.relu(y + idt)
+
+
+class _Stem(nn.Module):
+    """conv1-bn1-relu-maxpool, holding references so state-dict keys stay torchvision's."""
+
+    def __init__(self, net: "ResNet"):
+        super().__init__()
+        self._net = [net]  # not a submodule: avoids duplicate keys
+
+    def forward(self, x):
+        n = self._net[0]
+        return n.maxpool(n.relu(n.bn1(n.conv1(x))))
+
+
+class ResNet(nn.Module):
+    """ResNet with BasicBlocks. stages: [stem+layer1 (s4), layer2 (s8), layer3 (s16), layer4 (s32)].
+
+    The stage index used by configs is the usual C-level name: C2..C5 -> stages 0..3.
+    """
+
+    LAYERS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+
+    def __init__(self, arch: str = "resnet18", in_channels: int = 3, width: float = 1.0):
+        super().__init__()
+        if arch not in self.LAYERS:
+            raise ValueError(f"unknown ResNet {arch!r}; choose one of {sorted(self.LAYERS)}")
+        self.arch, self.width = arch, width
+        c = [scaled(v, width) for v in (64, 128, 256, 512)]
+        self.conv1 = nn.Conv2d(in_channels, c[0], 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(c[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        cin = c[0]
+        for i, (n, cout) in enumerate(zip(self.LAYERS[arch], c)):
+            blocks = [BasicBlock(cin, cout, 1 if i == 0 else 2)] + [BasicBlock(cout, cout) for _ in range(n - 1)]
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+            cin = cout
+        self._stem = _Stem(self)
+        self.stage_channels = c
+        self.stage_strides = [4, 8, 16, 32]
+        self.stage_names = ["C2", "C3", "C4", "C5"]
+
+    @property
+    def stages(self) -> list[nn.Module]:
+        return [nn.Sequential(self._stem, self.layer1), self.layer2, self.layer3, self.layer4]
+
+    def first_conv_name(self) -> str:
+        return "conv1"
+
+    def prune(self, index: int) -> None:
+        """Drop the parameters of stage ``index`` (a two-stream model that never runs it)."""
+        if index == 0:
+            raise ValueError("the stem stage cannot be pruned")
+        setattr(self, f"layer{index + 1}", nn.Identity())
+
+    def forward(self, x):
+        outs = []
+        for s in self.stages:
+            x = s(x)
+            outs.append(x)
+        return outs
+
+
+class VGG16(nn.Module):
+    """VGG-16 as SSD uses it (pool3 ceil mode, pool5 3x3/s1, dilated fc6 and 1x1 fc7).
+
+    stages (torchvision ``features`` indices):
+      S1 conv1_x+pool1 [0:5] s2, S2 conv2_x+pool2 [5:10] s4, S3 conv3_x+pool3 [10:17] s8,
+      S4 conv4_1..conv4_3 [17:23] s8 (conv4_3 is SSD's first source),
+      S5 pool4+conv5_x [23:30] + pool5 + fc6 + fc7, s16.
+    fc6/fc7 are convolutions initialized randomly (SSD subsamples the ImageNet fc weights;
+    that conversion is not done here).
+    """
+
+    CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "C", 512, 512, 512, "M", 512, 512, 512]
+    SPLITS = [(0, 5), (5, 10), (10, 17), (17, 23), (23, 30)]
+
+    def __init__(self, in_channels: int = 3, width: float = 1.0):
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for v in self.CFG:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            elif v == "C":
+                layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))
+            else:
+                cout = scaled(v, width)
+                layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True)]
+                cin = cout
+        self.features = nn.Sequential(*layers)
+        c512, c1024 = scaled(512, width), scaled(1024, width)
+        self.pool5 = nn.MaxPool2d(3, 1, 1)
+        self.fc6 = nn.Conv2d(c512, c1024, 3, padding=6, dilation=6)
+        self.fc7 = nn.Conv2d(c1024, c1024, 1)
+        self.relu = nn.ReLU(inplace=True)
+        self.stage_channels = [scaled(64, width), scaled(128, width), scaled(256, width), c512, c1024]
+        self.stage_strides = [2, 4, 8, 8, 16]
+        self.stage_names = ["conv1", "conv2", "conv3", "conv4_3", "fc7"]
+        self._tail = _VGGTail(self)
+
+    @property
+    def stages(self) -> list[nn.Module]:
+        f = self.features
+        s = [f[a:b] for a, b in self.SPLITS]
+        s[4] = nn.Sequential(s[4], self._tail)
+        return s
+
+    def first_conv_name(self) -> str:
+        return "features.0"
+
+    def prune(self, index: int) -> None:
+        """Drop the parameters of stage ``index`` (a two-stream model that never runs it)."""
+        a, b = self.SPLITS[index]
+        for i in range(a, b):
+            self.features[i] = nn.Identity()
+        if index == 4:
+            self.fc6, self.fc7 = nn.Identity(), nn.Identity()
+
+    def forward(self, x):
+        outs = []
+        for s in self.stages:
+            x = s(x)
+            outs.append(x)
+        return outs
+
+
+class _VGGTail(nn.Module):
+    def __init__(self, net: VGG16):
+        super().__init__()
+        self._net = [net]
+
+    def forward(self, x):
+        n = self._net[0]
+        return n.relu(n.fc7(n.relu(n.fc6(n.pool5(x)))))
+
+
+def build_backbone(arch: str, in_channels: int = 3, width: float = 1.0) -> nn.Module:
+    if arch in ResNet.LAYERS:
+        return ResNet(arch, in_channels, width)
+    if arch == "vgg16":
+        return VGG16(in_channels, width)
+    raise ValueError(f"unknown backbone {arch!r}; choose one of {sorted(ResNet.LAYERS) + ['vgg16']}")
+
+
+# ----------------------------------------------------------------------- weights
+
+
+def inflate_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Adapt an RGB first-conv kernel (O, 3, k, k) to another input channel count.
+
+    6 channels (image-level fusion, RGB + thermal repeated to 3): duplicate the RGB kernels
+    along the input axis and halve them, so a pair of identical images gives the pretrained
+    response (METHODS.md §1). 1 channel: the mean over RGB (a gray image gives the response
+    of the same gray RGB image). 3: unchanged.
+    """
+    if weight.shape[1] != 3:
+        raise ValueError(f"expected an RGB kernel (O, 3, k, k), got {tuple(weight.shape)}")
+    if in_channels == 3:
+        return weight.clone()
+    if in_channels == 6:
+        return torch.cat([weight, weight], 1) / 2
+    if in_channels == 1:
+        return weight.mean(1, keepdim=True)
+    raise ValueError(f"no inflation rule for {in_channels} input channels (supported: 1, 3, 6)")
+
+
+def load_torchvision_weights(backbone: nn.Module, path_or_state: str | Path | dict) -> list[str]:
+    """Load a torchvision-format ImageNet state dict into a project backbone.
+
+    Drops the classifier (``fc.*``, ``classifier.*``), inflates the first conv when the
+    backbone's input channel count is not 3. Returns the backbone keys left at their
+    initialization (e.g. VGG fc6/fc7). Raises ValueError naming mismatched shapes.
+    """
+    if isinstance(path_or_state, dict):
+        state = path_or_state
+    else:
+        p = Path(path_or_state)
+        if not p.exists():
+            raise FileNotFoundError(f"pretrained weights not found: {p}")
+        state = torch.load(p, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+    own = backbone.state_dict()
+    first = backbone.first_conv_name() + ".weight"
+    new, bad = {}, []
+    for k, v in state.items():
+        if k.startswith(("fc.", "classifier.")):
+            continue
+        if k not in own:
+            bad.append(f"{k} (not in the backbone)")
+            continue
+        if k == first and v.shape[1] != own[k].shape[1]:
+            v = inflate_first_conv(v, own[k].shape[1])
+        if v.shape != own[k].shape:
+            bad.append(f"{k} {tuple(v.shape)} vs backbone {tuple(own[k].shape)}")
+            continue
+        new[k] = v
+    if bad:
+        raise ValueError(f"pretrained weights do not fit this backbone ({len(bad)} tensors): " + "; ".join(bad[:5])
+                         + (" (a width multiplier != 1 cannot use ImageNet weights)" if backbone_width(backbone) != 1
+                            else ""))
+    backbone.load_state_dict(new, strict=False)
+    return sorted(set(own) - set(new))
+
+
+def backbone_width(backbone: nn.Module) -> float:
+    return getattr(backbone, "width", 1.0)
