@@ -1,0 +1,307 @@
+"""Capture of uncertain frame pairs for labeling: a policy and a writer that never blocks.
+
+Policy (which pairs): the image inconsistency score, optionally smoothed over time
+(exponential moving average), passes a fixed threshold or lies in the top fraction of a
+sliding window of recent scores; at least ``min_interval_s`` since the last capture; and
+the scene differs from the last captured one (mean absolute difference of 32x24 gray
+thumbnails), so a robot parked in front of a confusing scene does not capture it a hundred
+times.
+
+Writer (how): ``submit`` puts the record on a bounded queue and returns at once (a full
+queue drops the record and counts it); a thread writes each record into a temporary folder
+(files fsynced), renames it into place (atomic on POSIX), fsyncs the folder, then rewrites
+the JSONL manifest atomically. A disk quota is enforced by evicting lowest-score, oldest
+records first (never a record scoring higher than the new one). Any OSError (a full disk)
+removes the temporary folder, is counted, and writing goes on: no partial record, and the
+pipeline never stops.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import shutil
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+MANIFEST = "manifest.jsonl"
+
+
+def sanitize_id(text: str, fallback: str = "robot") -> str:
+    """Make an id safe as one path component: [A-Za-z0-9_.-], no leading dot, <= 64 chars."""
+    s = re.sub(r"[^A-Za-z0-9_.-]", "_", str(text))[:64].lstrip(".")
+    return s or fallback
+
+
+@dataclass
+class CapturePolicyConfig:
+    mode: str = "threshold"          # "threshold" | "top_fraction"
+    threshold: float = 0.2           # image inconsistency (bits) at or above which a pair is uncertain
+    top_fraction: float = 0.05       # mode top_fraction: capture scores in the top 5% of the window
+    window: int = 200                # sliding window length (pairs) for top_fraction
+    min_interval_s: float = 2.0      # at most one capture per this many seconds (stamp time)
+    smoothing: float = 0.0           # EMA weight of the previous smoothed score (0 = none)
+    duplicate_threshold: float = 4.0  # mean |Δ| of 32x24 gray thumbnails (0-255) below which a scene is a repeat
+
+    def __post_init__(self):
+        if self.mode not in ("threshold", "top_fraction"):
+            raise ValueError(f"capture mode must be 'threshold' or 'top_fraction', got {self.mode!r}")
+        if not 0 < self.top_fraction <= 1:
+            raise ValueError(f"capture top_fraction must be in (0, 1], got {self.top_fraction}")
+        if not 0 <= self.smoothing < 1:
+            raise ValueError(f"capture smoothing must be in [0, 1), got {self.smoothing}")
+        if self.window < 1 or self.min_interval_s < 0:
+            raise ValueError("capture window must be >= 1 and min_interval_s >= 0")
+
+
+class CapturePolicy:
+    def __init__(self, cfg: CapturePolicyConfig | None = None):
+        self.cfg = cfg or CapturePolicyConfig()
+        self.recent: deque[float] = deque(maxlen=self.cfg.window)
+        self.smoothed: float | None = None
+        self.last_stamp_ns: int | None = None
+        self.last_thumb: np.ndarray | None = None
+        self.reasons: dict[str, int] = {}
+
+    @staticmethod
+    def thumbnail(rgb: np.ndarray) -> np.ndarray:
+        g = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb.ndim == 3 else rgb
+        return cv2.resize(g, (32, 24), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+    def decide(self, stamp_ns: int, score: float, visible_rgb: np.ndarray | None = None) -> tuple[bool, str]:
+        c = self.cfg
+        s = score if self.smoothed is None or c.smoothing == 0 else c.smoothing * self.smoothed + (1 - c.smoothing) * score
+        self.smoothed = s
+        self.recent.append(s)
+        if c.mode == "threshold":
+            hit = s >= c.threshold
+        else:
+            k = max(1, int(np.ceil(c.top_fraction * len(self.recent))))
+            hit = len(self.recent) >= min(c.window, 10) and s >= np.sort(np.fromiter(self.recent, float))[-k]
+        reason = "below_threshold" if not hit else "captured"
+        if hit and self.last_stamp_ns is not None and stamp_ns - self.last_stamp_ns < c.min_interval_s * 1e9:
+            hit, reason = False, "min_interval"
+        thumb = None
+        if hit and visible_rgb is not None:
+            thumb = self.thumbnail(visible_rgb)
+            if self.last_thumb is not None and float(np.abs(thumb - self.last_thumb).mean()) < c.duplicate_threshold:
+                hit, reason = False, "near_duplicate"
+        if hit:
+            self.last_stamp_ns = stamp_ns
+            if thumb is not None:
+                self.last_thumb = thumb
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        return hit, reason
+
+
+@dataclass
+class CaptureRecord:
+    stamp_ns: int
+    score: float
+    visible: np.ndarray                 # native resolution, RGB uint8
+    thermal: np.ndarray | None          # native resolution, as received (uint16 kept lossless)
+    thermal_encoding: str = ""
+    thermal_stamp_ns: int | None = None
+    predictions: dict = field(default_factory=dict)   # all branch predictions
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class CaptureStats:
+    submitted: int = 0
+    written: int = 0
+    dropped_queue_full: int = 0
+    write_errors: int = 0
+    evicted: int = 0
+    quota_skipped: int = 0
+    bytes_used: int = 0
+    last_error: str = ""
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class CaptureWriter:
+    def __init__(self, directory: str | Path, robot_id: str = "robot", model_hash: str = "", quota_bytes: int = 2 << 30,
+                 queue_size: int = 8):
+        self.root = Path(directory)
+        self.robot_id = sanitize_id(robot_id)
+        self.dir = self.root / self.robot_id
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.model_hash = model_hash
+        self.quota = int(quota_bytes)
+        self.stats = CaptureStats()
+        self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._seq = 0
+        self.entries: list[dict] = self._load_manifest()
+        self.stats.bytes_used = sum(e["bytes"] for e in self.entries)
+        self._cleanup_temp()
+        self._thread = threading.Thread(target=self._run, name="ms_perception-capture", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ public
+    def submit(self, rec: CaptureRecord) -> bool:
+        """Never blocks: a full queue drops the record (counted)."""
+        self.stats.submitted += 1
+        try:
+            self.queue.put_nowait(rec)
+            return True
+        except queue.Full:
+            self.stats.dropped_queue_full += 1
+            return False
+
+    @property
+    def pending(self) -> int:
+        return self.queue.qsize()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Drain the queue (clean shutdown) and stop the thread."""
+        self.queue.put(None)
+        self._thread.join(timeout)
+
+    # ----------------------------------------------------------------- writer
+    def _run(self):
+        while True:
+            rec = self.queue.get()
+            if rec is None:
+                return
+            try:
+                self._write(rec)
+            except Exception as exc:  # never let the writer thread die: count and continue
+                self.stats.write_errors += 1
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+
+    def _encode(self, rec: CaptureRecord, name: str) -> dict[str, bytes]:
+        files = {}
+        ok, png = cv2.imencode(".png", cv2.cvtColor(rec.visible, cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise ValueError("visible image could not be encoded")
+        files["visible.png"] = png.tobytes()
+        if rec.thermal is not None:
+            t = rec.thermal
+            if t.dtype in (np.uint8, np.uint16):
+                ok, tp = cv2.imencode(".png", t)  # 16-bit PNG: lossless radiometric counts
+                if not ok:
+                    raise ValueError("thermal image could not be encoded")
+                files["thermal.png"] = tp.tobytes()
+            else:
+                import io
+                buf = io.BytesIO()
+                np.save(buf, t)
+                files["thermal.npy"] = buf.getvalue()
+        meta = {"id": name, "robot_id": self.robot_id, "stamp_ns": int(rec.stamp_ns), "score": float(rec.score),
+                "thermal_stamp_ns": rec.thermal_stamp_ns, "thermal_encoding": rec.thermal_encoding,
+                "model_hash": self.model_hash, "visible_hw": list(rec.visible.shape[:2]),
+                "thermal_hw": list(rec.thermal.shape[:2]) if rec.thermal is not None else None,
+                "predictions": rec.predictions, "extra": rec.extra, "files": sorted(files),
+                "written_unix": time.time()}
+        files["record.json"] = json.dumps(meta, indent=1).encode()
+        return files
+
+    def _write(self, rec: CaptureRecord):
+        self._seq += 1
+        name = f"{int(rec.stamp_ns):020d}_{self._seq:06d}"
+        files = self._encode(rec, name)
+        size = sum(len(b) for b in files.values())
+        if not self._make_room(size, rec.score):
+            self.stats.quota_skipped += 1
+            return
+        tmp = self.dir / f".tmp-{name}"
+        final = self.dir / name
+        try:
+            tmp.mkdir()
+            for fname, data in files.items():
+                with open(tmp / fname, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, final)
+            _fsync_dir(self.dir)
+            entry = {"id": name, "stamp_ns": int(rec.stamp_ns), "score": float(rec.score), "bytes": size}
+            self.entries.append(entry)
+            try:
+                self._save_manifest()
+            except OSError:
+                self.entries.pop()
+                shutil.rmtree(final, ignore_errors=True)
+                raise
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.stats.write_errors += 1
+            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            return
+        self.stats.written += 1
+        self.stats.bytes_used += size
+
+    def _make_room(self, size: int, score: float) -> bool:
+        if size > self.quota:
+            return False
+        victims = sorted(self.entries, key=lambda e: (e["score"], e["stamp_ns"]))
+        used = self.stats.bytes_used
+        plan = []
+        for v in victims:
+            if used + size <= self.quota:
+                break
+            if v["score"] > score:
+                return False  # only lower-scoring records may make room
+            plan.append(v)
+            used -= v["bytes"]
+        if used + size > self.quota:
+            return False
+        for v in plan:
+            shutil.rmtree(self.dir / v["id"], ignore_errors=True)
+            self.entries.remove(v)
+            self.stats.bytes_used -= v["bytes"]
+            self.stats.evicted += 1
+        if plan:
+            self._save_manifest()
+        return True
+
+    # --------------------------------------------------------------- manifest
+    def _save_manifest(self):
+        path = self.dir / MANIFEST
+        tmp = self.dir / (MANIFEST + ".tmp")
+        with open(tmp, "w") as f:
+            for e in self.entries:
+                f.write(json.dumps(e) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def _load_manifest(self) -> list[dict]:
+        path = self.dir / MANIFEST
+        if not path.exists():
+            return []
+        out = []
+        for line in path.read_text().splitlines():
+            try:
+                e = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line cannot happen with the atomic rewrite, but be lenient
+            if (self.dir / e.get("id", "")).is_dir():
+                out.append(e)
+        return out
+
+    def _cleanup_temp(self):
+        for p in self.dir.glob(".tmp-*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,87 @@
+"""Cross-modality inconsistency (active-learning paper §3.2-3.3; METHODS.md §7).
+
+ONE implementation, used by the robot runtime and by the active-learning loop.
+
+Per prediction (an anchor's class probability, or a pixel's class distribution):
+    I = H(p̄) − ½ (H(p_v) + H(p_t)),   p̄ = (p_v + p_t) / 2
+with H the binary entropy −p log p − (1−p) log(1−p) in base 2 (so I ∈ [0, 1], "from 0
+(very consistent) to 1 (very different)"), or the categorical entropy for multi-class
+pixels (a generalized Jensen–Shannon divergence, ≤ 1 bit for two distributions).
+Image score: scale-balanced — average within each pyramid level, then average the level
+means, so the largest feature map does not dominate (§3.3). Multi-class detection: each
+class probability of a sigmoid head is its own binary prediction; a level's mean runs over
+its anchors and classes (per-class parts are reported separately).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+EPS = 1e-12
+
+
+def binary_entropy(p: np.ndarray, base: float = 2.0) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), EPS, 1 - EPS)
+    return -(p * np.log(p) + (1 - p) * np.log1p(-p)) / np.log(base)
+
+
+def categorical_entropy(p: np.ndarray, axis: int, base: float = 2.0) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), EPS, 1.0)
+    return -(p * np.log(p)).sum(axis) / np.log(base)
+
+
+def prediction_inconsistency(p_v: np.ndarray, p_t: np.ndarray, base: float = 2.0) -> np.ndarray:
+    """Elementwise I for binary predictions (any shape)."""
+    return binary_entropy((p_v + p_t) / 2, base) - 0.5 * (binary_entropy(p_v, base) + binary_entropy(p_t, base))
+
+
+def pixel_inconsistency(p_v: np.ndarray, p_t: np.ndarray, axis: int = 0, base: float = 2.0) -> np.ndarray:
+    """Per-pixel I for class distributions along ``axis`` (categorical entropy)."""
+    return categorical_entropy((p_v + p_t) / 2, axis, base) - 0.5 * (
+        categorical_entropy(p_v, axis, base) + categorical_entropy(p_t, axis, base))
+
+
+@dataclass
+class InconsistencyScore:
+    score: float                                             # scale-balanced image score
+    per_level: list[float] = field(default_factory=list)    # mean I per pyramid level
+    per_class: list[float] = field(default_factory=list)    # scale-balanced mean I per class
+    map: np.ndarray | None = None                            # pixel map (segmentation)
+
+
+def detection_inconsistency(scores_v: np.ndarray, scores_t: np.ndarray, level_counts: list[int],
+                            base: float = 2.0) -> InconsistencyScore:
+    """Image score from per-anchor class probabilities of the two mono branches.
+
+    scores_v, scores_t: (A, K) probabilities with anchors ordered level by level;
+    level_counts: anchors per level (sum = A).
+    """
+    if scores_v.shape != scores_t.shape:
+        raise ValueError(f"branch outputs differ in shape: {scores_v.shape} vs {scores_t.shape}")
+    if sum(level_counts) != scores_v.shape[0]:
+        raise ValueError(f"level counts sum to {sum(level_counts)}, but there are {scores_v.shape[0]} anchors")
+    inc = prediction_inconsistency(scores_v, scores_t, base)  # (A, K)
+    per_level, per_level_class = [], []
+    start = 0
+    for n in level_counts:
+        part = inc[start:start + n]
+        start += n
+        if n == 0:
+            continue
+        per_level.append(float(part.mean()))
+        per_level_class.append(part.mean(0))
+    per_class = np.mean(per_level_class, 0) if per_level_class else np.zeros(inc.shape[1])
+    return InconsistencyScore(float(np.mean(per_level)) if per_level else 0.0, per_level,
+                              [float(x) for x in per_class])
+
+
+def segmentation_inconsistency(probs_v: np.ndarray, probs_t: np.ndarray, base: float = 2.0,
+                               keep_map: bool = False) -> InconsistencyScore:
+    """probs_*: (K, H, W) class distributions. One "level": the image score is the pixel mean."""
+    if probs_v.shape != probs_t.shape:
+        raise ValueError(f"branch outputs differ in shape: {probs_v.shape} vs {probs_t.shape}")
+    m = pixel_inconsistency(probs_v, probs_t, 0, base)
+    labels = np.argmax((probs_v + probs_t) / 2, 0)
+    per_class = [float(m[labels == k].mean()) if (labels == k).any() else 0.0 for k in range(probs_v.shape[0])]
+    return InconsistencyScore(float(m.mean()), [float(m.mean())], per_class, m.astype(np.float32) if keep_map else None)

@@ -1,0 +1,159 @@
+"""The runtime pipeline: FramePair -> preprocess -> engine -> postprocess -> inconsistency -> capture.
+
+Used unchanged by replay and by the ROS node. Torch-free.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ms_perception.core.capture import CapturePolicy, CaptureRecord, CaptureWriter
+from ms_perception.core.card import ModelCard
+from ms_perception.core.frames import FramePair
+from ms_perception.core.inconsistency import (InconsistencyScore, detection_inconsistency,
+                                              segmentation_inconsistency)
+from ms_perception.core.postprocess import Detections, check_finite, select_detections
+from ms_perception.core.preprocess import (InputError, Letterbox, ThermalNormalization, load_calibration,
+                                           thermal_to_unit, visible_to_rgb, warp_thermal)
+
+
+@dataclass
+class PipelineConfig:
+    score_threshold: float = 0.3
+    nms_iou: float = 0.5
+    max_detections: int = 100
+    thermal: ThermalNormalization = field(default_factory=ThermalNormalization)
+    calibration: str | None = None        # YAML with the thermal->visible homography
+    assume_same_fov: bool = False         # thermal differs only in resolution (co-boresighted cameras)
+    inconsistency: bool = True            # compute the score when the model has mono branches
+
+    def __post_init__(self):
+        if not 0 <= self.score_threshold <= 1:
+            raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
+        if not 0 < self.nms_iou <= 1:
+            raise ValueError(f"nms_iou must be in (0, 1], got {self.nms_iou}")
+        if self.max_detections < 1:
+            raise ValueError(f"max_detections must be >= 1, got {self.max_detections}")
+
+
+@dataclass
+class Result:
+    stamp_ns: int
+    detections: Detections
+    mask: np.ndarray | None = None                    # (H, W) uint8 class ids at the visible size
+    inconsistency: InconsistencyScore | None = None
+    timings_ms: dict = field(default_factory=dict)    # preprocess, infer, postprocess, inconsistency, capture
+    captured: bool = False
+    capture_reason: str = ""
+    branch_scores: dict = field(default_factory=dict)  # branch -> (N,) score of each detection's class/anchor
+
+
+class Pipeline:
+    def __init__(self, engine, config: PipelineConfig | None = None, capture_policy: CapturePolicy | None = None,
+                 capture_writer: CaptureWriter | None = None):
+        self.engine, self.card = engine, engine.card
+        self.cfg = config or PipelineConfig()
+        self.policy, self.writer = capture_policy, capture_writer
+        self.homography = load_calibration(self.cfg.calibration) if self.cfg.calibration else None
+        self.model_hw = self.card.visible_hw
+        self.thermal_hw = self.card.thermal_hw
+        self.level_counts = [lv.num_anchors * h * w for lv, (h, w) in zip(self.card.anchor_levels, self.card.level_sizes)]
+        self.mono = [b for b in ("visible", "thermal") if b in self.card.branches]
+        self._lb_cache: dict = {}
+
+    # ------------------------------------------------------------------ helpers
+    def _letterbox(self, hw) -> Letterbox:
+        lb = self._lb_cache.get(hw)
+        if lb is None:
+            lb = self._lb_cache[hw] = Letterbox.fit(hw, self.model_hw)
+        return lb
+
+    def _thermal_to_visible(self, thermal_hw, visible_hw) -> np.ndarray:
+        if self.homography is not None:
+            return self.homography
+        if tuple(thermal_hw) == tuple(visible_hw):
+            return np.eye(3)
+        if not self.cfg.assume_same_fov:
+            raise InputError(f"thermal image is {thermal_hw[1]}x{thermal_hw[0]} but visible is {visible_hw[1]}x"
+                             f"{visible_hw[0]} and no calibration was given; set the thermal calibration file "
+                             "(thermal->visible homography) or, for co-boresighted cameras, assume_same_fov: true")
+        return np.diag([visible_hw[1] / thermal_hw[1], visible_hw[0] / thermal_hw[0], 1.0])
+
+    def _feed(self, unit_or_u8: np.ndarray, norm, is_u8: bool) -> np.ndarray:
+        x = unit_or_u8
+        if x.ndim == 2:
+            x = x[..., None]
+        x = np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+        if norm.in_graph:
+            return x if is_u8 else np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+        f = x.astype(np.float32) / (255.0 if is_u8 else 1.0)
+        mean = np.asarray(norm.mean, np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(norm.std, np.float32).reshape(1, -1, 1, 1)
+        return (f - mean) / std
+
+    # -------------------------------------------------------------------- run
+    def preprocess(self, pair: FramePair) -> tuple[dict, Letterbox, np.ndarray]:
+        rgb = visible_to_rgb(pair.visible)
+        lb = self._letterbox(rgb.shape[:2])
+        feeds = {"visible": self._feed(lb.apply(rgb), self.card.visible_norm, True)}
+        if self.card.uses_thermal:
+            if pair.thermal is None:
+                raise InputError("this model needs a thermal image but the pair has none; check the thermal topic, "
+                                 "or run a visible-only model while the thermal camera is down")
+            unit = thermal_to_unit(pair.thermal, self.cfg.thermal)
+            m = self._thermal_to_visible(unit.shape[:2], rgb.shape[:2])
+            feeds["thermal"] = self._feed(warp_thermal(unit, m, lb, self.thermal_hw), self.card.thermal_norm, False)
+        return feeds, lb, rgb
+
+    def process(self, pair: FramePair) -> Result:
+        t0 = time.perf_counter()
+        feeds, lb, rgb = self.preprocess(pair)
+        t1 = time.perf_counter()
+        out = self.engine.infer(feeds)
+        t2 = time.perf_counter()
+        res = Result(pair.stamp_ns, Detections())
+        card = self.card
+        if card.task == "detection":
+            scores, boxes = out["scores"][0], out["boxes"][0] if "boxes" in out else None
+            if boxes is None:
+                from ms_perception.core.anchors import BoxCoder, grid_anchors
+                if not hasattr(self, "_anchors"):
+                    self._anchors = grid_anchors(card.anchor_levels, [tuple(s) for s in card.level_sizes])
+                boxes = BoxCoder(tuple(card.box_coder_weights)).decode(self._anchors, out["deltas"][0])
+            det = select_detections(scores, boxes, self.cfg.score_threshold, self.cfg.nms_iou, self.cfg.max_detections)
+            det.boxes = lb.boxes_to_image(det.boxes)
+            res.detections = det
+            for b in self.mono:
+                res.branch_scores[b] = out[f"scores_{b}"][0][det.anchor_index, det.labels]
+        else:
+            probs = out["probs"][0]
+            check_finite("probs", probs)
+            res.mask = lb.mask_to_image(np.argmax(probs, 0).astype(np.uint8))
+        t3 = time.perf_counter()
+        if self.cfg.inconsistency and len(self.mono) == 2:
+            if card.task == "detection":
+                res.inconsistency = detection_inconsistency(out["scores_visible"][0], out["scores_thermal"][0],
+                                                            self.level_counts)
+            else:
+                res.inconsistency = segmentation_inconsistency(out["probs_visible"][0], out["probs_thermal"][0])
+        t4 = time.perf_counter()
+        if self.policy is not None and res.inconsistency is not None:
+            res.captured, res.capture_reason = self.policy.decide(pair.stamp_ns, res.inconsistency.score, rgb)
+            if res.captured and self.writer is not None:
+                self.writer.submit(self._record(pair, rgb, res))
+        t5 = time.perf_counter()
+        res.timings_ms = {"preprocess": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3,
+                          "inconsistency": (t4 - t3) * 1e3, "capture": (t5 - t4) * 1e3}
+        return res
+
+    def _record(self, pair: FramePair, rgb: np.ndarray, res: Result) -> CaptureRecord:
+        preds = {"detections": res.detections.to_list(self.card.class_names),
+                 "branch_scores": {k: [round(float(x), 5) for x in v] for k, v in res.branch_scores.items()},
+                 "inconsistency": {"score": res.inconsistency.score, "per_level": res.inconsistency.per_level,
+                                   "per_class": res.inconsistency.per_class}}
+        th = pair.thermal
+        return CaptureRecord(pair.stamp_ns, res.inconsistency.score, rgb, None if th is None else np.asarray(th.data),
+                             "" if th is None else th.encoding, None if th is None else th.stamp_ns, preds,
+                             {"model": self.card.name, "visible_frame_id": pair.visible.frame_id})

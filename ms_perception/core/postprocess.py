@@ -1,0 +1,69 @@
+"""Postprocessing: score threshold, top-k, class-aware NMS (OpenCV), masks."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+
+class ModelOutputError(RuntimeError):
+    """The engine returned something unusable (NaN, wrong shape)."""
+
+
+@dataclass
+class Detections:
+    """Detections in visible-image pixels: boxes (N, 4) xyxy, scores (N,), labels (N,) 0-based
+    class indices into ``class_names``; ``anchor_index`` (N,) rows of the model output they
+    came from (the capture records per-branch scores at these rows)."""
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    anchor_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def to_list(self, class_names: list[str]) -> list[dict]:
+        return [{"box": [round(float(v), 2) for v in b], "score": round(float(s), 5), "label": int(c),
+                 "class": class_names[int(c)] if int(c) < len(class_names) else str(int(c))}
+                for b, s, c in zip(self.boxes, self.scores, self.labels)]
+
+
+def check_finite(name: str, a: np.ndarray) -> None:
+    if not np.isfinite(a).all():
+        bad = int((~np.isfinite(a)).sum())
+        raise ModelOutputError(f"model output {name!r} holds {bad} NaN/inf values; the engine or its weights are "
+                               "broken (check the model file, and FP16/INT8 overflow if built with reduced precision)")
+
+
+def select_detections(scores: np.ndarray, boxes: np.ndarray, score_threshold: float = 0.3, nms_iou: float = 0.5,
+                      max_detections: int = 100, pre_nms_top_k: int = 1000) -> Detections:
+    """(A, K) probabilities + (A, 4) xyxy -> class-aware NMS survivors, best first."""
+    check_finite("scores", scores)
+    check_finite("boxes", boxes)
+    a_idx, cls = np.nonzero(scores > score_threshold)
+    if a_idx.size == 0:
+        return Detections()
+    sc = scores[a_idx, cls]
+    if sc.size > pre_nms_top_k:
+        keep = np.argpartition(-sc, pre_nms_top_k - 1)[:pre_nms_top_k]
+        a_idx, cls, sc = a_idx[keep], cls[keep], sc[keep]
+    b = boxes[a_idx].astype(np.float64)
+    xywh = np.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], 1)
+    keep = cv2.dnn.NMSBoxesBatched(xywh.tolist(), sc.astype(float).tolist(), cls.astype(int).tolist(),
+                                   float(score_threshold), float(nms_iou))
+    keep = np.asarray(keep, np.int64).reshape(-1)
+    keep = keep[np.argsort(-sc[keep], kind="stable")][:max_detections]
+    return Detections(boxes[a_idx[keep]].astype(np.float32), sc[keep].astype(np.float32), cls[keep].astype(np.int64),
+                      a_idx[keep].astype(np.int64))
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, 4) x (M, 4) xyxy -> (N, M) IoU (pixel-edge boxes, no +1)."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area_a = (a[:, 2:] - a[:, :2]).clip(0).prod(-1)
+    area_b = (b[:, 2:] - b[:, :2]).clip(0).prod(-1)
+    return inter / np.maximum(area_a[:, None] + area_b[None] - inter, 1e-12)

@@ -1,0 +1,218 @@
+"""Preprocessing for real cameras: image encodings, radiometric thermal, registration, letterbox.
+
+Visible encodings: rgb8, bgr8, mono8 (and rgba8/bgra8). Thermal encodings: mono8 (already
+8-bit), mono16 / 16UC1 (raw radiometric counts), 32FC1 (°C). 16-bit thermal is mapped to
+[0, 1] by a fixed raw window or a percentile stretch of this frame — never by cv_bridge's
+lossy 16→8 scaling. A calibration YAML gives the homography from thermal to visible pixels;
+the thermal image is warped once, straight into the model's thermal input grid (which is
+smaller than the visible grid for the MD student). Letterboxing keeps the aspect ratio;
+:class:`Letterbox` maps boxes and masks back to visible-image pixels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ms_perception.core.frames import Frame
+
+VISIBLE_ENCODINGS = ("rgb8", "bgr8", "mono8", "rgba8", "bgra8")
+THERMAL_ENCODINGS = ("mono8", "mono16", "16UC1", "32FC1")
+_EXPECT = {"rgb8": (np.uint8, 3), "bgr8": (np.uint8, 3), "rgba8": (np.uint8, 4), "bgra8": (np.uint8, 4),
+           "mono8": (np.uint8, 1), "mono16": (np.uint16, 1), "16UC1": (np.uint16, 1), "32FC1": (np.float32, 1)}
+
+
+class InputError(ValueError):
+    """An input frame cannot be used as given; the message names the fix."""
+
+
+def _check(frame: Frame, stream: str, allowed: tuple[str, ...]) -> np.ndarray:
+    enc = frame.encoding
+    if enc not in allowed:
+        raise InputError(f"{stream} image encoding {enc!r} is not supported; use one of {list(allowed)}"
+                         + (" (16-bit thermal: publish mono16/16UC1 raw counts, not a color image)"
+                            if stream == "thermal" else ""))
+    dtype, ch = _EXPECT[enc]
+    a = np.asarray(frame.data)
+    got_ch = 1 if a.ndim == 2 else a.shape[2] if a.ndim == 3 else -1
+    if a.dtype != dtype or got_ch != ch or a.ndim not in (2, 3) or min(a.shape[:2]) < 1:
+        raise InputError(f"{stream} image says {enc!r} (expects {np.dtype(dtype).name} with {ch} channel(s)) but "
+                         f"holds {a.dtype.name} {a.shape}; fix the encoding field or the publisher")
+    return a if a.ndim == 2 else a if ch > 1 else a[..., 0]
+
+
+def visible_to_rgb(frame: Frame) -> np.ndarray:
+    """Any supported visible encoding -> (H, W, 3) uint8 RGB."""
+    a = _check(frame, "visible", VISIBLE_ENCODINGS)
+    enc = frame.encoding
+    if enc == "rgb8":
+        return np.ascontiguousarray(a)
+    if enc == "bgr8":
+        return cv2.cvtColor(a, cv2.COLOR_BGR2RGB)
+    if enc == "rgba8":
+        return cv2.cvtColor(a, cv2.COLOR_RGBA2RGB)
+    if enc == "bgra8":
+        return cv2.cvtColor(a, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(a, cv2.COLOR_GRAY2RGB)
+
+
+@dataclass
+class ThermalNormalization:
+    """How thermal values become [0, 1].
+
+    mode "window": fixed range; raw_min/raw_max in counts for 16-bit, celsius_min/max for 32FC1.
+    mode "percentile": stretch between the low/high percentiles of each frame (robust to a hot
+    engine in view); NaNs (32FC1 dropouts) are ignored and become 0.
+    Defaults: counts = (T + 273.15) * 100 (0.01 K "TLinear"), window -10..+50 °C.
+    """
+    mode: str = "window"
+    raw_min: float = (273.15 - 10.0) * 100
+    raw_max: float = (273.15 + 50.0) * 100
+    celsius_min: float = -10.0
+    celsius_max: float = 50.0
+    low_percentile: float = 1.0
+    high_percentile: float = 99.0
+
+    def __post_init__(self):
+        if self.mode not in ("window", "percentile"):
+            raise ValueError(f"thermal normalization mode must be 'window' or 'percentile', got {self.mode!r}")
+        if self.mode == "window" and not (self.raw_max > self.raw_min and self.celsius_max > self.celsius_min):
+            raise ValueError("thermal window: max must be greater than min")
+        if not 0 <= self.low_percentile < self.high_percentile <= 100:
+            raise ValueError("thermal percentiles must satisfy 0 <= low < high <= 100")
+
+
+def thermal_to_unit(frame: Frame, norm: ThermalNormalization) -> np.ndarray:
+    """Thermal frame -> (H, W) float32 in [0, 1]."""
+    a = _check(frame, "thermal", THERMAL_ENCODINGS)
+    if frame.encoding == "mono8":
+        return a.astype(np.float32) / 255.0
+    x = a.astype(np.float32)
+    finite = np.isfinite(x)
+    if norm.mode == "percentile":
+        vals = x[finite]
+        if vals.size == 0:
+            raise InputError("thermal image has no finite value (all NaN/inf); check the camera driver")
+        lo, hi = np.percentile(vals, [norm.low_percentile, norm.high_percentile])
+        hi = hi if hi > lo else lo + 1.0
+    elif frame.encoding == "32FC1":
+        lo, hi = norm.celsius_min, norm.celsius_max
+    else:
+        lo, hi = norm.raw_min, norm.raw_max
+    out = (x - lo) / (hi - lo)
+    out[~finite] = 0.0
+    return np.clip(out, 0.0, 1.0)
+
+
+def load_calibration(path: str | Path) -> np.ndarray:
+    """Read a 3x3 thermal->visible homography from YAML (``homography: [[..],[..],[..]]``
+    or a 9-element list, optionally under ``thermal_to_visible:``)."""
+    import yaml
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"calibration file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise InputError(f"{p}: not valid YAML ({exc})") from None
+    if isinstance(data, dict) and "thermal_to_visible" in data:
+        data = data["thermal_to_visible"]
+    h = data.get("homography") if isinstance(data, dict) else None
+    try:
+        m = np.asarray(h, np.float64).reshape(3, 3)
+    except (TypeError, ValueError):
+        raise InputError(f"{p}: expected 'homography' as a 3x3 (or 9-element) list of numbers, got {h!r}") from None
+    if not np.isfinite(m).all() or abs(np.linalg.det(m)) < 1e-12:
+        raise InputError(f"{p}: the homography is not invertible or not finite")
+    return m / m[2, 2]
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Visible image (h0, w0) -> model input (H, W): resize to (nh, nw) keeping the aspect
+    ratio, then pad (px, py) pixels left/top with zeros.
+
+    model = s * image + pad per axis (sx = nw / w0, sy = nh / h0); pixel-edge coordinates.
+    """
+    src_hw: tuple[int, int]
+    dst_hw: tuple[int, int]
+    size_hw: tuple[int, int]   # (nh, nw) resized content
+    pad: tuple[int, int]       # (px, py)
+
+    @staticmethod
+    def fit(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> "Letterbox":
+        (h0, w0), (h, w) = src_hw, dst_hw
+        s = min(h / h0, w / w0)
+        nh, nw = min(h, max(1, round(h0 * s))), min(w, max(1, round(w0 * s)))
+        return Letterbox((int(h0), int(w0)), (int(h), int(w)), (nh, nw), ((w - nw) // 2, (h - nh) // 2))
+
+    @property
+    def scale_xy(self) -> tuple[float, float]:
+        return self.size_hw[1] / self.src_hw[1], self.size_hw[0] / self.src_hw[0]
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """3x3 affine image -> model (pixel edges)."""
+        sx, sy = self.scale_xy
+        return np.array([[sx, 0, self.pad[0]], [0, sy, self.pad[1]], [0, 0, 1]], np.float64)
+
+    @property
+    def identity(self) -> bool:
+        return self.src_hw == self.dst_hw
+
+    def apply(self, img: np.ndarray) -> np.ndarray:
+        """Resize (area filter when shrinking) and pad to the model input size."""
+        if self.identity:
+            return img
+        nh, nw = self.size_hw
+        shrink = nh < self.src_hw[0]
+        r = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        (h, w), (px, py) = self.dst_hw, self.pad
+        if (nh, nw) == (h, w):
+            return r
+        return cv2.copyMakeBorder(r, py, h - nh - py, px, w - nw - px, cv2.BORDER_CONSTANT, value=0)
+
+    def boxes_to_image(self, boxes: np.ndarray) -> np.ndarray:
+        """(N, 4) xyxy in model pixels -> image pixels, clipped to the image."""
+        sx, sy = self.scale_xy
+        b = boxes.astype(np.float32).copy()
+        b[:, [0, 2]] = (b[:, [0, 2]] - self.pad[0]) / sx
+        b[:, [1, 3]] = (b[:, [1, 3]] - self.pad[1]) / sy
+        h0, w0 = self.src_hw
+        b[:, [0, 2]] = b[:, [0, 2]].clip(0, w0)
+        b[:, [1, 3]] = b[:, [1, 3]].clip(0, h0)
+        return b
+
+    def mask_to_image(self, mask: np.ndarray) -> np.ndarray:
+        """(H, W) class-id map in model pixels -> (h0, w0) visible pixels (nearest)."""
+        if self.identity:
+            return mask
+        (nh, nw), (px, py) = self.size_hw, self.pad
+        crop = mask[py:py + nh, px:px + nw]
+        return cv2.resize(crop, (self.src_hw[1], self.src_hw[0]), interpolation=cv2.INTER_NEAREST)
+
+
+def _warp(img: np.ndarray, m: np.ndarray, dst_hw: tuple[int, int], interpolation) -> np.ndarray:
+    """Warp with a pixel-edge 3x3 matrix (OpenCV uses pixel centres: shift by 0.5)."""
+    c = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]])
+    mc = np.linalg.inv(c) @ m @ c  # centre coords -> edge, apply, -> centre
+    h, w = dst_hw
+    if abs(mc[2, 0]) < 1e-15 and abs(mc[2, 1]) < 1e-15:
+        return cv2.warpAffine(img, mc[:2], (w, h), flags=interpolation, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return cv2.warpPerspective(img, mc, (w, h), flags=interpolation, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def warp_thermal(unit: np.ndarray, thermal_to_visible: np.ndarray, letterbox: Letterbox,
+                 out_hw: tuple[int, int]) -> np.ndarray:
+    """Thermal [0,1] image -> the model's thermal input grid in ONE warp.
+
+    model-thermal <- (downscale visible-model grid to out_hw) <- letterbox <- homography.
+    """
+    H, W = letterbox.dst_hw
+    down = np.diag([out_hw[1] / W, out_hw[0] / H, 1.0])
+    m = down @ letterbox.matrix @ thermal_to_visible
+    if np.allclose(m, np.eye(3)) and unit.shape == tuple(out_hw):
+        return unit
+    return _warp(unit, m, out_hw, cv2.INTER_LINEAR)

@@ -1,0 +1,54 @@
+"""ONNX Runtime engine (CPU, CUDA or TensorRT execution provider)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ms_perception.core.card import ModelCard, read_card
+from ms_perception.engines.base import Engine, EngineError
+
+PROVIDERS = {"cpu": ["CPUExecutionProvider"],
+             "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+             "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
+_ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(float16)": "float16",
+               "tensor(int64)": "int64", "tensor(int32)": "int32"}
+
+
+class OnnxRuntimeEngine(Engine):
+    def __init__(self, model_path: str | Path, provider: str = "cpu", threads: int = 0,
+                 card: ModelCard | None = None):
+        import onnxruntime as ort
+        p = Path(model_path)
+        if not p.exists():
+            raise EngineError(f"model file not found: {p} (export one with `ms-perception train export`, or use the "
+                              "embedded default model)")
+        self.card = card or read_card(p)
+        if provider not in PROVIDERS:
+            raise EngineError(f"unknown ONNX Runtime provider {provider!r}; choose one of {list(PROVIDERS)}")
+        available = set(ort.get_available_providers())
+        wanted = [pr for pr in PROVIDERS[provider] if pr in available]
+        if PROVIDERS[provider][0] not in available:
+            raise EngineError(f"ONNX Runtime here has no {PROVIDERS[provider][0]} (available: {sorted(available)}); "
+                              f"install the matching onnxruntime build or choose backend onnxruntime-cpu")
+        so = ort.SessionOptions()
+        # latency settings: full graph optimization, one request at a time, no thread spinning
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if threads:
+            so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(str(p), so, providers=wanted)
+        except Exception as exc:  # ORT raises several exception types
+            raise EngineError(f"{p}: ONNX Runtime cannot load the model ({exc})") from None
+        self.name = f"onnxruntime-{provider}"
+        self.providers = self.session.get_providers()
+        inputs = {i.name: (list(i.shape), _ORT_DTYPES.get(i.type, i.type)) for i in self.session.get_inputs()}
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.check_against_card(inputs, self.output_names, str(p))
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outs = self.session.run(self.output_names, feeds)
+        return dict(zip(self.output_names, outs))
