@@ -15,16 +15,17 @@ setup(
     packages=find_packages(include=["ms_perception", "ms_perception.*"])
     + ["ms_perception_training"] + ["ms_perception_training." + p for p in find_packages("training")],
     package_dir={"ms_perception_training": "training"},
-    package_data={"ms_perception_training.export": ["*.txt"]},
+    package_data={"ms_perception_training.export": ["*.txt"], "ms_perception": ["models/*.onnx", "models/*.json"]},
     include_package_data=False,
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
         ("share/" + package_name + "/config", glob("config/*.yaml")),
+        ("share/" + package_name + "/config/models", glob("config/models/*.yaml")),
     ],
     python_requires=">=3.10",
     install_requires=["numpy>=1.24", "opencv-python-headless>=4.8", "pycocotools>=2.0.7", "matplotlib>=3.7",
-                      "onnxruntime>=1.17"],
+                      "onnxruntime>=1.17", "rosbags>=0.10", "pyyaml>=6"],
     extras_require={
         # torch is NOT listed: install torch==2.13.0 first (a local CPU build here), see README
         "train": ["pyyaml>=6", "onnx>=1.15"],

@@ -160,7 +160,8 @@ def cmd_eval_seg(args) -> int:
 
 def cmd_demo(args) -> int:
     from ms_perception.demo import run_demo
-    return run_demo(Path(args.out), pairs=args.pairs, seed=args.seed)
+    return run_demo(Path(args.out), pairs=args.pairs, seed=args.seed, model=args.model, backend=args.backend,
+                    score_threshold=args.score_threshold)
 
 
 # ------------------------------------------------------------------------------ parser
@@ -219,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="demo_out")
     d.add_argument("--pairs", type=int, default=200)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--model", help="ONNX model with a card (default: the embedded default model)")
+    d.add_argument("--backend", default="onnxruntime", help="engine backend (default onnxruntime = CPU)")
+    d.add_argument("--score-threshold", type=float, default=0.3)
     d.set_defaults(func=cmd_demo)
     sub.add_parser("train", help="training, info and export (needs torch; see `ms-perception train -h`)")
     return p

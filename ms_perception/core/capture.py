@@ -83,8 +83,11 @@ class CapturePolicy:
         if c.mode == "threshold":
             hit = s >= c.threshold
         else:
+            # in the top fraction: strictly above the (k+1)-th largest recent score (ties do not qualify,
+            # so a flat stream of equal scores captures nothing)
             k = max(1, int(np.ceil(c.top_fraction * len(self.recent))))
-            hit = len(self.recent) >= min(c.window, 10) and s >= np.sort(np.fromiter(self.recent, float))[-k]
+            desc = np.sort(np.fromiter(self.recent, float))[::-1]
+            hit = len(self.recent) >= min(c.window, 10) and len(desc) > k and s > desc[k]
         reason = "below_threshold" if not hit else "captured"
         if hit and self.last_stamp_ns is not None and stamp_ns - self.last_stamp_ns < c.min_interval_s * 1e9:
             hit, reason = False, "min_interval"

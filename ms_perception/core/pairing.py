@@ -62,6 +62,8 @@ class ApproximateTimePairer:
         while len(q) > self.queue_size:
             del q[min(q)]
             self.stats.dropped[stream] += 1
+        if t not in q:  # the arrival itself was the oldest and got evicted
+            return None
         other_name = STREAMS[1 - STREAMS.index(stream)]
         other = self.queues[other_name]
         best = None

@@ -101,7 +101,7 @@ def thermal_to_unit(frame: Frame, norm: ThermalNormalization) -> np.ndarray:
         lo, hi = norm.celsius_min, norm.celsius_max
     else:
         lo, hi = norm.raw_min, norm.raw_max
-    out = (x - lo) / (hi - lo)
+    out = ((x - np.float32(lo)) / np.float32(hi - lo)).astype(np.float32, copy=False)
     out[~finite] = 0.0
     return np.clip(out, 0.0, 1.0)
 

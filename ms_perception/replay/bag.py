@@ -1,0 +1,135 @@
+"""rosbag2 reading and writing with ``rosbags`` (no ROS install needed).
+
+Images are ``sensor_msgs/msg/Image``. Writing a synthetic sequence makes a bag like the
+ones ``ros2 bag record`` produces on a rig: visible ``rgb8``, thermal ``mono16`` (raw
+counts) at the thermal camera's own resolution, header stamps with the thermal offset and
+jitter of the generator, log times equal to the stamps plus a small transport delay.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ms_perception.core.frames import Frame
+
+IMAGE = "sensor_msgs/msg/Image"
+_DTYPES = {"rgb8": (np.uint8, 3), "bgr8": (np.uint8, 3), "rgba8": (np.uint8, 4), "bgra8": (np.uint8, 4),
+           "mono8": (np.uint8, 1), "mono16": (np.uint16, 1), "16UC1": (np.uint16, 1), "32FC1": (np.float32, 1),
+           "8UC1": (np.uint8, 1), "8UC3": (np.uint8, 3)}
+
+
+class BagError(ValueError):
+    """The bag cannot be replayed as asked; the message names the fix."""
+
+
+def _typestore():
+    from rosbags.typesys import Stores, get_typestore
+    return get_typestore(Stores.ROS2_HUMBLE)
+
+
+def image_msg(ts, frame: Frame):
+    """numpy Frame -> sensor_msgs/msg/Image (rosbags dataclass)."""
+    Image = ts.types[IMAGE]
+    Header = ts.types["std_msgs/msg/Header"]
+    Time = ts.types["builtin_interfaces/msg/Time"]
+    a = np.ascontiguousarray(frame.data)
+    h, w = a.shape[:2]
+    ch = 1 if a.ndim == 2 else a.shape[2]
+    step = w * ch * a.dtype.itemsize
+    return Image(header=Header(stamp=Time(sec=int(frame.stamp_ns // 10**9), nanosec=int(frame.stamp_ns % 10**9)),
+                               frame_id=frame.frame_id),
+                 height=h, width=w, encoding=frame.encoding, is_bigendian=0, step=step,
+                 data=np.frombuffer(a.tobytes(), np.uint8))
+
+
+def frame_from_msg(msg) -> Frame:
+    """sensor_msgs/msg/Image -> Frame, honouring step (row padding) and endianness."""
+    enc = msg.encoding
+    if enc not in _DTYPES:
+        raise BagError(f"image encoding {enc!r} cannot be replayed; supported: {sorted(_DTYPES)}")
+    dtype, ch = _DTYPES[enc]
+    dt = np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<")
+    row = msg.width * ch * dt.itemsize
+    raw = np.asarray(msg.data, np.uint8)
+    if msg.step < row or raw.size < msg.step * msg.height:
+        raise BagError(f"image message is truncated or has a bad step ({msg.step} for {msg.width}x{msg.height} {enc})")
+    rows = raw[: msg.step * msg.height].reshape(msg.height, msg.step)[:, :row]
+    a = np.ascontiguousarray(rows).view(dt).reshape(msg.height, msg.width, ch) if ch > 1 else \
+        np.ascontiguousarray(rows).view(dt).reshape(msg.height, msg.width)
+    a = a.astype(dt.newbyteorder("="), copy=False)
+    stamp = int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec)
+    return Frame(a, stamp, "mono8" if enc == "8UC1" else "rgb8" if enc == "8UC3" else enc, msg.header.frame_id)
+
+
+def write_bag(path: str | Path, streams: Iterable[tuple[str, Frame, int]], storage: str = "mcap") -> Path:
+    """Write (topic, frame, log_time_ns) records to a new rosbag2 folder at ``path``."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    path = Path(path)
+    if path.exists():
+        raise BagError(f"{path} exists; rosbag2 writes a new folder (choose another path or delete it)")
+    plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3, "db3": StoragePlugin.SQLITE3}.get(storage)
+    if plugin is None:
+        raise BagError(f"storage {storage!r} is not one of mcap, sqlite3")
+    ts = _typestore()
+    conns = {}
+    with Writer(path, version=8, storage_plugin=plugin) as w:
+        for topic, frame, log_ns in streams:
+            if topic not in conns:
+                conns[topic] = w.add_connection(topic, IMAGE, typestore=ts)
+            w.write(conns[topic], int(log_ns), ts.serialize_cdr(image_msg(ts, frame), IMAGE))
+    return path
+
+
+def bag_topics(path: str | Path) -> dict[str, str]:
+    from rosbags.rosbag2 import Reader
+    with _open(path) as r:
+        return {c.topic: c.msgtype for c in r.connections}
+
+
+def _open(path):
+    from rosbags.rosbag2 import Reader
+    p = Path(path)
+    if not p.exists():
+        raise BagError(f"bag not found: {p}")
+    try:
+        r = Reader(p)
+        r.open()
+    except Exception as exc:  # rosbags raises ReaderError and storage-specific errors
+        raise BagError(f"{p}: not a readable rosbag2 recording ({type(exc).__name__}: {exc}); a bag is the folder "
+                       "with metadata.yaml (or a single .mcap/.db3 file)") from None
+    return r
+
+
+def read_frames(path: str | Path, visible_topic: str, thermal_topic: str | None) -> Iterator[tuple[str, Frame]]:
+    """Yield ("visible"|"thermal", Frame) in recording (log time) order."""
+    ts = _typestore()
+    r = _open(path)
+    try:
+        topics = {c.topic: c.msgtype for c in r.connections}
+        wanted = {visible_topic: "visible"} | ({thermal_topic: "thermal"} if thermal_topic else {})
+        for topic, stream in wanted.items():
+            if topic not in topics:
+                raise BagError(f"{path}: no {stream} topic {topic!r} in the bag; its image topics are "
+                               f"{sorted(t for t, m in topics.items() if m == IMAGE)} (set --{stream}-topic)")
+            if topics[topic] != IMAGE:
+                raise BagError(f"{path}: topic {topic!r} is {topics[topic]}, not {IMAGE}")
+        conns = [c for c in r.connections if c.topic in wanted]
+        try:
+            for conn, _, raw in r.messages(connections=conns):
+                yield wanted[conn.topic], frame_from_msg(ts.deserialize_cdr(raw, conn.msgtype))
+        except BagError:
+            raise
+        except Exception as exc:
+            raise BagError(f"{path}: the recording is corrupt or truncated ({type(exc).__name__}: {exc}); "
+                           "frames before this point were replayed") from None
+    finally:
+        r.close()
+
+
+def write_annotations(path: Path, records: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(records))
+    tmp.replace(path)

@@ -1,0 +1,125 @@
+"""Capture policy and the atomic, quota-bounded, never-blocking writer."""
+import errno
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from ms_perception.core import capture as cap
+from ms_perception.core.capture import (CapturePolicy, CapturePolicyConfig, CaptureRecord, CaptureWriter,
+                                        sanitize_id)
+
+S = 1_000_000_000
+
+
+def scene(seed):
+    return np.random.default_rng(seed).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+
+
+def test_policy_threshold_interval_and_duplicates():
+    p = CapturePolicy(CapturePolicyConfig(threshold=0.5, min_interval_s=2.0, duplicate_threshold=4.0))
+    assert p.decide(0, 0.4, scene(0)) == (False, "below_threshold")
+    assert p.decide(1 * S, 0.6, scene(0)) == (True, "captured")
+    assert p.decide(2 * S, 0.9, scene(1)) == (False, "min_interval")      # 1 s after the capture
+    assert p.decide(4 * S, 0.9, scene(0)) == (False, "near_duplicate")    # same scene again
+    assert p.decide(6 * S, 0.9, scene(2)) == (True, "captured")
+    assert p.reasons == {"below_threshold": 1, "captured": 2, "min_interval": 1, "near_duplicate": 1}
+
+
+def test_policy_top_fraction_and_smoothing():
+    p = CapturePolicy(CapturePolicyConfig(mode="top_fraction", top_fraction=0.1, window=20, min_interval_s=0,
+                                          duplicate_threshold=0))
+    hits = [p.decide(i * S, float(s))[0] for i, s in enumerate([0.1] * 15 + [0.9] + [0.1] * 4)]
+    assert hits.index(True) == 15 and sum(hits) == 1
+    q = CapturePolicy(CapturePolicyConfig(threshold=0.5, smoothing=0.5, min_interval_s=0))
+    assert q.decide(0, 0.0)[0] is False
+    assert q.decide(1, 0.8)[0] is False   # smoothed 0.4
+    assert q.decide(2, 0.8)[0] is True    # smoothed 0.6
+    with pytest.raises(ValueError, match="mode"):
+        CapturePolicyConfig(mode="always")
+
+
+def record(stamp, score, thermal=None):
+    t = thermal if thermal is not None else np.full((12, 16), 30000 + stamp % 7, np.uint16)
+    return CaptureRecord(stamp, score, scene(stamp), t, "mono16", stamp + 5, {"detections": []}, {"k": 1})
+
+
+def test_writer_writes_atomic_records_with_lossless_thermal(tmp_path):
+    w = CaptureWriter(tmp_path, robot_id="../robot 7/..", model_hash="abc")
+    thermal = np.arange(12 * 16, dtype=np.uint16).reshape(12, 16) * 300
+    assert w.submit(record(10, 0.5, thermal))
+    w.close()
+    assert sanitize_id("../robot 7/..") == "_robot_7_.." and w.dir.parent == tmp_path
+    (rec_dir,) = [p for p in w.dir.iterdir() if p.is_dir()]
+    meta = json.loads((rec_dir / "record.json").read_text())
+    assert meta["robot_id"] == w.robot_id and meta["model_hash"] == "abc" and meta["thermal_stamp_ns"] == 15
+    back = cv2.imread(str(rec_dir / "thermal.png"), cv2.IMREAD_UNCHANGED)
+    assert back.dtype == np.uint16 and np.array_equal(back, thermal)
+    vis = cv2.cvtColor(cv2.imread(str(rec_dir / "visible.png")), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(vis, scene(10))
+    lines = (w.dir / "manifest.jsonl").read_text().splitlines()
+    assert [json.loads(x)["id"] for x in lines] == [rec_dir.name]
+    assert w.stats.written == 1 and w.stats.bytes_used == sum(f.stat().st_size for f in rec_dir.iterdir())
+
+
+def test_quota_evicts_lowest_score_oldest_first_and_skips_worse_records(tmp_path):
+    probe = CaptureWriter(tmp_path / "probe")
+    size = sum(len(b) for b in probe._encode(record(1, 0.1), "x").values())
+    probe.close()
+    w = CaptureWriter(tmp_path / "q", quota_bytes=int(size * 3.5))
+    for stamp, score in [(1, 0.3), (2, 0.9), (3, 0.3), (4, 0.5)]:
+        w.submit(record(stamp, score))
+    w.submit(record(5, 0.1))  # would need to evict better records: skipped
+    w.close()
+    kept = sorted(json.loads(x)["stamp_ns"] for x in (w.dir / "manifest.jsonl").read_text().splitlines())
+    assert kept == [2, 3, 4]  # stamp 1 (score .3, oldest) evicted first
+    assert w.stats.evicted == 1 and w.stats.quota_skipped == 1
+    assert sorted(p.name for p in w.dir.iterdir() if p.is_dir()) == sorted(
+        json.loads(x)["id"] for x in (w.dir / "manifest.jsonl").read_text().splitlines())
+    assert sum(f.stat().st_size for d in w.dir.iterdir() if d.is_dir() for f in d.iterdir()) <= w.quota
+
+
+def test_full_disk_leaves_no_partial_record_and_keeps_going(tmp_path, monkeypatch):
+    w = CaptureWriter(tmp_path)
+    real_fsync = os.fsync
+    calls = {"n": 0}
+
+    def failing_fsync(fd):
+        calls["n"] += 1
+        if calls["n"] == 2:  # second file of the first record: the disk fills up
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(cap.os, "fsync", failing_fsync)
+    w.submit(record(1, 0.5))
+    w.submit(record(2, 0.6))
+    w.close()
+    dirs = [p.name for p in w.dir.iterdir() if p.is_dir()]
+    assert len(dirs) == 1 and not any(d.startswith(".tmp") for d in dirs)
+    assert w.stats.write_errors == 1 and "No space left" in w.stats.last_error and w.stats.written == 1
+    assert [json.loads(x)["stamp_ns"] for x in (w.dir / "manifest.jsonl").read_text().splitlines()] == [2]
+
+
+def test_submit_never_blocks_and_counts_drops(tmp_path, monkeypatch):
+    import threading
+    gate = threading.Event()
+    w = CaptureWriter(tmp_path, queue_size=2)
+    real = w._write
+    monkeypatch.setattr(w, "_write", lambda rec: (gate.wait(5), real(rec)))
+    results = [w.submit(record(i, 0.5)) for i in range(6)]  # writer stuck on the first one
+    assert results.count(False) >= 3 and w.stats.dropped_queue_full == results.count(False)
+    gate.set()
+    w.close()
+    assert w.stats.written == 6 - w.stats.dropped_queue_full
+
+
+def test_restart_reads_manifest_and_cleans_temp(tmp_path):
+    w = CaptureWriter(tmp_path, robot_id="r")
+    w.submit(record(1, 0.5))
+    w.close()
+    (w.dir / ".tmp-junk").mkdir()
+    w2 = CaptureWriter(tmp_path, robot_id="r")
+    w2.close()
+    assert len(w2.entries) == 1 and not (w.dir / ".tmp-junk").exists() and w2.stats.bytes_used > 0
