@@ -99,9 +99,32 @@ def cmd_export(args) -> int:
     return 1 if res.unsupported_ops and args.strict_tensorrt else 0
 
 
+def cmd_fit(args) -> int:
+    from ms_perception_training.fit import fit, load_fit_config
+    cfg, mcfg = load_fit_config(args.config)
+    if args.iterations:
+        cfg.iterations = args.iterations
+    log = (lambda *a: None) if args.json else print
+    try:
+        summary = fit(cfg, mcfg, Path(args.out), log=log)
+    except RuntimeError as exc:
+        raise TrainCliError(str(exc)) from None
+    if not args.json:
+        print(f"loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f} over {summary['iterations']} "
+              f"iterations in {summary['seconds']} s; checkpoint {summary['checkpoint']}")
+    print(json.dumps(summary))
+    return 0
+
+
 def build_parser(prog: str = "ms-perception train") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Training, inspection and export of multispectral models.")
     sub = p.add_subparsers(dest="command", required=True)
+    f = sub.add_parser("fit", help="train a model (first trainer: synthetic data, CPU/GPU)")
+    f.add_argument("--config", required=True, help="experiment YAML (config/experiments/)")
+    f.add_argument("--out", required=True)
+    f.add_argument("--iterations", type=int, help="override the config's iteration count")
+    f.add_argument("--json", action="store_true")
+    f.set_defaults(func=cmd_fit)
     i = sub.add_parser("info", help="parameters, multiply-accumulates and CPU latency of a model config")
     i.add_argument("--config", required=True)
     i.add_argument("--latency-runs", type=int, default=3, help="timed CPU forwards (0: skip)")

@@ -190,8 +190,9 @@ def test_demo_runs_end_to_end(tmp_path):
     r = run_cli("demo", "--out", str(tmp_path / "demo"), "--pairs", "40")
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout.strip().splitlines()[-1])
-    assert set(summary) >= {"all"} and 0 <= summary["all"] <= 100
-    assert (tmp_path / "demo" / "miss_rate.png").exists() and list((tmp_path / "demo" / "overlays").glob("*.jpg"))
+    assert summary["pairs"] == 40 and summary["unpaired"] == 0 and 0 <= summary["miss_rate"]["all"] <= 100
+    assert list((tmp_path / "demo" / "overlays").glob("*.jpg")) and (tmp_path / "demo" / "summary.json").exists()
+    assert list((tmp_path / "demo" / "bag").glob("*.mcap"))
 
 
 def test_precision_recall_curves_and_plot(tmp_path):

@@ -1,0 +1,78 @@
+"""Losses and the IoU assigner on hand-checkable inputs; the first trainer's smoke run."""
+import json
+import math
+
+import pytest
+import torch
+
+from ms_perception_training.assign import IoUAssigner
+from ms_perception_training.fit import FitConfig, lr_at
+from ms_perception_training.losses import balanced_l1_loss, dice_loss, sigmoid_focal_loss
+
+
+def test_focal_loss_by_hand():
+    # p = σ(0) = 0.5, target 1: α (1-p)^γ (-log p) = 0.25 * 0.25 * ln 2
+    assert sigmoid_focal_loss(torch.tensor([0.0]), torch.tensor([1.0])).item() == pytest.approx(0.0625 * math.log(2))
+    # target 0 uses 1 - α = 0.75
+    assert sigmoid_focal_loss(torch.tensor([0.0]), torch.tensor([0.0])).item() == pytest.approx(0.1875 * math.log(2))
+    # γ = 0, α = 0.5 -> half the BCE
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor([1.3]), torch.tensor([1.0]))
+    assert sigmoid_focal_loss(torch.tensor([1.3]), torch.tensor([1.0]), 0.5, 0.0).item() == pytest.approx(0.5 * bce.item())
+
+
+def test_balanced_l1_by_hand_and_continuous():
+    b = math.exp(1.5 / 0.5) - 1
+    x = 0.3
+    expect = 0.5 / b * (b * x + 1) * math.log(b * x + 1) - 0.5 * x
+    assert balanced_l1_loss(torch.tensor([x]), torch.tensor([0.0])).item() == pytest.approx(expect, rel=1e-5)
+    lo = balanced_l1_loss(torch.tensor([1 - 1e-4]), torch.tensor([0.0])).item()
+    hi = balanced_l1_loss(torch.tensor([1 + 1e-4]), torch.tensor([0.0])).item()
+    assert abs(hi - lo) < 1e-3  # b chosen so the two pieces meet at β = 1
+    assert balanced_l1_loss(torch.tensor([2.0]), torch.tensor([0.0])).item() == pytest.approx(1.5 * 2 + 1.5 / b - 0.5)
+
+
+def test_dice_loss():
+    g = torch.zeros(1, 1, 2, 2)
+    g[0, 0, 0] = 1
+    assert dice_loss(g, g, eps=0).item() == pytest.approx(0.0)
+    assert dice_loss(1 - g, g, eps=0).item() == pytest.approx(1.0)
+    assert dice_loss(torch.full_like(g, 0.5), g, eps=0).item() == pytest.approx(1 - 2 * 1 / (2 + 2))
+
+
+def test_iou_assigner_cases():
+    anchors = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 12], [20, 20, 30, 30], [40, 40, 50, 50.0]])
+    gt = torch.tensor([[0, 0, 10, 11], [22, 22, 31, 31.0]])
+    r = IoUAssigner().assign(anchors, gt)
+    # anchor 0 IoU 10/11 and anchor 1 IoU 11/12 with gt 0 -> positive; anchor 2 IoU 64/(100+81-64)=0.547 -> positive
+    assert r.labels.tolist() == [1, 1, 1, 0] and r.gt_index.tolist() == [0, 0, 1, -1]
+    assert r.num_pos.tolist() == [2, 1] and r.num_ignored.tolist() == [0, 0]
+    # a small object below 0.4 IoU everywhere still gets its best anchor
+    r2 = IoUAssigner().assign(anchors, torch.tensor([[41, 41, 44, 44.0]]))
+    assert r2.labels.tolist() == [0, 0, 0, 1]
+    # ignore band 0.4 <= IoU < 0.5 (the best anchor of another object excepted)
+    r3 = IoUAssigner().assign(anchors[:1], torch.tensor([[0, 0, 10, 10.0], [0, 0, 10, 22.0]]))
+    assert r3.labels.tolist() == [1]
+    r4 = IoUAssigner().assign(torch.tensor([[0, 0, 10, 10.0], [0, 0, 10, 21.0]]), torch.tensor([[0, 0, 10, 10.0]]))
+    assert r4.labels.tolist() == [1, -1]  # IoU 100/210 = 0.476: between 0.4 and 0.5 -> ignored
+    empty = IoUAssigner().assign(anchors, torch.zeros(0, 4))
+    assert empty.labels.tolist() == [0, 0, 0, 0] and empty.gt_index.tolist() == [-1] * 4
+
+
+def test_warmup_then_cosine():
+    cfg = FitConfig(iterations=100, warmup_iterations=10, lr=0.01)
+    assert lr_at(0, cfg) == pytest.approx(1e-6)
+    assert lr_at(10, cfg) == pytest.approx(0.01)
+    assert lr_at(55, cfg) == pytest.approx(0.005)
+    assert lr_at(100, cfg) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_smoke_fit_loss_falls(tmp_path, capsys):
+    from pathlib import Path
+
+    from ms_perception_training.cli import main
+    cfg = Path(__file__).resolve().parents[2] / "config/experiments/synthetic_smoke.yaml"
+    assert main(["fit", "--config", str(cfg), "--out", str(tmp_path / "run"), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert s["iterations"] == 60 and s["last_loss"] < 0.7 * s["first_loss"]
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert state["iteration"] == 60
