@@ -192,7 +192,7 @@ def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print) -> dict:
         if it % 20 == 0 or it == cfg.iterations - 1:
             el = time.perf_counter() - t0
             eta = el / (it + 1) * (cfg.iterations - it - 1)
-            log(f"it {it:5d}/{cfg.iterations}  loss {float(loss):.4f}  lr {lr_at(it, cfg):.2e}  "
+            log(f"it {it:5d}/{cfg.iterations}  loss {loss.item():.4f}  lr {lr_at(it, cfg):.2e}  "
                 f"{el:.0f}s elapsed, ETA {eta:.0f}s")
         if (it + 1) % 100 == 0 or it == cfg.iterations - 1:
             tmp = out_dir / "last.pt.tmp"
