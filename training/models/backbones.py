@@ -97,11 +97,7 @@ class ResNet(nn.Module):
         setattr(self, f"layer{index + 1}", nn.Identity())
 
     def forward(self, x):
-        outs = []
-        for s in self.stages:
-            x = s(x)
-            outs.append(x)
-        return outs
+        return run_stages(self.stages, x)
 
 
 class VGG16(nn.Module):
@@ -161,11 +157,7 @@ class VGG16(nn.Module):
             self.fc6, self.fc7 = nn.Identity(), nn.Identity()
 
     def forward(self, x):
-        outs = []
-        for s in self.stages:
-            x = s(x)
-            outs.append(x)
-        return outs
+        return run_stages(self.stages, x)
 
 
 class _VGGTail(nn.Module):
@@ -176,6 +168,15 @@ class _VGGTail(nn.Module):
     def forward(self, x):
         n = self._net[0]
         return n.relu(n.fc7(n.relu(n.fc6(n.pool5(x)))))
+
+
+def run_stages(stages, x) -> list:
+    """Run stages in order; return every stage's output (fine to coarse)."""
+    outs = []
+    for s in stages:
+        x = s(x)
+        outs.append(x)
+    return outs
 
 
 def build_backbone(arch: str, in_channels: int = 3, width: float = 1.0) -> nn.Module:
