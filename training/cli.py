@@ -83,9 +83,9 @@ def cmd_export(args) -> int:
                       opset=args.opset, notes=args.notes or "")
     side = Path(args.out).with_suffix(".card.json")
     from ms_perception_training.export.onnx_export import card_json
-    tmp = side.with_name(side.name + ".tmp")
-    tmp.write_text(card_json(res.card))
-    tmp.replace(side)
+
+    from ms_perception.core.atomic import atomic_write
+    atomic_write(side, card_json(res.card))
     summary = {"out": str(res.path), "card": str(side), "parity_max_abs": res.parity_max_abs,
                "unsupported_tensorrt_ops": res.unsupported_ops, "folded_batchnorm": res.folded_bn,
                "graph_sha256": res.card.graph_sha256}

@@ -20,11 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from ms_perception.core.anchors import BoxCoder, grid_anchors
-from ms_perception.core.frames import Frame
-from ms_perception.core.preprocess import Letterbox, ThermalNormalization, thermal_to_unit, warp_thermal
-from ms_perception.synth.generator import SynthConfig, SyntheticGenerator
 from ms_perception_training.assign import IoUAssigner
 from ms_perception_training.config import ConfigError, from_dict, load_yaml
 from ms_perception_training.data.transforms import ellipse_mask
@@ -34,8 +29,10 @@ from ms_perception_training.models.fusion.gaff import IGNORE, gaff_inter_labels
 from ms_perception_training.models.heads import flatten_levels
 from ms_perception_training.models.multispectral import build_model
 
-
-SYNTH_NAMES = {1: "person", 2: "bicycle", 3: "car"}  # the generator's COCO ids
+from ms_perception.core.anchors import BoxCoder, grid_anchors
+from ms_perception.core.frames import Frame
+from ms_perception.core.preprocess import Letterbox, ThermalNormalization, thermal_to_unit, warp_thermal
+from ms_perception.synth.generator import CLASS_NAMES, SynthConfig, SyntheticGenerator
 
 
 @dataclass
@@ -83,11 +80,11 @@ def make_pool(mcfg: ModelConfig, d: SynthDataConfig):
         vis = lb.apply(sp.visible)
         unit = thermal_to_unit(Frame(sp.thermal_raw, 0, "mono16"), norm)
         th = np.clip(np.rint(warp_thermal(unit, sp.homography, lb, mcfg.input.thermal_hw) * 255), 0, 255)
-        objs = [o for o in sp.objects if SYNTH_NAMES[o.class_id] in mcfg.class_names]
+        objs = [o for o in sp.objects if CLASS_NAMES[o.class_id] in mcfg.class_names]
         boxes = np.array([o.box for o in objs], np.float32).reshape(-1, 4)
         boxes = np.concatenate([boxes[:, :2] * lb.scale_xy + lb.pad, boxes[:, 2:] * lb.scale_xy + lb.pad], 1) \
             if len(boxes) else boxes
-        labels = np.array([mcfg.class_names.index(SYNTH_NAMES[o.class_id]) for o in objs], np.int64)
+        labels = np.array([mcfg.class_names.index(CLASS_NAMES[o.class_id]) for o in objs], np.int64)
         pool.append((vis, th.astype(np.uint8), boxes, labels))
     return pool
 

@@ -9,14 +9,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ms_perception.core.anchors import BoxCoder, grid_anchors
 from ms_perception.core.capture import CapturePolicy, CaptureRecord, CaptureWriter
-from ms_perception.core.card import ModelCard
 from ms_perception.core.frames import FramePair
-from ms_perception.core.inconsistency import (InconsistencyScore, detection_inconsistency,
-                                              segmentation_inconsistency)
+from ms_perception.core.inconsistency import InconsistencyScore, detection_inconsistency, segmentation_inconsistency
 from ms_perception.core.postprocess import Detections, check_finite, select_detections
-from ms_perception.core.preprocess import (InputError, Letterbox, ThermalNormalization, load_calibration,
-                                           thermal_to_unit, visible_to_rgb, warp_thermal)
+from ms_perception.core.preprocess import (
+    InputError,
+    Letterbox,
+    ThermalNormalization,
+    load_calibration,
+    thermal_to_unit,
+    visible_to_rgb,
+    warp_thermal,
+)
 
 
 @dataclass
@@ -62,6 +68,9 @@ class Pipeline:
         self.level_counts = [lv.num_anchors * h * w for lv, (h, w) in zip(self.card.anchor_levels, self.card.level_sizes)]
         self.mono = [b for b in ("visible", "thermal") if b in self.card.branches]
         self._lb_cache: dict = {}
+        if self.card.task == "detection" and self.card.box_decoding == "anchors":  # the runtime decodes
+            self._anchors = grid_anchors(self.card.anchor_levels, [tuple(s) for s in self.card.level_sizes])
+            self._coder = BoxCoder(tuple(self.card.box_coder_weights))
 
     # ------------------------------------------------------------------ helpers
     def _letterbox(self, hw) -> Letterbox:
@@ -116,12 +125,8 @@ class Pipeline:
         res = Result(pair.stamp_ns, Detections())
         card = self.card
         if card.task == "detection":
-            scores, boxes = out["scores"][0], out["boxes"][0] if "boxes" in out else None
-            if boxes is None:
-                from ms_perception.core.anchors import BoxCoder, grid_anchors
-                if not hasattr(self, "_anchors"):
-                    self._anchors = grid_anchors(card.anchor_levels, [tuple(s) for s in card.level_sizes])
-                boxes = BoxCoder(tuple(card.box_coder_weights)).decode(self._anchors, out["deltas"][0])
+            scores = out["scores"][0]
+            boxes = out["boxes"][0] if "boxes" in out else self._coder.decode(self._anchors, out["deltas"][0])
             det = select_detections(scores, boxes, self.cfg.score_threshold, self.cfg.nms_iou, self.cfg.max_detections)
             det.boxes = lb.boxes_to_image(det.boxes)
             res.detections = det

@@ -21,11 +21,11 @@ meaningful for a Q/DQ-quantized ONNX; no calibrator is provided here.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 
+from ms_perception.core.atomic import atomic_write
 from ms_perception.core.card import ModelCard, read_card
 from ms_perception.engines.base import Engine, EngineError
 
@@ -118,10 +118,8 @@ def build_engine(onnx_path: str | Path, cache_dir: str | Path, precision: str = 
     if serialized is None:
         raise EngineError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    for path, data in ((engine_path, bytes(serialized)), (card_path, card.to_json().encode())):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+    atomic_write(engine_path, bytes(serialized))
+    atomic_write(card_path, card.to_json())
     return engine_path, card
 
 
@@ -193,10 +191,3 @@ class TensorRTEngine(Engine):
         self.buffers.clear()
         self.cudart.cudaStreamDestroy(self.stream)
 
-
-def write_card_sidecar(engine_path: Path, card: ModelCard) -> Path:
-    side = engine_path.with_suffix(engine_path.suffix + ".card.json")
-    tmp = side.with_name(side.name + ".tmp")
-    tmp.write_text(json.dumps(card.to_dict(), indent=2, sort_keys=True))
-    tmp.replace(side)
-    return side

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ms_perception.core.atomic import atomic_write
 from ms_perception.core.frames import Frame
 
 IMAGE = "sensor_msgs/msg/Image"
@@ -83,12 +84,6 @@ def write_bag(path: str | Path, streams: Iterable[tuple[str, Frame, int]], stora
     return path
 
 
-def bag_topics(path: str | Path) -> dict[str, str]:
-    from rosbags.rosbag2 import Reader
-    with _open(path) as r:
-        return {c.topic: c.msgtype for c in r.connections}
-
-
 def _open(path):
     from rosbags.rosbag2 import Reader
     p = Path(path)
@@ -130,6 +125,4 @@ def read_frames(path: str | Path, visible_topic: str, thermal_topic: str | None)
 
 
 def write_annotations(path: Path, records: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(records))
-    tmp.replace(path)
+    atomic_write(path, json.dumps(records))

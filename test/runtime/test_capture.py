@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from ms_perception.core import capture as cap
-from ms_perception.core.capture import (CapturePolicy, CapturePolicyConfig, CaptureRecord, CaptureWriter,
-                                        sanitize_id)
+from ms_perception.core.capture import CapturePolicy, CapturePolicyConfig, CaptureRecord, CaptureWriter, sanitize_id
 
 S = 1_000_000_000
 

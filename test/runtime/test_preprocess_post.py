@@ -9,11 +9,23 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from ms_perception.core.frames import Frame
-from ms_perception.core.inconsistency import (binary_entropy, detection_inconsistency, pixel_inconsistency,
-                                              prediction_inconsistency, segmentation_inconsistency)
+from ms_perception.core.inconsistency import (
+    binary_entropy,
+    detection_inconsistency,
+    pixel_inconsistency,
+    prediction_inconsistency,
+    segmentation_inconsistency,
+)
 from ms_perception.core.postprocess import ModelOutputError, iou_matrix, select_detections
-from ms_perception.core.preprocess import (InputError, Letterbox, ThermalNormalization, load_calibration,
-                                           thermal_to_unit, visible_to_rgb, warp_thermal)
+from ms_perception.core.preprocess import (
+    InputError,
+    Letterbox,
+    ThermalNormalization,
+    load_calibration,
+    thermal_to_unit,
+    visible_to_rgb,
+    warp_thermal,
+)
 from ms_perception.synth.generator import SynthConfig, SyntheticGenerator, celsius_to_counts
 
 

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-
 from ms_perception_training.assign import IoUAssigner
 from ms_perception_training.fit import FitConfig, lr_at
 from ms_perception_training.losses import balanced_l1_loss, dice_loss, sigmoid_focal_loss

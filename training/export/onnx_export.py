@@ -31,6 +31,7 @@ from ms_perception_training.models.multispectral import MultispectralModel
 from torch import nn
 
 from ms_perception.core.anchors import BoxCoder, grid_anchors
+from ms_perception.core.atomic import atomic_write
 from ms_perception.core.card import CARD_KEY, ModelCard, Normalization, TensorSpec
 
 OPSET = 17
@@ -204,9 +205,7 @@ def export_onnx(model: MultispectralModel, out: str | Path, *, uint8_input: bool
     entry.key, entry.value = CARD_KEY, card.to_json()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(m.SerializeToString())
-    tmp.replace(out)
+    atomic_write(out, m.SerializeToString())
     wrapper.eval()  # the exporter restores the wrapper's previous mode; make sure it is eval
     parity = {}
     if check_parity:
