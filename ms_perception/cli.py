@@ -164,6 +164,97 @@ def cmd_demo(args) -> int:
                     score_threshold=args.score_threshold)
 
 
+# ------------------------------------------------------------------------ replay / bench
+
+
+def cmd_replay(args) -> int:
+    from ms_perception.core.capture import CapturePolicy, CapturePolicyConfig, CaptureWriter
+    from ms_perception.core.pipeline import Pipeline, PipelineConfig
+    from ms_perception.core.preprocess import ThermalNormalization
+    from ms_perception.demo import DEFAULT_MODEL
+    from ms_perception.engines import EngineError, create_engine
+    from ms_perception.replay.bag import BagError
+    from ms_perception.replay.run import evaluate_persons, load_annotations, replay_bag
+
+    model = Path(args.model) if args.model else DEFAULT_MODEL
+    try:
+        engine = create_engine(args.backend, model)
+        thermal = ThermalNormalization(mode=args.thermal_mode, raw_min=args.thermal_raw_min,
+                                       raw_max=args.thermal_raw_max)
+        cfg = PipelineConfig(score_threshold=args.score_threshold, nms_iou=args.nms_iou, thermal=thermal,
+                             calibration=args.calibration, assume_same_fov=args.assume_same_fov)
+        policy = writer = None
+        if args.capture_dir:
+            policy = CapturePolicy(CapturePolicyConfig(mode="threshold", threshold=args.capture_threshold,
+                                                       min_interval_s=args.capture_min_interval))
+            writer = CaptureWriter(args.capture_dir, robot_id=args.robot_id, model_hash=engine.card.graph_sha256[:16],
+                                   quota_bytes=int(args.capture_quota_mb * (1 << 20)))
+        pipe = Pipeline(engine, cfg, policy, writer)
+        summary, results = replay_bag(args.bag, pipe, args.visible_topic, args.thermal_topic or None,
+                                      slop_s=args.slop, queue_size=args.queue_size)
+    except (EngineError, BagError) as exc:
+        raise CliError(str(exc)) from None
+    if summary.pairs == 0:
+        raise CliError(f"{args.bag}: no frame pairs on {args.visible_topic} + {args.thermal_topic} (pairing stats "
+                       f"{summary.pairing}); check the topic names and --slop")
+    report = {"model": engine.card.name, **summary.to_dict()}
+    anns = load_annotations(args.bag)
+    if anns and "person" in engine.card.class_names:
+        report["miss_rate"] = evaluate_persons(results, anns, engine.card.class_names.index("person"),
+                                               tuple(summary.visible_hw))
+    if args.out:
+        from ms_perception.core.atomic import atomic_write
+        atomic_write(Path(args.out), (json.dumps(report, indent=2) + "\n").encode())
+    if not args.json:
+        print(f"pairs {summary.pairs}, unpaired {summary.pairing['unpaired']}, detections {summary.detections}, "
+              f"captured {summary.captured}")
+        for k, v in summary.latency_ms.items():
+            print(f"  {k:>13}: p50 {v['p50']:.2f} ms  p95 {v['p95']:.2f} ms")
+        if summary.inconsistency:
+            i = summary.inconsistency
+            print(f"  inconsistency: median {i['p50']:.4f}, p95 {i['p95']:.4f}, max {i['max']:.4f}")
+        if "miss_rate" in report:
+            print("  person miss rate: " + ", ".join(f"{k} {v:.2f}%" for k, v in report["miss_rate"].items()))
+    print(json.dumps({k: report[k] for k in ("pairs", "pairing", "detections", "latency_ms", "inconsistency",
+                                             "captured", "miss_rate") if k in report}))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from ms_perception.bench import BenchError, default_cache, ensure_models, print_report, run_bench
+    from ms_perception.engines import EngineError
+    try:
+        if bool(args.teacher) != bool(args.student):
+            raise CliError("pass both --teacher and --student, or neither (then the presets are exported)")
+        if args.teacher:
+            models = {"teacher": Path(args.teacher), "student": Path(args.student)}
+            if args.three_branch:
+                models["three_branch"] = Path(args.three_branch)
+        else:
+            models = ensure_models(Path(args.cache) if args.cache else default_cache())
+        r = run_bench(models, tuple(args.size), args.iterations, args.warmup, args.threads, args.backend)
+    except (BenchError, EngineError) as exc:
+        raise CliError(str(exc)) from None
+    if not args.json:
+        print_report(r)
+    print(json.dumps(r))
+    return 0
+
+
+def cmd_build_engine(args) -> int:
+    from ms_perception.engines import EngineError
+    from ms_perception.engines.tensorrt_engine import build_engine
+    try:
+        t0 = time.perf_counter()
+        path, card = build_engine(args.onnx, args.cache_dir or Path(args.onnx).parent / "engines", args.precision,
+                                  workspace_bytes=int(args.workspace_mb) << 20, rebuild=True)
+    except EngineError as exc:
+        raise CliError(str(exc)) from None
+    print(json.dumps({"engine": str(path), "card": str(path) + ".card.json", "model": card.name,
+                      "precision": args.precision, "seconds": round(time.perf_counter() - t0, 1)}))
+    return 0
+
+
 # ------------------------------------------------------------------------------ parser
 
 
@@ -224,6 +315,54 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--backend", default="onnxruntime", help="engine backend (default onnxruntime = CPU)")
     d.add_argument("--score-threshold", type=float, default=0.3)
     d.set_defaults(func=cmd_demo)
+    r = sub.add_parser("replay", help="replay a rosbag2 (.mcap/.db3) through the pipeline: latency, pairing, "
+                                      "inconsistency, capture, accuracy when annotations.json is in the bag folder")
+    r.add_argument("bag", help="bag folder (or .mcap/.db3 file)")
+    r.add_argument("--visible-topic", default="/camera/visible/image_raw")
+    r.add_argument("--thermal-topic", default="/camera/thermal/image_raw", help="'' for visible-only models")
+    r.add_argument("--model", help="ONNX model or TensorRT engine with a card (default: the embedded model)")
+    r.add_argument("--backend", default="onnxruntime")
+    r.add_argument("--score-threshold", type=_fraction, default=0.3)
+    r.add_argument("--nms-iou", type=_fraction, default=0.5)
+    r.add_argument("--slop", type=float, default=0.05, help="pairing slop in seconds (as the ROS node)")
+    r.add_argument("--queue-size", type=int, default=10)
+    r.add_argument("--calibration", help="thermal->visible homography YAML")
+    r.add_argument("--assume-same-fov", action="store_true", help="thermal differs from visible only in resolution")
+    r.add_argument("--thermal-mode", choices=("window", "percentile"), default="window")
+    r.add_argument("--thermal-raw-min", type=float, default=(273.15 - 10.0) * 100)
+    r.add_argument("--thermal-raw-max", type=float, default=(273.15 + 50.0) * 100)
+    r.add_argument("--capture-dir", help="record uncertain pairs here")
+    r.add_argument("--capture-threshold", type=float, default=0.2)
+    r.add_argument("--capture-min-interval", type=float, default=2.0)
+    r.add_argument("--capture-quota-mb", type=float, default=1024)
+    r.add_argument("--robot-id", default="replay")
+    r.add_argument("--out", help="write the full report JSON here")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_replay)
+
+    b = sub.add_parser("bench", help="engine time of GAFF teacher vs MD student and the pipeline overhead, "
+                                     "side by side in one run")
+    b.add_argument("--teacher", help="teacher ONNX (default: export config/models/gaff_r18_retinanet.yaml)")
+    b.add_argument("--student", help="student ONNX (default: export config/models/md_student_r18_retinanet.yaml)")
+    b.add_argument("--three-branch", help="optional three-branch ONNX (default with the presets: "
+                                          "gaff_three_branch_r18_retinanet); its pipeline computes inconsistency")
+    b.add_argument("--cache", help="folder for the exported presets (default ~/.cache/ms_perception/bench)")
+    b.add_argument("--size", type=_size, default=(640, 512), help="camera size WxH (default 640x512)")
+    b.add_argument("--iterations", type=int, default=20)
+    b.add_argument("--warmup", type=int, default=3)
+    b.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
+    b.add_argument("--backend", default="onnxruntime")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench)
+
+    t = sub.add_parser("build-engine", help="build a TensorRT engine from an ONNX model on this device (cached by "
+                                            "ONNX hash, TensorRT version, compute capability, precision)")
+    t.add_argument("onnx")
+    t.add_argument("--cache-dir", help="default: engines/ beside the ONNX file")
+    t.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16",
+                   help="int8 needs an explicitly quantized (Q/DQ) ONNX; TensorRT 10 deprecates implicit calibration")
+    t.add_argument("--workspace-mb", type=int, default=1024)
+    t.set_defaults(func=cmd_build_engine)
     sub.add_parser("train", help="training, info and export (needs torch; see `ms-perception train -h`)")
     return p
 

@@ -28,6 +28,7 @@ class ReplaySummary:
     captured: int = 0
     capture: dict = field(default_factory=dict)
     errors: int = 0
+    visible_hw: tuple = ()
     wall_s: float = 0.0
 
     def to_dict(self) -> dict:
@@ -59,6 +60,8 @@ def replay_bag(bag: str | Path, pipeline: Pipeline, visible_topic: str, thermal_
         else:
             pair = FramePair(frame, None)
         res = pipeline.process(pair)
+        if not summ.pairs:
+            summ.visible_hw = pair.visible.shape_hw
         summ.pairs += 1
         summ.detections += len(res.detections)
         for k, v in res.timings_ms.items():

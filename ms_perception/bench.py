@@ -1,0 +1,160 @@
+"""``ms-perception bench``: engine time of the GAFF teacher and the MD student, and the
+pipeline's own overhead, measured side by side in one process (this machine is noisy, so only
+ratios measured in the same run are meaningful).
+
+The process never imports torch: when no models are given, the two full-size presets are
+exported by a *child* process (``ms-perception train export``) into a cache folder, and this
+process only loads the ONNX files. The peak resident memory reported is this process's.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ms_perception.core.frames import Frame
+from ms_perception.core.pairing import ApproximateTimePairer
+from ms_perception.core.pipeline import Pipeline, PipelineConfig
+from ms_perception.engines import create_engine
+
+# teacher/student: the MD pair of §5.2; three_branch: the active-learning model, whose pipeline
+# also computes the inconsistency score (the heaviest overhead path)
+PRESETS = {"teacher": "gaff_r18_retinanet.yaml", "student": "md_student_r18_retinanet.yaml",
+           "three_branch": "gaff_three_branch_r18_retinanet.yaml"}
+ROLES = tuple(PRESETS)
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def config_dir() -> Path:
+    """config/ of a source checkout, else the installed share/ms_perception/config."""
+    here = Path(__file__).resolve().parent.parent / "config"
+    if (here / "models").is_dir():
+        return here
+    return Path(sys.prefix) / "share" / "ms_perception" / "config"
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ms_perception" / "bench"
+
+
+def ensure_models(cache: Path) -> dict[str, Path]:
+    """Export the two presets (untrained weights: timing does not depend on them) if missing."""
+    out = {}
+    for role, preset in PRESETS.items():
+        path = cache / f"{Path(preset).stem}.onnx"
+        if not path.exists():
+            cfg = config_dir() / "models" / preset
+            if not cfg.exists():
+                raise BenchError(f"preset {cfg} not found; pass --teacher and --student ONNX files instead")
+            print(f"exporting {preset} -> {path} (child process with torch)", flush=True)
+            cache.mkdir(parents=True, exist_ok=True)
+            proc = subprocess.run([sys.executable, "-m", "ms_perception.cli", "train", "export", "--config", str(cfg),
+                                   "--out", str(path), "--json"], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise BenchError(f"exporting {preset} failed ({proc.stderr.strip().splitlines()[-1:]}); install the "
+                                 "training extra (`pip install torch==2.13.0 && pip install -e .[train]`) or pass "
+                                 "--teacher/--student ONNX files exported elsewhere")
+        out[role] = path
+    return out
+
+
+def _frames(card, size_wh: tuple[int, int], seed: int) -> tuple[Frame, Frame]:
+    """A realistic pair: visible rgb8 at ``size_wh``, thermal mono16 at the model's thermal grid
+    scaled to the camera (the MD student's camera really has fewer pixels)."""
+    from ms_perception.synth.generator import SynthConfig, SyntheticGenerator
+    w, h = size_wh
+    factor = max(1, round((card.visible_hw[0] * card.visible_hw[1]) / (card.thermal_hw[0] * card.thermal_hw[1])))
+    factor = min((1, 4, 16, 64), key=lambda f: abs(f - factor))
+    sp = next(iter(SyntheticGenerator(SynthConfig(width=w, height=h, thermal_factor=factor), seed).pairs(1)))
+    return (Frame(sp.visible, sp.stamp_visible_ns, "rgb8", "visible"),
+            Frame(sp.thermal_raw, sp.stamp_thermal_ns, "mono16", "thermal"))
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def run_bench(models: dict[str, Path], size_wh=(640, 512), iterations: int = 20, warmup: int = 3,
+              threads: int = 0, backend: str = "onnxruntime", seed: int = 0) -> dict:
+    """models: role -> ONNX path for "teacher", "student" and optionally "three_branch"."""
+    if iterations < 1 or warmup < 0:
+        raise BenchError(f"need iterations >= 1 and warmup >= 0, got {iterations} and {warmup}")
+    rss_start = _peak_rss_mb()
+    runs = {}
+    missing = {"teacher", "student"} - set(models)
+    if missing:
+        raise BenchError(f"bench needs a teacher and a student model; missing {sorted(missing)}")
+    roles = [r for r in ROLES if r in models]
+    for role in roles:
+        path = models[role]
+        engine = create_engine(backend, path, threads=threads) if backend.startswith("onnxruntime") \
+            else create_engine(backend, path)
+        vis, th = _frames(engine.card, size_wh, seed)
+        cfg = PipelineConfig(assume_same_fov=True)
+        runs[role] = {"engine": engine, "pipe": Pipeline(engine, cfg), "vis": vis, "th": th,
+                      "pairer": ApproximateTimePairer(0.05, 10), "engine_ms": [], "pipeline_ms": [],
+                      "overhead_ms": [], "stages": {}}
+    step = 100_000_000
+    for i in range(warmup + iterations):
+        for role in roles:       # interleaved: both see the same machine state
+            r = runs[role]
+            stamp = (i + 1) * step
+            t0 = time.perf_counter()
+            r["pairer"].add("thermal", Frame(r["th"].data, stamp + 1_000_000, r["th"].encoding, "thermal"))
+            pair = r["pairer"].add("visible", Frame(r["vis"].data, stamp, r["vis"].encoding, "visible"))
+            if pair is None:
+                raise BenchError("the pairer did not pair two frames 1 ms apart; this is a bug")
+            res = r["pipe"].process(pair)
+            total = (time.perf_counter() - t0) * 1e3
+            if i < warmup:
+                continue
+            r["engine_ms"].append(res.timings_ms["infer"])
+            r["pipeline_ms"].append(total)
+            r["overhead_ms"].append(total - res.timings_ms["infer"])
+            for k, v in res.timings_ms.items():
+                r["stages"].setdefault(k, []).append(v)
+    med = {role: {k: float(np.median(r[k])) for k in ("engine_ms", "pipeline_ms", "overhead_ms")}
+           for role, r in runs.items()}
+    for role, r in runs.items():
+        med[role]["stages_ms"] = {k: round(float(np.median(v)), 3) for k, v in r["stages"].items() if k != "infer"}
+        med[role]["model"] = r["engine"].card.name
+        med[role]["visible_hw"] = list(r["engine"].card.visible_hw)
+        med[role]["thermal_hw"] = list(r["engine"].card.thermal_hw)
+        med[role]["thermal_camera_hw"] = list(r["th"].shape_hw)
+    ratios = {role: med[role]["overhead_ms"] / med[role]["engine_ms"] for role in roles}
+    return {
+        "backend": runs["teacher"]["engine"].name, "size": list(size_wh), "iterations": iterations,
+        "threads": threads or "default", "cpu_count": os.cpu_count(),
+        **{role: {k: (round(v, 3) if isinstance(v, float) else v) for k, v in med[role].items()} for role in roles},
+        "overhead_ratio": round(max(ratios.values()), 4),   # the worst model's
+        "overhead_ratio_by_model": {role: round(v, 4) for role, v in ratios.items()},
+        "student_teacher_ratio": round(med["student"]["engine_ms"] / med["teacher"]["engine_ms"], 4),
+        "peak_rss_mb": round(_peak_rss_mb(), 1), "rss_before_models_mb": round(rss_start, 1),
+        "torch_imported": "torch" in sys.modules,
+    }
+
+
+def print_report(r: dict) -> None:
+    print(f"{r['backend']} at {r['size'][0]}x{r['size'][1]}, {r['iterations']} interleaved runs, "
+          f"{r['cpu_count']} CPUs, threads {r['threads']}")
+    for role in ROLES:
+        if role not in r:
+            continue
+        m = r[role]
+        stages = ", ".join(f"{k} {v:.2f}" for k, v in m["stages_ms"].items())
+        print(f"  {role:<12} {m['model']:<28} engine {m['engine_ms']:8.2f} ms   pipeline overhead "
+              f"{m['overhead_ms']:6.2f} ms ({stages}; thermal camera {m['thermal_camera_hw'][1]}x"
+              f"{m['thermal_camera_hw'][0]})")
+    print(f"  pipeline overhead / engine time, worst model: {r['overhead_ratio']:.4f}   goal <= 0.10  "
+          f"({r['overhead_ratio_by_model']})")
+    print(f"  student / teacher engine time: {r['student_teacher_ratio']:.4f}   goal <= 0.60 "
+          "(paper: 6.55 / 10.97 ms = 0.60 on a GPU)")
+    print(f"  peak resident memory of this process: {r['peak_rss_mb']:.0f} MB; torch imported: {r['torch_imported']}")
