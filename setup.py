@@ -22,6 +22,7 @@ setup(
         ("share/" + package_name, ["package.xml"]),
         ("share/" + package_name + "/config", glob("config/*.yaml")),
         ("share/" + package_name + "/config/models", glob("config/models/*.yaml")),
+        ("share/" + package_name + "/launch", glob("launch/*.launch.py")),
     ],
     python_requires=">=3.10",
     install_requires=["numpy>=1.24", "opencv-python-headless>=4.8", "pycocotools>=2.0.7", "matplotlib>=3.7",
@@ -29,12 +30,14 @@ setup(
     extras_require={
         # torch is NOT listed: install torch==2.13.0 first (a local CPU build here), see README
         "train": ["pyyaml>=6", "onnx>=1.15"],
-        "test": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "pyyaml>=6", "onnx>=1.15"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "pyyaml>=6", "onnx>=1.15", "catkin_pkg>=1.0",
+                 "colcon-common-extensions>=0.3"],
     },
     zip_safe=True,
     maintainer="ms_perception developers",
     maintainer_email="ms-perception@users.noreply.github.com",
     description="Multispectral (visible + thermal) detection and segmentation for ROS 2",
     license="Apache-2.0",
-    entry_points={"console_scripts": ["ms-perception = ms_perception.cli:main"]},
+    entry_points={"console_scripts": ["ms-perception = ms_perception.cli:main",
+                                      "detector_node = ms_perception.ros.detector_node:main"]},
 )

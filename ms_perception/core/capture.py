@@ -61,6 +61,19 @@ class CapturePolicyConfig:
             raise ValueError("capture window must be >= 1 and min_interval_s >= 0")
 
 
+AUTO, PAUSED, FORCE = 0, 1, 2
+
+
+def _json_score(score) -> float | None:
+    """NaN (a record forced by the operator on a model without inconsistency) is stored as null."""
+    return None if score is None or score != score else float(score)
+
+
+def _rank(score) -> float:
+    """Eviction rank: forced records without a score are kept longest (the operator asked for them)."""
+    return float("inf") if score is None or score != score else float(score)
+
+
 class CapturePolicy:
     def __init__(self, cfg: CapturePolicyConfig | None = None):
         self.cfg = cfg or CapturePolicyConfig()
@@ -69,14 +82,49 @@ class CapturePolicy:
         self.last_stamp_ns: int | None = None
         self.last_thumb: np.ndarray | None = None
         self.reasons: dict[str, int] = {}
+        self.mode = AUTO           # operator override: AUTO, PAUSED, FORCE (ms_perception_msgs/SetCaptureMode)
+        self.force_remaining = 0
+
+    def set_mode(self, mode: int, force_count: int = 1) -> tuple[bool, str, int]:
+        """Operator override; returns (success, message, previous mode)."""
+        prev = self.mode
+        if mode not in (AUTO, PAUSED, FORCE):
+            return False, f"unknown capture mode {mode}; use 0 (AUTO), 1 (PAUSED) or 2 (FORCE)", prev
+        if mode == FORCE and force_count < 1:
+            return False, "FORCE needs force_count >= 1", prev
+        self.mode, self.force_remaining = mode, (force_count if mode == FORCE else 0)
+        msg = {AUTO: "capturing by policy", PAUSED: "capture paused",
+               FORCE: f"capturing the next {force_count} pair(s)"}[mode]
+        return True, msg, prev
+
+    @property
+    def forcing(self) -> bool:
+        return self.mode == FORCE and self.force_remaining > 0
+
+    def _count(self, reason: str) -> None:
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
 
     @staticmethod
     def thumbnail(rgb: np.ndarray) -> np.ndarray:
         g = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb.ndim == 3 else rgb
         return cv2.resize(g, (32, 24), interpolation=cv2.INTER_AREA).astype(np.float32)
 
-    def decide(self, stamp_ns: int, score: float, visible_rgb: np.ndarray | None = None) -> tuple[bool, str]:
+    def decide(self, stamp_ns: int, score: float | None, visible_rgb: np.ndarray | None = None) -> tuple[bool, str]:
+        """Whether to record this pair. ``score`` None: the model has no inconsistency (only FORCE records)."""
         c = self.cfg
+        if self.mode == PAUSED:
+            self._count("paused")
+            return False, "paused"
+        if self.forcing:
+            self.force_remaining -= 1
+            if self.force_remaining == 0:
+                self.mode = AUTO
+            self.last_stamp_ns = stamp_ns
+            self._count("forced")
+            return True, "forced"
+        if score is None:
+            self._count("no_score")
+            return False, "no_score"
         s = score if self.smoothed is None or c.smoothing == 0 else c.smoothing * self.smoothed + (1 - c.smoothing) * score
         self.smoothed = s
         self.recent.append(s)
@@ -100,7 +148,7 @@ class CapturePolicy:
             self.last_stamp_ns = stamp_ns
             if thumb is not None:
                 self.last_thumb = thumb
-        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        self._count(reason)
         return hit, reason
 
 
@@ -199,7 +247,7 @@ class CaptureWriter:
                 buf = io.BytesIO()
                 np.save(buf, t)
                 files["thermal.npy"] = buf.getvalue()
-        meta = {"id": name, "robot_id": self.robot_id, "stamp_ns": int(rec.stamp_ns), "score": float(rec.score),
+        meta = {"id": name, "robot_id": self.robot_id, "stamp_ns": int(rec.stamp_ns), "score": _json_score(rec.score),
                 "thermal_stamp_ns": rec.thermal_stamp_ns, "thermal_encoding": rec.thermal_encoding,
                 "model_hash": self.model_hash, "visible_hw": list(rec.visible.shape[:2]),
                 "thermal_hw": list(rec.thermal.shape[:2]) if rec.thermal is not None else None,
@@ -213,7 +261,7 @@ class CaptureWriter:
         name = f"{int(rec.stamp_ns):020d}_{self._seq:06d}"
         files = self._encode(rec, name)
         size = sum(len(b) for b in files.values())
-        if not self._make_room(size, rec.score):
+        if not self._make_room(size, _rank(rec.score)):
             self.stats.quota_skipped += 1
             return
         tmp = self.dir / f".tmp-{name}"
@@ -227,7 +275,7 @@ class CaptureWriter:
                     os.fsync(f.fileno())
             os.replace(tmp, final)
             _fsync_dir(self.dir)
-            entry = {"id": name, "stamp_ns": int(rec.stamp_ns), "score": float(rec.score), "bytes": size}
+            entry = {"id": name, "stamp_ns": int(rec.stamp_ns), "score": _json_score(rec.score), "bytes": size}
             self.entries.append(entry)
             try:
                 self._save_manifest()
@@ -246,13 +294,13 @@ class CaptureWriter:
     def _make_room(self, size: int, score: float) -> bool:
         if size > self.quota:
             return False
-        victims = sorted(self.entries, key=lambda e: (e["score"], e["stamp_ns"]))
+        victims = sorted(self.entries, key=lambda e: (_rank(e["score"]), e["stamp_ns"]))
         used = self.stats.bytes_used
         plan = []
         for v in victims:
             if used + size <= self.quota:
                 break
-            if v["score"] > score:
+            if _rank(v["score"]) > score:
                 return False  # only lower-scoring records may make room
             plan.append(v)
             used -= v["bytes"]

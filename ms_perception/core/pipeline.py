@@ -66,7 +66,9 @@ class Pipeline:
         self.model_hw = self.card.visible_hw
         self.thermal_hw = self.card.thermal_hw
         self.level_counts = [lv.num_anchors * h * w for lv, (h, w) in zip(self.card.anchor_levels, self.card.level_sizes)]
-        self.mono = [b for b in ("visible", "thermal") if b in self.card.branches]
+        # per-modality branch outputs (three-branch / decision models); a visible-only model has none
+        outs = {o.name for o in self.card.outputs}
+        self.mono = [b for b in ("visible", "thermal") if {f"scores_{b}", f"probs_{b}"} & outs]
         self._lb_cache: dict = {}
         if self.card.task == "detection" and self.card.box_decoding == "anchors":  # the runtime decodes
             self._anchors = grid_anchors(self.card.anchor_levels, [tuple(s) for s in self.card.level_sizes])
@@ -144,8 +146,10 @@ class Pipeline:
             else:
                 res.inconsistency = segmentation_inconsistency(out["probs_visible"][0], out["probs_thermal"][0])
         t4 = time.perf_counter()
-        if self.policy is not None and res.inconsistency is not None:
-            res.captured, res.capture_reason = self.policy.decide(pair.stamp_ns, res.inconsistency.score, rgb)
+        if self.policy is not None and (res.inconsistency is not None or self.policy.forcing
+                                        or self.policy.mode != 0):
+            score = None if res.inconsistency is None else res.inconsistency.score
+            res.captured, res.capture_reason = self.policy.decide(pair.stamp_ns, score, rgb)
             if res.captured and self.writer is not None:
                 self.writer.submit(self._record(pair, rgb, res))
         t5 = time.perf_counter()
@@ -154,11 +158,13 @@ class Pipeline:
         return res
 
     def _record(self, pair: FramePair, rgb: np.ndarray, res: Result) -> CaptureRecord:
+        inc = res.inconsistency
         preds = {"detections": res.detections.to_list(self.card.class_names),
                  "branch_scores": {k: [round(float(x), 5) for x in v] for k, v in res.branch_scores.items()},
-                 "inconsistency": {"score": res.inconsistency.score, "per_level": res.inconsistency.per_level,
-                                   "per_class": res.inconsistency.per_class}}
+                 "inconsistency": None if inc is None else {"score": inc.score, "per_level": inc.per_level,
+                                                            "per_class": inc.per_class},
+                 "capture_reason": res.capture_reason}
         th = pair.thermal
-        return CaptureRecord(pair.stamp_ns, res.inconsistency.score, rgb, None if th is None else np.asarray(th.data),
+        return CaptureRecord(pair.stamp_ns, float("nan") if inc is None else inc.score, rgb, None if th is None else np.asarray(th.data),
                              "" if th is None else th.encoding, None if th is None else th.stamp_ns, preds,
                              {"model": self.card.name, "visible_frame_id": pair.visible.frame_id})

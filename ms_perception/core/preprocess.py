@@ -101,7 +101,13 @@ def thermal_to_unit(frame: Frame, norm: ThermalNormalization) -> np.ndarray:
         lo, hi = norm.celsius_min, norm.celsius_max
     else:
         lo, hi = norm.raw_min, norm.raw_max
-    out = ((x - np.float32(lo)) / np.float32(hi - lo)).astype(np.float32, copy=False)
+    scale = float(hi) - float(lo)
+    scale = scale if scale > 0 else 1.0          # flat image (lo == hi even after +1 at float precision)
+    if x.dtype == np.float32 and frame.encoding == "32FC1":
+        # float data may span the whole float32 range: subtract in float64 so x - lo cannot overflow
+        out = ((x.astype(np.float64) - float(lo)) / scale).astype(np.float32)
+    else:
+        out = ((x - np.float32(lo)) / np.float32(scale)).astype(np.float32, copy=False)
     out[~finite] = 0.0
     return np.clip(out, 0.0, 1.0)
 

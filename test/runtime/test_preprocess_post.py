@@ -167,3 +167,13 @@ def test_inconsistency_formula_by_hand():
     np.testing.assert_allclose(pixel_inconsistency(pv, pt), 1.0, atol=1e-9)
     seg = segmentation_inconsistency(pv, pv, keep_map=True)
     assert seg.score == pytest.approx(0, abs=1e-9) and seg.map.shape == (2, 2)
+
+
+@pytest.mark.parametrize("value", [9.007199e15, 3.0e38, -3.0e38])
+def test_percentile_stretch_of_extreme_flat_float_images_stays_finite(value):
+    # found by the hypothesis fuzz: lo == hi at float32 precision divided by zero
+    from ms_perception.core.frames import Frame
+    from ms_perception.core.preprocess import ThermalNormalization, thermal_to_unit
+    data = np.array([[value, value], [value, -value]], np.float32)
+    out = thermal_to_unit(Frame(data, 0, "32FC1"), ThermalNormalization(mode="percentile"))
+    assert np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1

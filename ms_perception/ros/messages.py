@@ -1,0 +1,172 @@
+"""Building the node's output messages, for rclpy message classes or rosbags dataclasses alike.
+
+The two differ in how messages are constructed (rosbags needs every field; rclpy accepts
+keywords for any subset) and in how primitive arrays and ``byte`` fields are held (rosbags:
+numpy arrays and ints; rclpy: ``array.array``/lists and 1-byte ``bytes``). Builders below pass
+every field by keyword and route arrays through the adapter, so one code path serves both; the
+tests serialize what it builds to CDR with the real definitions.
+"""
+from __future__ import annotations
+
+import array
+import importlib
+
+import cv2
+import numpy as np
+
+from ms_perception.core.postprocess import Detections
+
+DETECTION_ARRAY = "vision_msgs/msg/Detection2DArray"
+
+
+class MessageAdapter:
+    def cls(self, name: str):
+        raise NotImplementedError
+
+    def new(self, type_name: str, /, **fields):
+        return self.cls(type_name)(**fields)
+
+    def array(self, values, dtype: str):
+        raise NotImplementedError
+
+    def byte(self, value: int):
+        raise NotImplementedError
+
+
+class RclpyAdapter(MessageAdapter):
+    """Real ROS 2 Python message classes (``vision_msgs.msg.Detection2D`` ...)."""
+    _CODES = {"uint8": "B", "float32": "f", "float64": "d", "int32": "i", "uint32": "I"}
+
+    def __init__(self):
+        self._cache: dict = {}
+
+    def cls(self, name: str):
+        c = self._cache.get(name)
+        if c is None:
+            pkg, kind, typ = name.split("/")
+            c = self._cache[name] = getattr(importlib.import_module(f"{pkg}.{kind}"), typ)
+        return c
+
+    def array(self, values, dtype: str):
+        if dtype == "uint8":
+            return array.array("B", np.ascontiguousarray(values, np.uint8).tobytes())
+        if dtype == "float64":
+            return [float(x) for x in np.asarray(values, np.float64).ravel()]
+        return array.array(self._CODES[dtype], np.asarray(values, dtype).ravel().tolist())
+
+    def byte(self, value: int):
+        return bytes([value])
+
+
+class TypestoreAdapter(MessageAdapter):
+    """rosbags typestore dataclasses (serializable to CDR with the same definitions as ROS 2)."""
+
+    def __init__(self, typestore):
+        self.ts = typestore
+
+    def cls(self, name: str):
+        return self.ts.types[name]
+
+    def array(self, values, dtype: str):
+        return np.ascontiguousarray(values, dtype).ravel()
+
+    def byte(self, value: int):
+        return int(value)
+
+
+def stamp_ns(header) -> int:
+    return int(header.stamp.sec) * 10**9 + int(header.stamp.nanosec)
+
+
+def header_at(ad: MessageAdapter, t_ns: int, frame_id: str = ""):
+    return ad.new("std_msgs/msg/Header", stamp=ad.new("builtin_interfaces/msg/Time", sec=int(t_ns // 10**9),
+                                                      nanosec=int(t_ns % 10**9)), frame_id=frame_id)
+
+
+def _identity_pose(ad: MessageAdapter):
+    pose = ad.new("geometry_msgs/msg/Pose", position=ad.new("geometry_msgs/msg/Point", x=0.0, y=0.0, z=0.0),
+                  orientation=ad.new("geometry_msgs/msg/Quaternion", x=0.0, y=0.0, z=0.0, w=1.0))
+    return ad.new("geometry_msgs/msg/PoseWithCovariance", pose=pose, covariance=ad.array(np.zeros(36), "float64"))
+
+
+def detection_array(ad: MessageAdapter, header, det: Detections, class_names: list[str], class_id_format="name"):
+    """vision_msgs 4.x Detection2DArray; boxes are visible-image pixels (center + size)."""
+    dets = []
+    for box, score, label in zip(det.boxes, det.scores, det.labels):
+        x0, y0, x1, y1 = (float(v) for v in box)
+        cid = class_names[int(label)] if class_id_format == "name" else str(int(label))
+        hyp = ad.new("vision_msgs/msg/ObjectHypothesisWithPose",
+                     hypothesis=ad.new("vision_msgs/msg/ObjectHypothesis", class_id=cid, score=float(score)),
+                     pose=_identity_pose(ad))
+        center = ad.new("vision_msgs/msg/Pose2D", position=ad.new("vision_msgs/msg/Point2D", x=(x0 + x1) / 2,
+                                                                   y=(y0 + y1) / 2), theta=0.0)
+        bbox = ad.new("vision_msgs/msg/BoundingBox2D", center=center, size_x=x1 - x0, size_y=y1 - y0)
+        dets.append(ad.new("vision_msgs/msg/Detection2D", header=header, results=[hyp], bbox=bbox, id=""))
+    return ad.new(DETECTION_ARRAY, header=header, detections=dets)
+
+
+def label_info(ad: MessageAdapter, header, class_names: list[str], threshold: float):
+    classes = [ad.new("vision_msgs/msg/VisionClass", class_id=i, class_name=n) for i, n in enumerate(class_names)]
+    return ad.new("vision_msgs/msg/LabelInfo", header=header, class_map=classes, threshold=float(threshold))
+
+
+def image(ad: MessageAdapter, header, data: np.ndarray, encoding: str):
+    a = np.ascontiguousarray(data)
+    h, w = a.shape[:2]
+    ch = 1 if a.ndim == 2 else a.shape[2]
+    return ad.new("sensor_msgs/msg/Image", header=header, height=h, width=w, encoding=encoding, is_bigendian=0,
+                  step=w * ch * a.dtype.itemsize, data=ad.array(a.view(np.uint8).ravel(), "uint8"))
+
+
+def inconsistency(ad: MessageAdapter, header, result, card, class_names, model_hash: str, skew_ns: int):
+    inc = result.inconsistency
+    return ad.new("ms_perception_msgs/msg/Inconsistency", header=header,
+                  score=float(inc.score) if inc is not None else float("nan"),
+                  per_level=ad.array(inc.per_level if inc is not None else [], "float32"),
+                  per_class=ad.array(inc.per_class if inc is not None else [], "float32"),
+                  class_names=list(class_names), model_name=card.name, model_hash=model_hash,
+                  captured=bool(result.captured), capture_reason=result.capture_reason, pair_skew=skew_ns / 1e9)
+
+
+LEVELS = {"ok": 0, "warn": 1, "error": 2, "stale": 3}
+
+
+def diagnostic_array(ad: MessageAdapter, header, statuses: list[tuple[str, str, str, dict]]):
+    """statuses: (level ok|warn|error|stale, name, message, key/values)."""
+    out = []
+    for level, name, message, values in statuses:
+        kv = [ad.new("diagnostic_msgs/msg/KeyValue", key=str(k), value=str(v)) for k, v in values.items()]
+        out.append(ad.new("diagnostic_msgs/msg/DiagnosticStatus", level=ad.byte(LEVELS[level]), name=name,
+                          message=message, hardware_id="", values=kv))
+    return ad.new("diagnostic_msgs/msg/DiagnosticArray", header=header, status=out)
+
+
+def palette(n: int) -> np.ndarray:
+    """Distinct RGB colors per class id (0 = black)."""
+    hsv = np.stack([np.linspace(0, 179, max(n, 1), endpoint=False, dtype=np.float32),
+                    np.full(max(n, 1), 200, np.float32), np.full(max(n, 1), 255, np.float32)], 1)
+    rgb = cv2.cvtColor(hsv.astype(np.uint8)[None], cv2.COLOR_HSV2RGB)[0]
+    rgb[0] = 0
+    return rgb
+
+
+def colored_mask(mask: np.ndarray, n_classes: int) -> np.ndarray:
+    return palette(max(n_classes, int(mask.max()) + 1))[mask]
+
+
+def overlay(rgb: np.ndarray, result, class_names: list[str]) -> np.ndarray:
+    img = rgb.copy()
+    if result.mask is not None:
+        color = colored_mask(result.mask, len(class_names))
+        img = np.where(result.mask[..., None] > 0, (img * 0.5 + color * 0.5).astype(np.uint8), img)
+    cols = palette(len(class_names) + 1)
+    for b, s, c in zip(result.detections.boxes, result.detections.scores, result.detections.labels):
+        x0, y0, x1, y1 = (int(round(float(v))) for v in b)
+        col = tuple(int(v) for v in cols[int(c) + 1])
+        cv2.rectangle(img, (x0, y0), (x1, y1), col, 2)
+        cv2.putText(img, f"{class_names[int(c)]} {s:.2f}", (x0, max(12, y0 - 3)), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                    col, 1)
+    if result.inconsistency is not None:
+        cv2.putText(img, f"inconsistency {result.inconsistency.score:.3f}{' CAPTURED' if result.captured else ''}",
+                    (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 1)
+    return img
