@@ -38,7 +38,7 @@ def test_default_model_card(engine):
     card = engine.card
     assert card.name == "default_gaff_three_branch" and card.branches == ["fused", "visible", "thermal"]
     assert card.class_names == ["person", "bicycle", "car"] and card.visible_hw == (256, 320)
-    assert DEFAULT_MODEL.stat().st_size < 12e6
+    assert DEFAULT_MODEL.stat().st_size < 4e6   # "a few MB"
 
 
 def test_pipeline_runs_and_encodings_agree(engine, synth_pair):
