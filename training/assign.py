@@ -55,3 +55,75 @@ class IoUAssigner:
         num_pos = torch.bincount(idx[labels == 1], minlength=g)
         num_ign = torch.bincount(idx[labels == -1], minlength=g)
         return AssignResult(labels, gt_index, num_pos, num_ign)
+
+
+@dataclass
+class MutualGuidanceResult:
+    """cls_labels: (A,) 1 positive / 0 negative / -1 ignored for classification (Localize to
+    Classify); cls_gt_index: (A,) object of each classification positive (−1 otherwise);
+    reg_gt_index: (A,) object each anchor regresses to (Classify to Localize; −1 = no regression)."""
+    cls_labels: torch.Tensor
+    cls_gt_index: torch.Tensor
+    reg_gt_index: torch.Tensor
+
+
+class MutualGuidanceAssigner:
+    """Mutual Guidance (thesis §3.2; METHODS.md §2), a no-grad assigner.
+
+    The static IoU assignment gives each object its counts Np (positives) and Ni (ignored).
+    Localize to Classify: per object, the Np anchors with the highest IoU(decoded prediction, GT)
+    are classification positives, the next Ni ignored, the rest negative (the Np-th and
+    (Np+Ni)-th largest values are the dynamic thresholds). Classify to Localize: per object, the
+    Np anchors with the highest IoU_anchor ** ((σ − p) / σ), p = the predicted probability of
+    the object's class, regress to it. An anchor picked by several objects goes to the one
+    where its ranking value is highest. σ = 2: the thesis requires σ > 1 and plots 1, 2, 3
+    without stating its choice (our default, configurable).
+    """
+
+    def __init__(self, sigma: float = 2.0, pos_iou: float = POS_IOU, neg_iou: float = NEG_IOU):
+        if sigma <= 1:
+            raise ValueError(f"Mutual Guidance needs sigma > 1 (thesis §3.2.2), got {sigma}")
+        self.sigma = sigma
+        self.static = IoUAssigner(pos_iou, neg_iou)
+
+    @staticmethod
+    def _top(values: torch.Tensor, counts: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+        """(A, G) bool: for each object g, the anchors ranked [offset_g, offset_g + counts_g) by values[:, g]."""
+        a, g = values.shape
+        order = values.argsort(0, descending=True)                       # (A, G)
+        rank = torch.empty_like(order)
+        rank.scatter_(0, order, torch.arange(a).unsqueeze(1).expand(a, g))
+        lo = torch.zeros_like(counts) if offset is None else offset
+        return (rank >= lo.unsqueeze(0)) & (rank < (lo + counts).unsqueeze(0))
+
+    @torch.no_grad()
+    def assign(self, anchors: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor,
+               pred_boxes: torch.Tensor, pred_scores: torch.Tensor) -> MutualGuidanceResult:
+        """anchors, pred_boxes: (A, 4) xyxy; gt_boxes (G, 4); gt_labels (G,) class index into
+        pred_scores (A, K) probabilities."""
+        a = anchors.shape[0]
+        none = torch.full((a,), -1, dtype=torch.long)
+        if gt_boxes.numel() == 0:
+            return MutualGuidanceResult(torch.zeros(a, dtype=torch.long), none, none.clone())
+        static = self.static.assign(anchors, gt_boxes)
+        np_, ni = static.num_pos, static.num_ignored
+        # Localize to Classify
+        iou_reg = box_iou(pred_boxes.float(), gt_boxes.float())                 # (A, G)
+        pos = self._top(iou_reg, np_)
+        ign = self._top(iou_reg, ni, np_)
+        masked = torch.where(pos, iou_reg, torch.full_like(iou_reg, -1.0))
+        best_val, best_g = masked.max(1)
+        cls_labels = torch.zeros(a, dtype=torch.long)
+        cls_labels[ign.any(1)] = -1
+        is_pos = best_val >= 0
+        cls_labels[is_pos] = 1
+        cls_gt = torch.where(is_pos, best_g, none)
+        # Classify to Localize
+        iou_anchor = box_iou(anchors.float(), gt_boxes.float())
+        p = pred_scores.float()[:, gt_labels.long()]                              # (A, G)
+        amplified = iou_anchor.pow((self.sigma - p) / self.sigma)
+        reg = self._top(amplified, np_)
+        masked = torch.where(reg, amplified, torch.full_like(amplified, -1.0))
+        rbest_val, rbest_g = masked.max(1)
+        reg_gt = torch.where(rbest_val >= 0, rbest_g, none)
+        return MutualGuidanceResult(cls_labels, cls_gt, reg_gt)

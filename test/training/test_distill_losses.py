@@ -1,0 +1,137 @@
+"""Formula tests for the distillation losses and Mutual Guidance on hand-computed inputs."""
+import math
+
+import pytest
+import torch
+from ms_perception_training.assign import IoUAssigner, MutualGuidanceAssigner
+from ms_perception_training.losses.distill import (
+    classification_distill,
+    conditional_regression_distill,
+    cross_entropy_ignore,
+    disagreement_map,
+    f_mse,
+    pdf_distill_loss,
+    pdf_weights,
+    segmentation_distill,
+)
+
+
+def test_f_mse_by_hand():
+    # C=2, H=1, W=2: location 0 differs by (1, 1) -> e0 = 2, location 1 equal -> e1 = 0
+    s = torch.tensor([[[[1.0, 0.0]], [[1.0, 0.0]]]])
+    t = torch.zeros_like(s)
+    w0 = math.exp(2) / (math.exp(2) + 1)
+    assert f_mse(s, t).item() == pytest.approx(w0 * 2 / 2)
+    assert f_mse(t, t).item() == 0
+
+
+def test_classification_distill_by_hand():
+    ds = torch.tensor([[0.0, 0.0]])            # student: uniform -> log p = log 0.5
+    dt = torch.tensor([[2.0, 0.0]])
+    hard = torch.tensor([0])
+    # ζ g(y^h, φ(d^s)) = 0.5 * log 2; soft term: −Σ φ(dt/T) log 0.5 = log 2 (any T)
+    assert classification_distill(ds, dt, hard, zeta=0.5, temperature=4.0).item() == pytest.approx(math.log(2))
+    # student matching the softened teacher reaches the soft term's minimum (its entropy)
+    T = 2.0
+    soft = torch.softmax(dt / T, 1)
+    ent = -(soft * soft.log()).sum().item()
+    assert classification_distill(torch.log(soft), dt, hard, zeta=0.0, temperature=T).item() == pytest.approx(ent)
+
+
+def test_conditional_regression_is_bounded_by_the_teacher():
+    y = torch.zeros(2, 4)
+    t_s = torch.tensor([[1.0, 0, 0, 0], [0.1, 0, 0, 0]])
+    t_t = torch.tensor([[0.5, 0, 0, 0], [0.5, 0, 0, 0]])
+    # row 0: ‖ts−y‖² = 1 > 0.25 -> penalty 1; row 1: 0.01 < 0.25 -> none
+    # smooth L1 (β = 1/9): row 0: 1 − β/2; row 1: 0.5·0.01/β
+    beta = 1 / 9
+    sl1 = ((1 - beta / 2) + 0.5 * 0.01 / beta) / 2
+    got = conditional_regression_distill(t_s, t_t, y, epsilon=0.5, delta=0.0).item()
+    assert got == pytest.approx(sl1 + 0.5 * (1.0 + 0.0) / 2)
+    # a margin δ = 0.3 also penalizes row 1 (0.01 + 0.3 > 0.25)
+    got = conditional_regression_distill(t_s, t_t, y, epsilon=0.5, delta=0.3).item()
+    assert got == pytest.approx(sl1 + 0.5 * (1.0 + 0.01) / 2)
+
+
+def test_segmentation_distill_and_ignore():
+    logits = torch.zeros(1, 2, 1, 2)          # uniform student: CE = log 2 everywhere
+    gt = torch.tensor([[[0, 255]]])
+    teacher = torch.tensor([[[[5.0, -5.0]], [[-5.0, 5.0]]]])
+    assert segmentation_distill(logits, gt, teacher, xi=0.5).item() == pytest.approx(math.log(2))
+    assert cross_entropy_ignore(logits, torch.full((1, 1, 2), 255)).item() == 0
+
+
+def test_pdf_distil_weights_and_loss_by_hand():
+    # 1 anchor x 1 class, H=1, W=2: teacher/student disagree only at location 0
+    pt = torch.tensor([[[[0.9, 0.2]]]])
+    ps = torch.tensor([[[[0.5, 0.2]]]])
+    d = disagreement_map(pt, ps, num_anchors=1, metric="l2")
+    assert d.flatten().tolist() == pytest.approx([0.16, 0.0], abs=1e-6)
+    m = pdf_weights(d, "soft")
+    assert m.flatten().tolist() == pytest.approx([2.0, 0.0])          # H·W·D/ΣD, mean 1
+    xt = torch.tensor([[[[1.0, 1.0]]]])
+    xs = torch.zeros(1, 1, 1, 2)
+    # Σ_hw M·Σ_c (xt−xs)² / (H·W·C) = (2·1 + 0·1) / 2
+    assert pdf_distill_loss(xs, xt, m).item() == pytest.approx(1.0)
+    assert pdf_distill_loss(xs, xt, pdf_weights(d, "uniform")).item() == pytest.approx(1.0)   # FitNets: MSE
+    hard = pdf_weights(torch.tensor([[[3.0, 1.0, 2.0, 0.0]]]), "hard", top_fraction=0.5)
+    assert hard.tolist() == [[[2.0, 0.0, 2.0, 0.0]]]
+    assert disagreement_map(pt, ps, 1, "l1").flatten().tolist() == pytest.approx([0.4, 0.0])
+    kl = 0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)
+    assert disagreement_map(pt, ps, 1, "kl")[0, 0, 0].item() == pytest.approx(kl, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- Mutual Guidance
+
+def boxes(*rows):
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def test_mutual_guidance_empty_ground_truth_is_all_negative():
+    a = boxes([0, 0, 10, 10], [5, 5, 15, 15])
+    r = MutualGuidanceAssigner().assign(a, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), a, torch.zeros(2, 1))
+    assert r.cls_labels.tolist() == [0, 0] and r.reg_gt_index.tolist() == [-1, -1]
+
+
+def test_localize_to_classify_reranks_by_regressed_iou_keeping_np_ni():
+    gt = boxes([0, 0, 10, 10])
+    # anchors: A exact (IoU 1), B IoU 0.47 (ignored by the static rule), C far, D far
+    anchors = boxes([0, 0, 10, 10], [0, 0, 10, 4.7], [50, 50, 60, 60], [80, 80, 90, 90])
+    static = IoUAssigner().assign(anchors, gt)
+    assert static.labels.tolist() == [1, -1, 0, 0] and static.num_pos.tolist() == [1] and \
+        static.num_ignored.tolist() == [1]
+    # predictions: B regresses onto the object, A drifts away; C's prediction lands half on it
+    pred = boxes([3, 3, 13, 13], [0, 0, 10, 10], [0, 0, 10, 5], [80, 80, 90, 90])
+    scores = torch.tensor([[0.1], [0.1], [0.1], [0.1]])
+    r = MutualGuidanceAssigner(sigma=2.0).assign(anchors, gt, torch.tensor([0]), pred, scores)
+    # IoU_regressed: A 49/151 = 0.32, B 1.0, C 0.5, D 0: top Np=1 -> B positive, next Ni=1 -> C ignored
+    assert r.cls_labels.tolist() == [0, 1, -1, 0] and r.cls_gt_index.tolist() == [-1, 0, -1, -1]
+    # Classify to Localize with low scores: ~IoU_anchor ranking -> A regresses (Np = 1)
+    assert r.reg_gt_index.tolist() == [0, -1, -1, -1]
+
+
+def test_classify_to_localize_amplifies_confident_anchors():
+    gt = boxes([0, 0, 10, 10])
+    anchors = boxes([0, 0, 10, 6], [0, 0, 10, 4.8], [50, 50, 60, 60])    # IoU 0.6 (pos), 0.48 (ignored): Np = 1
+    pred = anchors.clone()
+    # IoU_amp = IoU ** ((σ − p)/σ), σ = 2: A: 0.6 ** (2/2) = 0.6 with p = 0; B: 0.48 ** ((2 − 1)/2) = 0.693
+    scores = torch.tensor([[0.0], [1.0], [0.0]])
+    r = MutualGuidanceAssigner(sigma=2.0).assign(anchors, gt, torch.tensor([0]), pred, scores)
+    assert 0.48 ** 0.5 > 0.6
+    assert r.reg_gt_index.tolist() == [-1, 0, -1]
+    # with a huge σ amplification vanishes and A (higher IoU_anchor) wins
+    r = MutualGuidanceAssigner(sigma=1e6).assign(anchors, gt, torch.tensor([0]), pred, scores)
+    assert r.reg_gt_index.tolist() == [0, -1, -1]
+    with pytest.raises(ValueError, match="sigma > 1"):
+        MutualGuidanceAssigner(sigma=1.0)
+
+
+def test_two_objects_competing_for_an_anchor():
+    gt = boxes([0, 0, 10, 10], [2, 0, 12, 10])
+    anchors = boxes([0, 0, 10, 10], [2, 0, 12, 10], [1, 0, 11, 10], [40, 40, 50, 50])
+    pred = anchors.clone()
+    scores = torch.zeros(4, 2)
+    r = MutualGuidanceAssigner().assign(anchors, gt, torch.tensor([0, 1]), pred, scores)
+    # each object keeps its own best anchor; the shared middle anchor follows static counts
+    assert r.cls_gt_index[0].item() == 0 and r.cls_gt_index[1].item() == 1
+    assert r.cls_labels[3].item() == 0
