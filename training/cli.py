@@ -106,7 +106,7 @@ def cmd_fit(args) -> int:
         cfg.iterations = args.iterations
     log = (lambda *a: None) if args.json else print
     try:
-        summary = fit(cfg, mcfg, Path(args.out), log=log)
+        summary = fit(cfg, mcfg, Path(args.out), log=log, resume=args.resume)
     except RuntimeError as exc:
         raise TrainCliError(str(exc)) from None
     if not args.json:
@@ -123,6 +123,8 @@ def build_parser(prog: str = "ms-perception train") -> argparse.ArgumentParser:
     f.add_argument("--config", required=True, help="experiment YAML (config/experiments/)")
     f.add_argument("--out", required=True)
     f.add_argument("--iterations", type=int, help="override the config's iteration count")
+    f.add_argument("--resume", action="store_true", help="continue exactly from OUT/last.pt (weights, optimizer, "
+                   "RNG states, iteration)")
     f.add_argument("--json", action="store_true")
     f.set_defaults(func=cmd_fit)
     i = sub.add_parser("info", help="parameters, multiply-accumulates and CPU latency of a model config")

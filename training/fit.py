@@ -59,6 +59,7 @@ class FitConfig:
     guidance_weight: float = 1.0      # L_intra and L_inter weights (eq. 4.17: 1)
     seed: int = 0
     threads: int = 0
+    checkpoint_every: int = 100       # iterations between checkpoints (always one at the end)
 
 
 def lr_at(it: int, cfg: FitConfig) -> float:
@@ -145,7 +146,41 @@ def guidance_loss(out, targets, model, margin: float):
     return li, le
 
 
-def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print) -> dict:
+def _save_checkpoint(path: Path, model, opt, it: int, rng: np.random.Generator, history: list, cfg: FitConfig):
+    """Everything exact resume needs: weights, optimizer (momentum), iteration, both RNG states."""
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "iteration": it,
+                "numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
+                "history": torch.tensor(history, dtype=torch.float64), "seed": cfg.seed,
+                "total_iterations": cfg.iterations}, tmp)
+    tmp.replace(path)
+
+
+def _load_checkpoint(path: Path, model, opt, rng: np.random.Generator, cfg: FitConfig) -> tuple[int, list]:
+    if not path.exists():
+        raise RuntimeError(f"--resume: no checkpoint at {path}; start without --resume")
+    ck = torch.load(path, map_location="cpu", weights_only=True)   # never unpickles code
+    if "optimizer" not in ck:
+        raise RuntimeError(f"{path} holds weights only (no optimizer/RNG state); it cannot be resumed exactly")
+    if int(ck["total_iterations"]) != cfg.iterations or int(ck["seed"]) != cfg.seed:
+        raise RuntimeError(f"{path} was written by a run of {int(ck['total_iterations'])} iterations with seed "
+                           f"{int(ck['seed'])}; this config has {cfg.iterations} and {cfg.seed} (the schedule would "
+                           "differ): use the same config to resume")
+    missing, unexpected = model.load_state_dict(ck["model"], strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"{path} does not match the model config: missing {missing[:5]}, unexpected "
+                           f"{unexpected[:5]}")
+    opt.load_state_dict(ck["optimizer"])
+    rng.bit_generator.state = json.loads(ck["numpy_rng"])
+    torch.set_rng_state(ck["torch_rng"])
+    return int(ck["iteration"]), ck["history"].tolist()
+
+
+def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print, resume: bool = False,
+        stop_after: int | None = None) -> dict:
+    """Train; ``resume`` continues exactly from ``out_dir/last.pt`` (same result as an
+    uninterrupted run); ``stop_after`` ends the run after that many iterations (an interruption,
+    for tests) after writing a checkpoint."""
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -161,10 +196,14 @@ def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print) -> dict:
     anchors = torch.from_numpy(grid_anchors(model.anchor_levels(), sizes))
     coder, assigner = BoxCoder(tuple(mcfg.head.box_coder_weights)), IoUAssigner()
     opt = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    history = []
+    history, start = [], 0
     out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = out_dir / "last.pt"
+    if resume:
+        start, history = _load_checkpoint(ckpt, model, opt, rng, cfg)
+        log(f"resumed from {ckpt} at iteration {start}")
     t0 = time.perf_counter()
-    for it in range(cfg.iterations):
+    for it in range(start, cfg.iterations):
         for g in opt.param_groups:
             g["lr"] = lr_at(it, cfg)
         idx = rng.choice(len(pool), cfg.batch_size, replace=False)
@@ -188,16 +227,17 @@ def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print) -> dict:
         history.append(loss.item())
         if it % 20 == 0 or it == cfg.iterations - 1:
             el = time.perf_counter() - t0
-            eta = el / (it + 1) * (cfg.iterations - it - 1)
+            eta = el / (it + 1 - start) * (cfg.iterations - it - 1)
             log(f"it {it:5d}/{cfg.iterations}  loss {loss.item():.4f}  lr {lr_at(it, cfg):.2e}  "
                 f"{el:.0f}s elapsed, ETA {eta:.0f}s")
-        if (it + 1) % 100 == 0 or it == cfg.iterations - 1:
-            tmp = out_dir / "last.pt.tmp"
-            torch.save({"model": model.state_dict(), "iteration": it + 1}, tmp)
-            tmp.replace(out_dir / "last.pt")
+        stopping = stop_after is not None and it + 1 - start >= stop_after
+        if (it + 1) % cfg.checkpoint_every == 0 or it == cfg.iterations - 1 or stopping:
+            _save_checkpoint(ckpt, model, opt, it + 1, rng, history, cfg)
+        if stopping:
+            break
     k = max(1, min(20, len(history) // 5))
     summary = {"first_loss": float(np.mean(history[:k])), "last_loss": float(np.mean(history[-k:])),
-               "iterations": cfg.iterations, "checkpoint": str(out_dir / "last.pt"),
+               "iterations": len(history), "checkpoint": str(ckpt),
                "seconds": round(time.perf_counter() - t0, 1)}
     (out_dir / "history.json").write_text(json.dumps(history))
     return summary

@@ -75,3 +75,32 @@ def test_smoke_fit_loss_falls(tmp_path, capsys):
     assert s["iterations"] == 60 and s["last_loss"] < 0.7 * s["first_loss"]
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert state["iteration"] == 60
+
+
+def test_exact_resume_equals_an_uninterrupted_run(tmp_path, capsys):
+    from pathlib import Path
+
+    from ms_perception_training.cli import main
+    from ms_perception_training.fit import fit, load_fit_config
+    cfg, mcfg = load_fit_config(Path(__file__).resolve().parents[2] / "config/experiments/synthetic_smoke.yaml")
+    cfg.iterations, cfg.data.pairs, cfg.threads = 8, 12, 1
+    full = fit(cfg, mcfg, tmp_path / "full", log=lambda *a: None)
+    part = fit(cfg, mcfg, tmp_path / "part", log=lambda *a: None, stop_after=3)   # "interrupted" at 3
+    assert part["iterations"] == 3
+    assert torch.load(tmp_path / "part" / "last.pt", weights_only=True)["iteration"] == 3
+    resumed = fit(cfg, mcfg, tmp_path / "part", log=lambda *a: None, resume=True)
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "part" / "last.pt", weights_only=True)
+    assert a["iteration"] == b["iteration"] == 8
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k            # bit-identical weights
+    assert json.loads((tmp_path / "full" / "history.json").read_text()) == \
+        json.loads((tmp_path / "part" / "history.json").read_text())
+    assert resumed["last_loss"] == full["last_loss"]
+    # a different schedule cannot resume silently; nor can a missing checkpoint
+    cfg.iterations = 9
+    with pytest.raises(RuntimeError, match="same config to resume"):
+        fit(cfg, mcfg, tmp_path / "part", log=lambda *a: None, resume=True)
+    cfg_file = Path(__file__).resolve().parents[2] / "config/experiments/synthetic_smoke.yaml"
+    assert main(["fit", "--config", str(cfg_file), "--out", str(tmp_path / "none"), "--resume", "--json"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
