@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from ms_perception_training.assign import IoUAssigner
+from ms_perception_training.assign import IoUAssigner, MutualGuidanceAssigner
 from ms_perception_training.config import ConfigError, from_dict, load_yaml
 from ms_perception_training.data.transforms import ellipse_mask
+from ms_perception_training.export.onnx_export import decode_boxes_torch
 from ms_perception_training.losses import balanced_l1_loss, dice_loss, sigmoid_focal_loss
 from ms_perception_training.models.config import ModelConfig, load_model_config
 from ms_perception_training.models.fusion.gaff import IGNORE, gaff_inter_labels
@@ -60,6 +61,12 @@ class FitConfig:
     seed: int = 0
     threads: int = 0
     checkpoint_every: int = 100       # iterations between checkpoints (always one at the end)
+    assigner: str = "iou"             # "iou" (static 0.5/0.4) or "mutual_guidance" (thesis §3.2)
+    mg_sigma: float = 2.0             # Mutual Guidance σ (> 1; the thesis does not state its value)
+
+    def __post_init__(self):
+        if self.assigner not in ("iou", "mutual_guidance"):
+            raise ConfigError(f"fit.assigner must be 'iou' or 'mutual_guidance', got {self.assigner!r}")
 
 
 def lr_at(it: int, cfg: FitConfig) -> float:
@@ -109,19 +116,34 @@ def batch_tensors(samples, mcfg: ModelConfig, rng: np.random.Generator):
     return v, t, targets
 
 
-def detection_loss(branch, anchors, targets, num_classes, coder: BoxCoder, assigner: IoUAssigner):
+def detection_loss(branch, anchors, targets, num_classes, coder: BoxCoder, assigner):
+    """Focal loss on assigned anchors + balanced L1 on regression positives, normalized by the
+    number of classification positives. ``assigner``: IoUAssigner (the same anchors classify and
+    regress) or MutualGuidanceAssigner (classification labels from the regressed boxes,
+    regression positives from the amplified IoU; the predictions are read without gradient)."""
     cls = flatten_levels(branch.cls_logits, num_classes)       # (N, A, K)
     box = flatten_levels(branch.box_deltas, 4)                  # (N, A, 4)
     total_cls, total_box, npos = 0.0, 0.0, 0
+    mutual = isinstance(assigner, MutualGuidanceAssigner)
     for i, (gt, lab) in enumerate(targets):
-        res = assigner.assign(anchors, gt)
-        valid = res.labels >= 0
+        if mutual:
+            with torch.no_grad():
+                pred = decode_boxes_torch(anchors, box[i].detach(), coder.weights, coder.clip)
+                res = assigner.assign(anchors, gt, lab, pred, torch.sigmoid(cls[i].detach()))
+            labels, cls_gt, reg_gt = res.cls_labels, res.cls_gt_index, res.reg_gt_index
+        else:
+            res = assigner.assign(anchors, gt)
+            labels, cls_gt = res.labels, res.gt_index
+            reg_gt = torch.where(labels == 1, res.gt_index, torch.full_like(res.gt_index, -1))
+        valid = labels >= 0
         tgt = torch.zeros_like(cls[i])
-        pos = res.labels == 1
+        pos = labels == 1
         if pos.any():
-            tgt[pos, lab[res.gt_index[pos]]] = 1.0
-            deltas = torch.from_numpy(coder.encode(anchors[pos].numpy(), gt[res.gt_index[pos]].numpy()))
-            total_box = total_box + balanced_l1_loss(box[i][pos], deltas).sum()
+            tgt[pos, lab[cls_gt[pos]]] = 1.0
+        reg = reg_gt >= 0
+        if reg.any():
+            deltas = torch.from_numpy(coder.encode(anchors[reg].numpy(), gt[reg_gt[reg]].numpy()))
+            total_box = total_box + balanced_l1_loss(box[i][reg], deltas).sum()
         total_cls = total_cls + sigmoid_focal_loss(cls[i][valid], tgt[valid]).sum()
         npos += int(pos.sum())
     n = max(1, npos)
@@ -194,7 +216,8 @@ def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print, resume: boo
     model.train()
     sizes = [tuple(x.shape[-2:]) for x in probe.main.cls_logits]
     anchors = torch.from_numpy(grid_anchors(model.anchor_levels(), sizes))
-    coder, assigner = BoxCoder(tuple(mcfg.head.box_coder_weights)), IoUAssigner()
+    coder = BoxCoder(tuple(mcfg.head.box_coder_weights))
+    assigner = MutualGuidanceAssigner(cfg.mg_sigma) if cfg.assigner == "mutual_guidance" else IoUAssigner()
     opt = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     history, start = [], 0
     out_dir.mkdir(parents=True, exist_ok=True)
