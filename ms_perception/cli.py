@@ -179,8 +179,9 @@ def cmd_replay(args) -> int:
     model = Path(args.model) if args.model else DEFAULT_MODEL
     try:
         engine = create_engine(args.backend, model)
-        thermal = ThermalNormalization(mode=args.thermal_mode, raw_min=args.thermal_raw_min,
-                                       raw_max=args.thermal_raw_max)
+        window = {k: v for k, v in (("raw_min", args.thermal_raw_min), ("raw_max", args.thermal_raw_max))
+                  if v is not None}
+        thermal = ThermalNormalization(mode=args.thermal_mode, **window)
         cfg = PipelineConfig(score_threshold=args.score_threshold, nms_iou=args.nms_iou, thermal=thermal,
                              calibration=args.calibration, assume_same_fov=args.assume_same_fov)
         policy = writer = None
@@ -329,8 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--calibration", help="thermal->visible homography YAML")
     r.add_argument("--assume-same-fov", action="store_true", help="thermal differs from visible only in resolution")
     r.add_argument("--thermal-mode", choices=("window", "percentile"), default="window")
-    r.add_argument("--thermal-raw-min", type=float, default=(273.15 - 10.0) * 100)
-    r.add_argument("--thermal-raw-max", type=float, default=(273.15 + 50.0) * 100)
+    r.add_argument("--thermal-raw-min", type=float, help="window low end, raw counts (default -10 degC in 0.01 K)")
+    r.add_argument("--thermal-raw-max", type=float, help="window high end, raw counts (default +50 degC)")
     r.add_argument("--capture-dir", help="record uncertain pairs here")
     r.add_argument("--capture-threshold", type=float, default=0.2)
     r.add_argument("--capture-min-interval", type=float, default=2.0)

@@ -15,6 +15,7 @@ import numpy as np
 
 from ms_perception.core.capture import CapturePolicy, CapturePolicyConfig, CaptureWriter
 from ms_perception.core.frames import Frame
+from ms_perception.core.overlay import overlay
 from ms_perception.core.pipeline import Pipeline, PipelineConfig
 from ms_perception.engines import create_engine
 from ms_perception.replay.bag import write_annotations, write_bag
@@ -23,7 +24,6 @@ from ms_perception.synth.generator import SynthConfig, SyntheticGenerator
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default_gaff_three_branch.onnx"
 VISIBLE_TOPIC, THERMAL_TOPIC = "/camera/visible/image_raw", "/camera/thermal/image_raw"
-COLORS = [(0, 0, 255), (255, 128, 0), (0, 200, 255)]
 
 
 def make_demo_bag(out: Path, pairs: int, seed: int, sequence_length: int = 20) -> tuple[Path, Path, SynthConfig]:
@@ -52,16 +52,8 @@ def make_demo_bag(out: Path, pairs: int, seed: int, sequence_length: int = 20) -
 
 
 def draw(rgb: np.ndarray, res, class_names, title: str) -> np.ndarray:
-    img = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    for b, s, c in zip(res.detections.boxes, res.detections.scores, res.detections.labels):
-        x0, y0, x1, y1 = (int(round(v)) for v in b)
-        cv2.rectangle(img, (x0, y0), (x1, y1), COLORS[int(c) % len(COLORS)], 2)
-        cv2.putText(img, f"{class_names[int(c)]} {s:.2f}", (x0, max(12, y0 - 3)), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                    COLORS[int(c) % len(COLORS)], 1)
-    inc = res.inconsistency.score if res.inconsistency is not None else float("nan")
-    cv2.putText(img, f"{title}  inconsistency {inc:.3f}{'  CAPTURED' if res.captured else ''}", (8, 20),
-                cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 1)
-    return img
+    """BGR overlay for cv2.imwrite."""
+    return cv2.cvtColor(overlay(rgb, res, class_names, title), cv2.COLOR_RGB2BGR)
 
 
 def run_demo(out: Path, pairs: int = 200, seed: int = 0, model: Path | None = None, backend: str = "onnxruntime",

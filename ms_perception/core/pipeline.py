@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ms_perception.core.anchors import BoxCoder, grid_anchors
-from ms_perception.core.capture import CapturePolicy, CaptureRecord, CaptureWriter
+from ms_perception.core.capture import AUTO, CapturePolicy, CaptureRecord, CaptureWriter
 from ms_perception.core.frames import FramePair
 from ms_perception.core.inconsistency import InconsistencyScore, detection_inconsistency, segmentation_inconsistency
 from ms_perception.core.postprocess import Detections, check_finite, select_detections
@@ -146,8 +146,8 @@ class Pipeline:
             else:
                 res.inconsistency = segmentation_inconsistency(out["probs_visible"][0], out["probs_thermal"][0])
         t4 = time.perf_counter()
-        if self.policy is not None and (res.inconsistency is not None or self.policy.forcing
-                                        or self.policy.mode != 0):
+        # without a score only an operator override (pause / force) decides
+        if self.policy is not None and (res.inconsistency is not None or self.policy.mode != AUTO):
             score = None if res.inconsistency is None else res.inconsistency.score
             res.captured, res.capture_reason = self.policy.decide(pair.stamp_ns, score, rgb)
             if res.captured and self.writer is not None:

@@ -18,6 +18,7 @@ import numpy as np
 
 from ms_perception.core.capture import CapturePolicy, CaptureWriter
 from ms_perception.core.frames import Frame, FramePair
+from ms_perception.core.overlay import colored_mask, overlay
 from ms_perception.core.pipeline import Pipeline
 from ms_perception.core.preprocess import InputError, visible_to_rgb
 from ms_perception.engines import EngineError, create_engine
@@ -219,8 +220,8 @@ class DetectorLogic:
         if res.mask is not None:
             out.messages["mask"] = M.image(self.ad, header, res.mask, "mono8")
             if self.params["publish_colored_mask"]:
-                out.messages["colored_mask"] = M.image(self.ad, header, M.colored_mask(res.mask, len(names)), "rgb8")
-        if pipe is self.pipeline and pipe.card.branches and len(pipe.mono) == 2:
+                out.messages["colored_mask"] = M.image(self.ad, header, colored_mask(res.mask, len(names)), "rgb8")
+        if res.inconsistency is not None:
             skew = 0 if th is None else th.stamp_ns - vis.stamp_ns
             out.messages["inconsistency"] = M.inconsistency(self.ad, header, res, pipe.card, names, self.model_hash,
                                                             skew)
@@ -230,7 +231,7 @@ class DetectorLogic:
     def overlay(self, out: Outputs, header):
         if out.visible is None or out.result is None:
             return None
-        return M.image(self.ad, header, M.overlay(visible_to_rgb(out.visible), out.result, self.class_names), "rgb8")
+        return M.image(self.ad, header, overlay(visible_to_rgb(out.visible), out.result, self.class_names), "rgb8")
 
     def label_info(self, header):
         return M.label_info(self.ad, header, self.class_names, self.params["score_threshold"])

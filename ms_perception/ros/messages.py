@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import array
 import importlib
+from abc import ABC, abstractmethod
 
-import cv2
 import numpy as np
 
 from ms_perception.core.postprocess import Detections
@@ -19,18 +19,23 @@ from ms_perception.core.postprocess import Detections
 DETECTION_ARRAY = "vision_msgs/msg/Detection2DArray"
 
 
-class MessageAdapter:
+class MessageAdapter(ABC):
+    """How one message library builds messages: the class of a type, primitive arrays, bytes."""
+
+    @abstractmethod
     def cls(self, name: str):
-        raise NotImplementedError
+        """The message class of ``pkg/msg/Type``."""
 
     def new(self, type_name: str, /, **fields):
         return self.cls(type_name)(**fields)
 
+    @abstractmethod
     def array(self, values, dtype: str):
-        raise NotImplementedError
+        """A primitive array field of ``dtype`` (uint8, float32, float64)."""
 
+    @abstractmethod
     def byte(self, value: int):
-        raise NotImplementedError
+        """A ``byte`` field."""
 
 
 class RclpyAdapter(MessageAdapter):
@@ -139,34 +144,3 @@ def diagnostic_array(ad: MessageAdapter, header, statuses: list[tuple[str, str, 
         out.append(ad.new("diagnostic_msgs/msg/DiagnosticStatus", level=ad.byte(LEVELS[level]), name=name,
                           message=message, hardware_id="", values=kv))
     return ad.new("diagnostic_msgs/msg/DiagnosticArray", header=header, status=out)
-
-
-def palette(n: int) -> np.ndarray:
-    """Distinct RGB colors per class id (0 = black)."""
-    hsv = np.stack([np.linspace(0, 179, max(n, 1), endpoint=False, dtype=np.float32),
-                    np.full(max(n, 1), 200, np.float32), np.full(max(n, 1), 255, np.float32)], 1)
-    rgb = cv2.cvtColor(hsv.astype(np.uint8)[None], cv2.COLOR_HSV2RGB)[0]
-    rgb[0] = 0
-    return rgb
-
-
-def colored_mask(mask: np.ndarray, n_classes: int) -> np.ndarray:
-    return palette(max(n_classes, int(mask.max()) + 1))[mask]
-
-
-def overlay(rgb: np.ndarray, result, class_names: list[str]) -> np.ndarray:
-    img = rgb.copy()
-    if result.mask is not None:
-        color = colored_mask(result.mask, len(class_names))
-        img = np.where(result.mask[..., None] > 0, (img * 0.5 + color * 0.5).astype(np.uint8), img)
-    cols = palette(len(class_names) + 1)
-    for b, s, c in zip(result.detections.boxes, result.detections.scores, result.detections.labels):
-        x0, y0, x1, y1 = (int(round(float(v))) for v in b)
-        col = tuple(int(v) for v in cols[int(c) + 1])
-        cv2.rectangle(img, (x0, y0), (x1, y1), col, 2)
-        cv2.putText(img, f"{class_names[int(c)]} {s:.2f}", (x0, max(12, y0 - 3)), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                    col, 1)
-    if result.inconsistency is not None:
-        cv2.putText(img, f"inconsistency {result.inconsistency.score:.3f}{' CAPTURED' if result.captured else ''}",
-                    (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 1)
-    return img

@@ -67,6 +67,9 @@ def _names(v):
     return None
 
 
+# defaults come from the core configs: one source for the node, replay and the demo
+_P, _T, _C = PipelineConfig(), ThermalNormalization(), CapturePolicyConfig()
+
 PARAMS: list[Param] = [
     # model
     Param("model_path", "", "ONNX model or TensorRT engine with a model card; '' = the embedded default "
@@ -79,9 +82,9 @@ PARAMS: list[Param] = [
     Param("class_names", [], "override the card's class names (same count); [] = use the card", _names),
     Param("class_id_format", "name", "Detection2D results[].hypothesis.class_id: the class 'name' or its 'index'",
           _choice("name", "index"), live=True),
-    Param("score_threshold", 0.3, "minimum detection score", _range(0, 1), live=True),
-    Param("nms_iou", 0.5, "class-aware NMS IoU threshold", _range(0, 1, lo_open=True), live=True),
-    Param("max_detections", 100, "keep at most this many detections per frame", _range(1, 10000), live=True),
+    Param("score_threshold", _P.score_threshold, "minimum detection score", _range(0, 1), live=True),
+    Param("nms_iou", _P.nms_iou, "class-aware NMS IoU threshold", _range(0, 1, lo_open=True), live=True),
+    Param("max_detections", _P.max_detections, "keep at most this many detections per frame", _range(1, 10000), live=True),
     # topics and QoS
     Param("visible_topic", "/camera/visible/image_raw", "visible sensor_msgs/Image (rgb8, bgr8, mono8, rgba8, bgra8)",
           _topic),
@@ -103,19 +106,19 @@ PARAMS: list[Param] = [
           _range(0, 10, lo_open=True)),
     Param("sync_queue_size", 10, "approximate-time pairing: messages kept per topic", _range(1, 1000)),
     # thermal
-    Param("thermal_normalization", "window", "thermal to [0, 1]: fixed 'window' or per-frame 'percentile' stretch",
+    Param("thermal_normalization", _T.mode, "thermal to [0, 1]: fixed 'window' or per-frame 'percentile' stretch",
           _choice("window", "percentile"), live=True),
-    Param("thermal_raw_min", (273.15 - 10.0) * 100, "window low end, raw counts (16-bit; 0.01 K TLinear: -10 degC)",
+    Param("thermal_raw_min", _T.raw_min, "window low end, raw counts (16-bit; 0.01 K TLinear: -10 degC)",
           _range(0, 65535), live=True),
-    Param("thermal_raw_max", (273.15 + 50.0) * 100, "window high end, raw counts (16-bit; +50 degC)", _range(0, 65535),
+    Param("thermal_raw_max", _T.raw_max, "window high end, raw counts (16-bit; +50 degC)", _range(0, 65535),
           live=True),
-    Param("thermal_celsius_min", -10.0, "window low end for 32FC1 images (degC)", _range(-273.15, 2000), live=True),
-    Param("thermal_celsius_max", 50.0, "window high end for 32FC1 images (degC)", _range(-273.15, 2000), live=True),
-    Param("thermal_low_percentile", 1.0, "percentile stretch: low percentile", _range(0, 100), live=True),
-    Param("thermal_high_percentile", 99.0, "percentile stretch: high percentile", _range(0, 100), live=True),
+    Param("thermal_celsius_min", _T.celsius_min, "window low end for 32FC1 images (degC)", _range(-273.15, 2000), live=True),
+    Param("thermal_celsius_max", _T.celsius_max, "window high end for 32FC1 images (degC)", _range(-273.15, 2000), live=True),
+    Param("thermal_low_percentile", _T.low_percentile, "percentile stretch: low percentile", _range(0, 100), live=True),
+    Param("thermal_high_percentile", _T.high_percentile, "percentile stretch: high percentile", _range(0, 100), live=True),
     Param("calibration_file", "", "YAML with the thermal->visible homography (thermal_to_visible.homography)",
           _file_or_empty),
-    Param("assume_same_fov", False, "no calibration: the cameras share the field of view and differ only in "
+    Param("assume_same_fov", _P.assume_same_fov, "no calibration: the cameras share the field of view and differ only in "
           "resolution"),
     # thermal loss
     Param("thermal_timeout_s", 1.0, "no thermal image for this long = thermal stream lost",
@@ -129,18 +132,18 @@ PARAMS: list[Param] = [
     Param("capture_enabled", True, "record uncertain pairs for labeling", live=True),
     Param("capture_dir", "~/ms_perception_capture", "capture root; records go to <capture_dir>/<robot_id>/"),
     Param("robot_id", "robot", "robot identifier stored in each record (sanitized before use in a path)"),
-    Param("capture_mode", "threshold", "'threshold' on the score or 'top_fraction' of a sliding window",
+    Param("capture_mode", _C.mode, "'threshold' on the score or 'top_fraction' of a sliding window",
           _choice("threshold", "top_fraction"), live=True),
-    Param("capture_threshold", 0.2, "mode threshold: image inconsistency (bits) at or above which a pair is "
+    Param("capture_threshold", _C.threshold, "mode threshold: image inconsistency (bits) at or above which a pair is "
           "recorded", _range(0, 1), live=True),
-    Param("capture_top_fraction", 0.05, "mode top_fraction: record scores in this top fraction of the window",
+    Param("capture_top_fraction", _C.top_fraction, "mode top_fraction: record scores in this top fraction of the window",
           _range(0, 1, lo_open=True), live=True),
-    Param("capture_window", 200, "mode top_fraction: sliding window length (pairs)", _range(1, 100000), live=True),
-    Param("capture_min_interval_s", 2.0, "at most one record per this many seconds (stamp time)", _range(0),
+    Param("capture_window", _C.window, "mode top_fraction: sliding window length (pairs)", _range(1, 100000), live=True),
+    Param("capture_min_interval_s", _C.min_interval_s, "at most one record per this many seconds (stamp time)", _range(0),
           live=True),
-    Param("capture_smoothing", 0.0, "EMA weight of the previous smoothed score (0 = none)", _range(0, 1, hi_open=True),
+    Param("capture_smoothing", _C.smoothing, "EMA weight of the previous smoothed score (0 = none)", _range(0, 1, hi_open=True),
           live=True),
-    Param("capture_duplicate_threshold", 4.0, "skip near-duplicate scenes: mean abs difference of 32x24 gray "
+    Param("capture_duplicate_threshold", _C.duplicate_threshold, "skip near-duplicate scenes: mean abs difference of 32x24 gray "
           "thumbnails (0-255) below this", _range(0, 255), live=True),
     Param("capture_quota_mb", 2048.0, "disk quota; the lowest-score, oldest records are evicted first",
           _range(1, 1e9)),

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ms_perception.core.frames import Frame
+from ms_perception.core.frames import Frame, FramePair
 from ms_perception.core.pipeline import Pipeline, PipelineConfig
 from ms_perception.demo import DEFAULT_MODEL
 from ms_perception.engines import create_engine
@@ -63,8 +63,7 @@ def test_pair_outputs_are_valid_ros_messages_matching_the_pipeline(ts, pairs, tm
     # the same pair straight through the core pipeline gives the same boxes
     ref = Pipeline(create_engine("onnxruntime", DEFAULT_MODEL),
                    PipelineConfig(score_threshold=0.05, assume_same_fov=True)).process(
-        __import__("ms_perception.core.frames", fromlist=["FramePair"]).FramePair(frame_from_msg(vis),
-                                                                                   frame_from_msg(th)))
+        FramePair(frame_from_msg(vis), frame_from_msg(th)))
     assert len(det.detections) == len(ref.detections) > 0
     for d, box, score, label in zip(det.detections, ref.detections.boxes, ref.detections.scores,
                                     ref.detections.labels):
