@@ -100,19 +100,65 @@ def cmd_export(args) -> int:
 
 
 def cmd_fit(args) -> int:
-    from ms_perception_training.fit import fit, load_fit_config
-    cfg, mcfg = load_fit_config(args.config)
+    from ms_perception_training.fit import fit, load_experiment
+    cfg, mcfg, tcfg = load_experiment(args.config)
     if args.iterations:
         cfg.iterations = args.iterations
+    if args.teacher_checkpoint:
+        cfg.distill.teacher_checkpoint = args.teacher_checkpoint
+    if args.init_checkpoint:
+        cfg.init_checkpoint = args.init_checkpoint
     log = (lambda *a: None) if args.json else print
     try:
-        summary = fit(cfg, mcfg, Path(args.out), log=log, resume=args.resume)
+        summary = fit(cfg, mcfg, Path(args.out), log=log, resume=args.resume, teacher_cfg=tcfg)
     except RuntimeError as exc:
         raise TrainCliError(str(exc)) from None
     if not args.json:
         print(f"loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f} over {summary['iterations']} "
               f"iterations in {summary['seconds']} s; checkpoint {summary['checkpoint']}")
     print(json.dumps(summary))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from dataclasses import replace
+
+    from ms_perception_training.evaluate import evaluate
+    from ms_perception_training.fit import load_experiment, load_weights
+    from ms_perception_training.models.multispectral import build_model
+    from ms_perception_training.synthdata import make_pool
+    cfg, mcfg, _ = load_experiment(args.config)
+    model = build_model(mcfg)
+    try:
+        load_weights(model, args.checkpoint)
+    except RuntimeError as exc:
+        raise TrainCliError(str(exc)) from None
+    pairs = args.pairs or cfg.eval.pairs or 100
+    pool = make_pool(mcfg, replace(cfg.data, pairs=pairs, seed=cfg.eval.seed))
+    if args.branch and args.branch not in model.branch_names + ["fused"]:
+        raise TrainCliError(f"--branch {args.branch!r}: {mcfg.name} has branches {model.branch_names}")
+    res = {"model": mcfg.name, "pairs": pairs, "branch": args.branch or model.main_branch,
+           **evaluate(model, mcfg, pool, branch=args.branch)}
+    if not args.json:
+        print(f"{mcfg.name} on {pairs} synthetic validation pairs (seed {cfg.eval.seed}):")
+        for k, v in res.items():
+            if k not in ("model", "pairs"):
+                print(f"  {k}: {v}")
+    print(json.dumps(res))
+    return 0
+
+
+def cmd_active(args) -> int:
+    from ms_perception_training.active import load_active_config, run_active
+    acfg = load_active_config(args.config)
+    if args.strategy:
+        acfg.strategies = args.strategy
+    log = (lambda *a: None) if args.json else print
+    try:
+        res = run_active(acfg, Path(args.out), log=log)
+    except RuntimeError as exc:
+        raise TrainCliError(str(exc)) from None
+    print(json.dumps(res))
     return 0
 
 
@@ -125,8 +171,25 @@ def build_parser(prog: str = "ms-perception train") -> argparse.ArgumentParser:
     f.add_argument("--iterations", type=int, help="override the config's iteration count")
     f.add_argument("--resume", action="store_true", help="continue exactly from OUT/last.pt (weights, optimizer, "
                    "RNG states, iteration)")
+    f.add_argument("--teacher-checkpoint", help="override distill.teacher_checkpoint")
+    f.add_argument("--init-checkpoint", help="start from these weights (fine-tuning)")
     f.add_argument("--json", action="store_true")
     f.set_defaults(func=cmd_fit)
+    v = sub.add_parser("eval", help="evaluate a checkpoint on the experiment's validation pairs")
+    v.add_argument("--config", required=True, help="experiment YAML (its model and data sections are used)")
+    v.add_argument("--checkpoint", required=True)
+    v.add_argument("--pairs", type=int, help="validation pairs (default: the config's eval.pairs, else 100)")
+    v.add_argument("--branch", help="evaluate this branch (visible/thermal/fused) instead of the main one")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_eval)
+    a = sub.add_parser("active", help="active learning: select pairs by cross-modality inconsistency (or random/"
+                       "entropy), fine-tune, repeat to the budget; resumable")
+    a.add_argument("--config", required=True, help="active-learning YAML (config/experiments/active_*.yaml)")
+    a.add_argument("--out", required=True)
+    a.add_argument("--strategy", action="append", choices=["inconsistency", "random", "entropy"],
+                   help="override the config's strategies (repeatable)")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_active)
     i = sub.add_parser("info", help="parameters, multiply-accumulates and CPU latency of a model config")
     i.add_argument("--config", required=True)
     i.add_argument("--latency-runs", type=int, default=3, help="timed CPU forwards (0: skip)")

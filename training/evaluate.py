@@ -1,0 +1,125 @@
+"""Evaluation of a torch model on a pool with the project's metrics (issue [data]).
+
+Detection: the runtime's own NMS (``ms_perception.core.postprocess.select_detections``) on
+the decoded main-branch (or a named branch's) output; the KAIST log-average miss rate of
+persons (all/day/night) in rig pixels, its height floor scaled with the rig height (55 px at
+512 rows, the MD/AL papers' setting), and COCO mAP / AP50 over all classes with pycocotools.
+Segmentation: mean class accuracy and mIoU (class 0 excluded, padding ignored).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from ms_perception_training.export.onnx_export import decode_boxes_torch
+from ms_perception_training.models.heads import flatten_levels
+from ms_perception_training.synthdata import SEG_IGNORE, make_batch, thermal_for
+
+from ms_perception.core.anchors import BoxCoder, grid_anchors
+from ms_perception.core.postprocess import select_detections
+
+
+@torch.no_grad()
+def predict(model, mcfg, pool, indices, branch: str | None = None, score_threshold: float = 0.05,
+            device="cpu") -> list:
+    """Per pool item: detections (boxes xyxy at the model input, scores, labels) or a label map."""
+    was_training = model.training
+    model.eval()
+    b = make_batch(pool, indices, mcfg, augment=False, device=device)
+    out = model(b.visible if mcfg.uses_visible else None, thermal_for(mcfg, b.thermal))
+    br = out.branches[branch or out.main_branch]
+    res = []
+    if mcfg.task == "segmentation":
+        pred = br.mask_logits.argmax(1).cpu().numpy().astype(np.uint8)
+        res = list(pred)
+    else:
+        K = mcfg.num_classes
+        sizes = [tuple(x.shape[-2:]) for x in br.cls_logits]
+        anchors = torch.from_numpy(grid_anchors(model.anchor_levels(), sizes)).to(b.visible.device)
+        coder = BoxCoder(tuple(mcfg.head.box_coder_weights))
+        if model.score_activation == "sigmoid":
+            probs = torch.sigmoid(flatten_levels(br.cls_logits, K))
+        else:
+            probs = torch.softmax(flatten_levels(br.cls_logits, K + 1), -1)[..., 1:]
+        deltas = flatten_levels(br.box_deltas, 4)
+        for i in range(len(indices)):
+            boxes = decode_boxes_torch(anchors, deltas[i], coder.weights, coder.clip)
+            d = select_detections(probs[i].float().cpu().numpy(), boxes.float().cpu().numpy(),
+                                  score_threshold=score_threshold, max_detections=100)
+            res.append(d)
+    model.train(was_training)
+    return res
+
+
+def evaluate(model, mcfg, pool, branch: str | None = None, batch_size: int = 8, device="cpu") -> dict:
+    idx = list(range(len(pool)))
+    preds = []
+    for s in range(0, len(idx), batch_size):
+        preds.extend(predict(model, mcfg, pool, idx[s:s + batch_size], branch, device=device))
+    if mcfg.task == "segmentation":
+        return segmentation_scores(pool, preds, mcfg.num_classes)
+    return detection_scores(pool, preds, mcfg.class_names)
+
+
+def segmentation_scores(pool, preds, num_classes: int) -> dict:
+    from ms_perception.metrics.segmentation import evaluate_segmentation
+    pairs = []
+    for it, p in zip(pool, preds):
+        keep = it.semantic != SEG_IGNORE
+        pairs.append((it.semantic[keep], p[keep]))
+    r = evaluate_segmentation(pairs, num_classes, ignore_index=0)
+    return {"mean_accuracy": _pct(r.mean_accuracy), "miou": _pct(r.miou)}
+
+
+def _pct(x):
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(100 * float(x), 2)
+
+
+def detection_scores(pool, preds, class_names: list[str]) -> dict:
+    from ms_perception.formats.kaist import ImageAnnotation
+    from ms_perception.metrics.coco import coco_eval
+    from ms_perception.metrics.kaist import KaistEvalConfig, evaluate_kaist
+    out = {}
+    rig_h, rig_w = pool[0].letterbox.src_hw
+    if "person" in class_names:
+        pid = class_names.index("person")
+        gts, dets = [], {}
+        for i, (it, d) in enumerate(zip(pool, preds)):
+            sel = it.labels == pid
+            b = it.rig_boxes[sel].astype(np.float64)
+            xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], 1)
+            gts.append(ImageAnnotation(i, str(i), xywh, xywh[:, 3].copy(), it.occlusion[sel],
+                                       np.zeros(len(b), bool), "day" if it.condition in ("day", "fog") else "night",
+                                       rig_w, rig_h))
+            ds = d.labels == pid if len(d) else np.zeros(0, bool)
+            rb = it.letterbox.boxes_to_image(d.boxes[ds]) if len(d) else np.zeros((0, 4), np.float32)
+            sc = d.scores[ds] if len(d) else np.zeros(0)
+            dets[i] = np.concatenate([rb[:, :2], rb[:, 2:] - rb[:, :2], sc[:, None]], 1).astype(np.float64)
+        cfg = KaistEvalConfig(height_range=(55.0 * rig_h / 512, math.inf),
+                              boundary=(5.0, 5.0, rig_w - 5.0, rig_h - 5.0))
+        res = evaluate_kaist(gts, dets, cfg)
+        out["miss_rate"] = {k: _pct(r.miss_rate) for k, r in res.items()}
+    images, anns, results = [], [], []
+    for i, (it, d) in enumerate(zip(pool, preds)):
+        images.append({"id": i, "width": rig_w, "height": rig_h})
+        for k, (b, lab) in enumerate(zip(it.rig_boxes, it.labels)):
+            w, h = float(b[2] - b[0]), float(b[3] - b[1])
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": int(lab) + 1, "area": w * h,
+                         "bbox": [float(b[0]), float(b[1]), w, h], "iscrowd": 0})
+        if len(d):
+            rb = it.letterbox.boxes_to_image(d.boxes)
+            for b, s, lab in zip(rb, d.scores, d.labels):
+                results.append({"image_id": i, "category_id": int(lab) + 1, "score": float(s),
+                                "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]})
+    present = sorted({a["category_id"] for a in anns})
+    if anns and results:
+        gt = {"images": images, "annotations": anns,
+              "categories": [{"id": c, "name": class_names[c - 1]} for c in present]}
+        results = [r for r in results if r["category_id"] in present]
+        m = coco_eval(gt, results) if results else {}
+        out["map"] = _pct(m.get("AP", m.get("mAP", 0.0))) if m else 0.0
+        out["ap50"] = _pct(m.get("AP50", 0.0)) if m else 0.0
+    else:
+        out["map"], out["ap50"] = 0.0, 0.0
+    return out

@@ -1,0 +1,231 @@
+"""The training objective of every architecture: task losses of each branch and the losses
+its fusion module is trained with (METHODS.md §1, §4).
+
+- RetinaNet heads: focal loss on assigned anchors + balanced L1 (or smooth L1 as the switch
+  off) on regression positives, normalized by the number of positives (IoU assignment or
+  Mutual Guidance).
+- SSD heads: softmax cross-entropy with 3:1 hard negative mining + smooth L1 (Liu et al. 2016).
+- Segmentation heads: pixel cross-entropy, padding ignored.
+- GAFF: L_intra (Dice vs ellipse masks) + L_inter (CE vs margin labels), eq. 4.17.
+- CFR: Dice between each refined mono feature's mask and the object mask (box-filled: the
+  datasets have boxes only).
+- Segmentation auxiliary head (CFL paper §III-C): CE against box-filled class masks.
+- CFL/decision models train the per-modality heads and the combined (MAF) output.
+
+Normalizers: the positive count is summed over every process of a DDP run (``reduce_sum``),
+so the gradient DDP averages equals the gradient of the combined batch.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from ms_perception_training.assign import IoUAssigner, MutualGuidanceAssigner
+from ms_perception_training.data.transforms import box_mask, ellipse_mask
+from ms_perception_training.export.onnx_export import decode_boxes_torch
+from ms_perception_training.losses import balanced_l1_loss, dice_loss, sigmoid_focal_loss, smooth_l1_loss
+from ms_perception_training.losses.distill import cross_entropy_ignore
+from ms_perception_training.models.fusion.gaff import IGNORE, gaff_inter_labels
+from ms_perception_training.models.heads import flatten_levels
+
+from ms_perception.core.anchors import BoxCoder, grid_anchors
+
+SEG_IGNORE = 255
+
+
+def _targets3(targets):
+    return [(t[0], t[1], t[2] if len(t) > 2 else torch.ones(len(t[0]), device=t[0].device)) for t in targets]
+
+
+def assign_image(anchors, gt, lab, box_pred, cls_logits, coder: BoxCoder, assigner):
+    """Per-anchor classification labels (1 pos, 0 neg, −1 ignore), the GT each positive
+    classifies, and the GT each regression positive regresses to (−1: none)."""
+    if isinstance(assigner, MutualGuidanceAssigner):
+        with torch.no_grad():
+            pred = decode_boxes_torch(anchors, box_pred.detach(), coder.weights, coder.clip)
+            res = assigner.assign(anchors, gt, lab, pred, torch.sigmoid(cls_logits.detach()))
+        return res.cls_labels, res.cls_gt_index, res.reg_gt_index
+    res = assigner.assign(anchors, gt)
+    reg = torch.where(res.labels == 1, res.gt_index, torch.full_like(res.gt_index, -1))
+    return res.labels, res.gt_index, reg
+
+
+def detection_loss_sums(branch, anchors, targets, num_classes, coder: BoxCoder, assigner, balanced_l1: bool = True):
+    """Un-normalized (Σ focal, Σ box loss, number of positives) of one RetinaNet branch. Box
+    weights (mixup) scale both terms of the objects they belong to."""
+    cls = flatten_levels(branch.cls_logits, num_classes)       # (N, A, K)
+    box = flatten_levels(branch.box_deltas, 4)                  # (N, A, 4)
+    total_cls, total_box, npos = cls.sum() * 0.0, box.sum() * 0.0, 0
+    reg_loss = balanced_l1_loss if balanced_l1 else smooth_l1_loss
+    for i, (gt, lab, wt) in enumerate(_targets3(targets)):
+        labels, cls_gt, reg_gt = assign_image(anchors, gt, lab, box[i], cls[i], coder, assigner)
+        valid = labels >= 0
+        tgt = torch.zeros_like(cls[i])
+        weight = torch.ones(cls.shape[1], device=cls.device)
+        pos = labels == 1
+        if pos.any():
+            tgt[pos, lab[cls_gt[pos]]] = 1.0
+            weight[pos] = wt[cls_gt[pos]]
+        reg = reg_gt >= 0
+        if reg.any():
+            deltas = torch.from_numpy(coder.encode(anchors[reg].cpu().numpy(), gt[reg_gt[reg]].cpu().numpy())).to(box)
+            total_box = total_box + (reg_loss(box[i][reg], deltas).sum(1) * wt[reg_gt[reg]]).sum()
+        total_cls = total_cls + (sigmoid_focal_loss(cls[i][valid], tgt[valid]).sum(1) * weight[valid]).sum()
+        npos += int(pos.sum())
+    return total_cls, total_box, npos
+
+
+def detection_loss(branch, anchors, targets, num_classes, coder: BoxCoder, assigner, balanced_l1: bool = True):
+    """(focal, box) of one RetinaNet branch normalized by its positive count (one process)."""
+    c, b, n = detection_loss_sums(branch, anchors, targets, num_classes, coder, assigner, balanced_l1)
+    return c / max(1, n), b / max(1, n)
+
+
+def multibox_loss_sums(branch, anchors, targets, num_classes, coder: BoxCoder, assigner, neg_pos_ratio: int = 3):
+    """SSD: softmax CE (background = class 0) over the positives and the hardest 3× as many
+    negatives per image + smooth L1 (β 1) on positives; un-normalized, with the positive count."""
+    cls = flatten_levels(branch.cls_logits, num_classes + 1)   # (N, A, K+1)
+    box = flatten_levels(branch.box_deltas, 4)
+    total_cls, total_box, npos = cls.sum() * 0.0, box.sum() * 0.0, 0
+    for i, (gt, lab, wt) in enumerate(_targets3(targets)):
+        res = assigner.assign(anchors, gt)
+        target = torch.zeros(cls.shape[1], dtype=torch.long, device=cls.device)
+        pos = res.labels == 1
+        target[pos] = lab[res.gt_index[pos]] + 1
+        ce = F.cross_entropy(cls[i], target, reduction="none")
+        n_pos = int(pos.sum())
+        neg = res.labels == 0
+        k = min(int(neg.sum()), max(1, neg_pos_ratio * n_pos))
+        hard = torch.zeros_like(neg)
+        if k:
+            cand = torch.where(neg, ce.detach(), torch.full_like(ce, -1.0))
+            hard[cand.topk(k).indices] = True
+        w = torch.ones_like(ce)
+        if n_pos:
+            w[pos] = wt[res.gt_index[pos]]
+            deltas = torch.from_numpy(coder.encode(anchors[pos].cpu().numpy(),
+                                                   gt[res.gt_index[pos]].cpu().numpy())).to(box)
+            total_box = total_box + (smooth_l1_loss(box[i][pos], deltas, beta=1.0).sum(1) * w[pos]).sum()
+        total_cls = total_cls + (ce * w)[pos | hard].sum()
+        npos += n_pos
+    return total_cls, total_box, npos
+
+
+def guidance_loss(out, targets, input_hw, margin: float):
+    """GAFF L_intra (Dice vs ellipse masks) + L_inter (CE vs margin labels) on every fused level."""
+    li, le = 0.0, 0.0
+    keys = sorted({k.rsplit(".", 1)[0] for k in out.attention if k.endswith("intra_v")
+                   and k != "intra_v"}) or [""]
+    for key in keys:
+        pre = f"{key}." if key else ""
+        if pre + "intra_v" not in out.attention:
+            continue
+        m_v, m_t = out.attention[pre + "intra_v"], out.attention[pre + "intra_t"]
+        gt = object_masks(targets, m_v, input_hw, ellipse=True)
+        li = li + dice_loss(m_v, gt) + dice_loss(m_t, gt)
+        if pre + "inter_logits" in out.attention:
+            labels = gaff_inter_labels(m_v.detach(), m_t.detach(), gt, margin)
+            if (labels != IGNORE).any():
+                le = le + F.cross_entropy(out.attention[pre + "inter_logits"], labels, ignore_index=IGNORE)
+    return li, le
+
+
+def object_masks(targets, like: torch.Tensor, input_hw, ellipse: bool) -> torch.Tensor:
+    """(N, 1, h, w) float object masks at ``like``'s resolution from the boxes (ellipses for
+    GAFF, filled boxes otherwise)."""
+    n, _, h, w = like.shape
+    H, W = input_hw
+    s = np.array([w / W, h / H] * 2)
+    draw = ellipse_mask if ellipse else (lambda b, size: box_mask(b, size).astype(np.uint8))
+    return torch.stack([torch.from_numpy(draw(t[0].detach().cpu().numpy() * s, (w, h)))
+                        for t in targets]).float()[:, None].to(like.device)
+
+
+def cfr_mask_loss(out, targets, input_hw) -> torch.Tensor:
+    """CFR: Σ over loops and modalities of Dice(σ(mask logits of the refined feature), object mask)."""
+    keys = sorted(k for k in out.attention if "mask_logits_" in k)
+    if not keys:
+        return None
+    gt = object_masks(targets, out.attention[keys[0]], input_hw, ellipse=False)
+    return sum(dice_loss(torch.sigmoid(out.attention[k]), gt) for k in keys)
+
+
+def seg_aux_loss(out, targets, input_hw) -> torch.Tensor | None:
+    """CFL paper's segmentation auxiliary loss: CE of the 1×1 head against box-filled class maps
+    (0 background, k+1 class k)."""
+    logits = out.aux.get("seg_logits")
+    if logits is None:
+        return None
+    return cross_entropy_ignore(logits, seg_aux_target(targets, logits, input_hw))
+
+
+def seg_aux_target(targets, logits, input_hw) -> torch.Tensor:
+    n, _, h, w = logits.shape
+    H, W = input_hw
+    s = np.array([w / W, h / H] * 2)
+    return torch.stack([torch.from_numpy(box_mask(t[0].detach().cpu().numpy() * s, (w, h),
+                                                  t[1].cpu().numpy() + 1)) for t in targets]).to(logits.device)
+
+
+class Objective:
+    """All task and module losses of one model; ``reduce_sum`` sums a count over processes."""
+
+    def __init__(self, model, mcfg, assigner: str = "iou", mg_sigma: float = 2.0, balanced_l1: bool = True,
+                 guidance_weight: float = 1.0, cfr_weight: float = 1.0, seg_aux_weight: float = 1.0,
+                 reduce_sum: Callable[[int], int] = lambda n: n, world_size: int = 1):
+        self.model, self.mcfg = model, mcfg
+        self.coder = BoxCoder(tuple(mcfg.head.box_coder_weights))
+        self.assigner = MutualGuidanceAssigner(mg_sigma) if assigner == "mutual_guidance" else IoUAssigner()
+        if assigner == "mutual_guidance" and mcfg.head.type == "ssd":
+            raise ValueError("Mutual Guidance is implemented for sigmoid (RetinaNet) heads; use assigner: iou with SSD")
+        self.iou_assigner = IoUAssigner()
+        self.balanced_l1 = balanced_l1
+        self.weights = {"guidance": guidance_weight, "cfr": cfr_weight, "seg_aux": seg_aux_weight}
+        self.reduce_sum, self.world = reduce_sum, world_size
+        self._anchors: dict = {}
+
+    def anchors(self, branch) -> torch.Tensor:
+        sizes = tuple(tuple(x.shape[-2:]) for x in branch.cls_logits)
+        if sizes not in self._anchors:
+            a = torch.from_numpy(grid_anchors(self.model.anchor_levels(), list(sizes)))
+            self._anchors[sizes] = a.to(branch.cls_logits[0].device)
+        return self._anchors[sizes]
+
+    def task_losses(self, out, targets, semantic=None, branches=None) -> dict[str, torch.Tensor]:
+        parts = {}
+        names = branches if branches is not None else list(out.branches)
+        if self.mcfg.task == "segmentation":
+            for name in names:
+                parts[f"{name}_seg"] = cross_entropy_ignore(out.branches[name].mask_logits, semantic, SEG_IGNORE)
+            return parts
+        for name in names:
+            br = out.branches[name]
+            a = self.anchors(br)
+            if self.mcfg.head.type == "ssd":
+                c, b, n = multibox_loss_sums(br, a, targets, self.mcfg.num_classes, self.coder, self.iou_assigner)
+            else:
+                c, b, n = detection_loss_sums(br, a, targets, self.mcfg.num_classes, self.coder, self.assigner,
+                                              self.balanced_l1)
+            norm = max(1, self.reduce_sum(n)) / self.world
+            parts[f"{name}_cls"], parts[f"{name}_box"] = c / norm, b / norm
+        return parts
+
+    def module_losses(self, out, targets, input_hw) -> dict[str, torch.Tensor]:
+        parts = {}
+        fc = self.mcfg.fusion
+        if fc.module == "gaff" and fc.scheme == "halfway" and (fc.gaff.intra or fc.gaff.inter):
+            li, le = guidance_loss(out, targets, input_hw, fc.gaff.margin)
+            if fc.gaff.intra:
+                parts["intra"] = self.weights["guidance"] * li
+            if fc.gaff.inter and torch.is_tensor(le):
+                parts["inter"] = self.weights["guidance"] * le
+        if fc.module == "cfr":
+            lc = cfr_mask_loss(out, targets, input_hw)
+            if lc is not None:
+                parts["cfr_masks"] = self.weights["cfr"] * lc
+        la = seg_aux_loss(out, targets, input_hw)
+        if la is not None:
+            parts["seg_aux"] = self.weights["seg_aux"] * la
+        return parts
