@@ -29,7 +29,7 @@ setup(
                       "onnxruntime>=1.17", "rosbags>=0.10", "pyyaml>=6"],
     extras_require={
         # torch is NOT listed: install torch==2.13.0 first (a local CPU build here), see README
-        "train": ["pyyaml>=6", "onnx>=1.15"],
+        "train": ["pyyaml>=6", "onnx>=1.15", "tensorboard>=2.14"],
         "test": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "pyyaml>=6", "onnx>=1.15", "catkin_pkg>=1.0",
                  "colcon-common-extensions>=0.3"],
     },

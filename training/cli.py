@@ -113,6 +113,9 @@ def cmd_fit(args) -> int:
         summary = fit(cfg, mcfg, Path(args.out), log=log, resume=args.resume, teacher_cfg=tcfg)
     except RuntimeError as exc:
         raise TrainCliError(str(exc)) from None
+    import os
+    if os.environ.get("RANK", "0") != "0":      # torchrun: only rank 0 reports
+        return 0
     if not args.json:
         print(f"loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f} over {summary['iterations']} "
               f"iterations in {summary['seconds']} s; checkpoint {summary['checkpoint']}")

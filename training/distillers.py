@@ -28,9 +28,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from ms_perception_training.losses import dice_loss, sigmoid_focal_loss
-from ms_perception_training.losses.distill import (conditional_regression_distill, disagreement_map,
-                                                   feature_distill, f_mse, mse, pdf_distill_loss, pdf_weights,
-                                                   segmentation_distill)
+from ms_perception_training.losses.distill import (
+    conditional_regression_distill,
+    disagreement_map,
+    f_mse,
+    feature_distill,
+    mse,
+    pdf_distill_loss,
+    pdf_weights,
+    segmentation_distill,
+)
 from ms_perception_training.models.fusion.gaff import GAFF
 from ms_perception_training.models.heads import flatten_levels
 from ms_perception_training.objectives import assign_image, seg_aux_target

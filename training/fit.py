@@ -35,8 +35,7 @@ from ms_perception_training.config import ConfigError, from_dict, load_yaml
 from ms_perception_training.models.config import ModelConfig, load_model_config
 from ms_perception_training.models.multispectral import build_model
 from ms_perception_training.objectives import Objective, detection_loss, guidance_loss  # noqa: F401 (re-export)
-from ms_perception_training.synthdata import (SynthDataConfig, make_batch, make_pool, rescale_batch,
-                                              thermal_for)
+from ms_perception_training.synthdata import SynthDataConfig, make_batch, make_pool, rescale_batch, thermal_for
 
 
 @dataclass

@@ -1,0 +1,382 @@
+"""Every method of issue [training] trains through the CLI from its config in
+config/experiments/, and the trainer's mechanics (distillers, mixup, multi-scale, evaluation,
+NaN handling, DDP, active learning) are checked on small hand-checkable cases."""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ms_perception_training.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+EXP = REPO / "config" / "experiments"
+
+
+def run(args, capsys) -> dict:
+    code = main(args)
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    return json.loads(cap.out.strip().splitlines()[-1])
+
+
+def fit_cli(name, out, capsys, iterations=30, extra=()):
+    return run(["fit", "--config", str(EXP / f"{name}.yaml"), "--out", str(out), "--iterations", str(iterations),
+                "--json", *extra], capsys)
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    d = tmp_path_factory.mktemp("teachers")
+    from ms_perception_training.fit import fit, load_experiment
+    for name in ("gaff_teacher_smoke", "pdf_teacher_smoke", "cfl_maf_smoke"):
+        cfg, mcfg, _ = load_experiment(EXP / f"{name}.yaml")
+        cfg.iterations = 20
+        fit(cfg, mcfg, d / name, log=lambda *a: None)
+    return d
+
+
+@pytest.mark.parametrize("name", ["cfr_smoke", "psfuse_smoke", "halfway_baseline_fssd_smoke", "cfl_maf_smoke",
+                                  "gaff_segmentation_smoke", "best_practices_smoke", "rgb_only_plain_smoke",
+                                  "md_native_student_smoke", "pdf_student_plain_smoke"])
+def test_method_trains_through_the_cli(name, tmp_path, capsys):
+    s = fit_cli(name, tmp_path / name, capsys)
+    assert s["iterations"] == 30 and np.isfinite(s["last_loss"])
+    assert s["last_loss"] < 0.95 * s["first_loss"], s
+    rows = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    parts = set(rows[-1])
+    if name == "cfr_smoke":
+        assert "cfr_masks" in parts and "fused_cls" in parts
+    if name == "cfl_maf_smoke":      # both modality heads, the MAF-combined output and the seg-aux loss
+        assert {"visible_cls", "thermal_cls", "fused_cls", "seg_aux"} <= parts
+    if name == "gaff_segmentation_smoke":
+        assert {"fused_seg", "intra", "inter"} <= parts
+
+
+@pytest.mark.parametrize("name,part", [("md_student_smoke", "md_semantic"), ("pdf_distil_smoke", "pdf_kd"),
+                                       ("pdf_fitnets_smoke", "pdf_kd"), ("pdf_hard25_smoke", "pdf_kd"),
+                                       ("crossmodal_smoke", "cm_feature")])
+def test_distillation_trains_through_the_cli(name, part, teachers, tmp_path, capsys):
+    teacher = {"md": "gaff_teacher_smoke", "pd": "pdf_teacher_smoke", "cr": "cfl_maf_smoke"}[name[:2]]
+    ck = teachers / teacher / "last.pt"
+    before = hashlib.sha256(ck.read_bytes()).hexdigest()
+    s = fit_cli(name, tmp_path / "run", capsys, iterations=20, extra=("--teacher-checkpoint", str(ck)))
+    assert s["last_loss"] < s["first_loss"]
+    assert hashlib.sha256(ck.read_bytes()).hexdigest() == before          # the teacher is only read
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert part in rows[-1] and np.isfinite(rows[-1][part])
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert state["distill"], "the student-side distillation modules are checkpointed"
+    # the student's weights alone load into the student model (what export uses)
+    from ms_perception_training.cli import load_checkpoint_into
+    from ms_perception_training.fit import load_experiment
+    from ms_perception_training.models.multispectral import build_model
+    _, mcfg, _ = load_experiment(EXP / f"{name}.yaml")
+    load_checkpoint_into(build_model(mcfg), str(tmp_path / "run" / "last.pt"))
+    if name == "crossmodal_smoke":
+        assert {"cm_cls", "cm_reg", "cm_seg"} <= set(rows[-1]) and "fused_cls" not in rows[-1]
+    if name == "md_student_smoke":
+        assert "md_attention" in rows[-1]
+
+
+def test_distillation_without_teacher_weights_is_a_clear_error(tmp_path, capsys):
+    code = main(["fit", "--config", str(EXP / "md_student_smoke.yaml"), "--out", str(tmp_path / "x"),
+                 "--teacher-checkpoint", str(tmp_path / "nope.pt"), "--json"])
+    assert code == 2 and "checkpoint not found" in capsys.readouterr().err
+
+
+def test_mismatched_teacher_is_named(teachers, tmp_path, capsys):
+    # a PDF teacher's weights given to the MD student: the tensors that differ are named
+    code = main(["fit", "--config", str(EXP / "md_student_smoke.yaml"), "--out", str(tmp_path / "x"), "--json",
+                 "--teacher-checkpoint", str(teachers / "pdf_teacher_smoke" / "last.pt")])
+    err = capsys.readouterr().err
+    assert code == 2 and "does not match the model config" in err and "missing" in err
+
+
+# ----------------------------------------------------------------------------- formulas
+
+
+def test_sigmoid_classification_distill_by_hand():
+    from ms_perception_training.distillers import sigmoid_classification_distill
+    s, t, y = torch.tensor([0.0]), torch.tensor([2.0]), torch.tensor([1.0])
+    q = 1 / (1 + np.exp(-2.0))                     # σ(d_t / T), T = 1
+    p = 0.5
+    focal = 0.25 * (1 - p) ** 2 * np.log(2)        # α (1 − p)^γ · (−log p), y = 1
+    soft = abs(q - p) ** 2 * -(q * np.log(p) + (1 - q) * np.log(1 - p))
+    got = sigmoid_classification_distill(s, t, y, zeta=0.5, temperature=1.0)
+    assert got.item() == pytest.approx(0.5 * focal + 0.5 * soft, rel=1e-6)
+    # T softens the teacher: q = σ(2 / 2)
+    q2 = 1 / (1 + np.exp(-1.0))
+    soft2 = abs(q2 - p) ** 2 * -(q2 * np.log(p) + (1 - q2) * np.log(1 - p))
+    assert sigmoid_classification_distill(s, t, y, 0.0, 2.0).item() == pytest.approx(soft2, rel=1e-6)
+    # a student that agrees with the teacher gets no soft loss
+    assert sigmoid_classification_distill(t, t, y, 0.0).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def _probe(name):
+    from ms_perception_training.fit import load_experiment
+    from ms_perception_training.models.multispectral import build_model
+    from ms_perception_training.synthdata import make_batch, make_pool
+    cfg, mcfg, tcfg = load_experiment(EXP / f"{name}.yaml")
+    cfg.data.pairs = 24
+    pool = make_pool(mcfg, cfg.data)
+    torch.manual_seed(0)
+    return cfg, mcfg, tcfg, build_model(mcfg), build_model(tcfg), make_batch(pool, [20, 21], mcfg, augment=False)
+
+
+def test_modality_distiller_losses_are_the_papers_formulas():
+    from ms_perception_training.distillers import build_distiller
+    from ms_perception_training.losses import dice_loss
+    from ms_perception_training.losses.distill import f_mse
+    from ms_perception_training.objectives import Objective
+    from ms_perception_training.synthdata import thermal_for
+    cfg, mcfg, tcfg, student, teacher, b = _probe("md_student_smoke")
+    dist = build_distiller(cfg.distill, teacher, tcfg, student, mcfg, b)
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+    s_out = student(b.visible, thermal_for(mcfg, b.thermal))
+    assert thermal_for(mcfg, b.thermal).shape[-2:] == (24, 32)                # 16x fewer thermal pixels
+    t_out = dist.forward_teacher(b)
+    parts = dist.losses(student, s_out, t_out, b, Objective(student, mcfg))
+    a = t_out.attention
+    m_t = a["intra_v"] * a["inter_v"] + a["intra_t"] * a["inter_t"]
+    m_s = torch.sigmoid(dist.mask_conv(s_out.features["fused.C4"]))
+    assert parts["md_attention"].item() == pytest.approx(dice_loss(m_s, m_t, eps=1e-6).item(), rel=1e-6)
+    ft = t_out.features["fused.C4"]
+    assert parts["md_semantic"].item() == pytest.approx(f_mse(dist.residual(s_out.features["fused.C4"]), ft).item(),
+                                                        rel=1e-6)
+
+
+def test_pdf_distiller_sums_the_weighted_imitation_over_pyramid_levels():
+    from ms_perception_training.distillers import build_distiller
+    from ms_perception_training.losses.distill import disagreement_map, pdf_distill_loss, pdf_weights
+    from ms_perception_training.objectives import Objective
+    cfg, mcfg, tcfg, student, teacher, b = _probe("pdf_distil_smoke")
+    dist = build_distiller(cfg.distill, teacher, tcfg, student, mcfg, b)
+    s_out, t_out = student(b.visible), dist.forward_teacher(b)
+    got = dist.losses(student, s_out, t_out, b, Objective(student, mcfg))["pdf_kd"]
+    levels = len(s_out.main.cls_logits)
+    want = 0.0
+    for lv in range(levels):
+        d = disagreement_map(torch.sigmoid(t_out.main.cls_logits[lv]), torch.sigmoid(s_out.main.cls_logits[lv]), 9)
+        want += pdf_distill_loss(dist.adapters[lv](s_out.features[f"neck.visible.{lv}"]),
+                                 t_out.features[f"neck.visible.{lv}"], pdf_weights(d, "soft"))
+    assert levels == 5 and got.item() == pytest.approx(float(want), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- trainer mechanics
+
+
+def test_mixup_mixes_images_and_weights_boxes():
+    from ms_perception_training.fit import load_experiment
+    from ms_perception_training.synthdata import make_batch, make_pool, sample_rng
+    cfg, mcfg, _ = load_experiment(EXP / "synthetic_smoke.yaml")
+    cfg.data.pairs = 24
+    pool = make_pool(mcfg, cfg.data)
+    i = 20
+    b = make_batch(pool, [i], mcfg, seed=3, epoch=1, mixup=1.0)
+    rng = sample_rng(3, 1, i)                    # replay the sample's own draws
+    rng.random()
+    j, lam = int(rng.integers(len(pool))), float(rng.beta(1.0, 1.0))
+    flip = rng.random() < 0.5
+    boxes, labels, weights = b.targets[0]
+    n_a, n_b = len(pool[i].boxes), len(pool[j].boxes)
+    assert len(boxes) == n_a + n_b
+    assert torch.allclose(weights, torch.tensor([lam] * n_a + [1 - lam] * n_b, dtype=torch.float32))
+    mixed = lam * pool[i].visible.astype(np.float32) + (1 - lam) * pool[j].visible.astype(np.float32)
+    if flip:
+        mixed = mixed[:, ::-1]
+    mean, std = np.array(mcfg.input.visible_mean), np.array(mcfg.input.visible_std)
+    want = (mixed / 255 - mean) / std
+    assert np.allclose(b.visible[0].permute(1, 2, 0).numpy(), want, atol=1e-5)
+    # the same sample draws the same augmentation in any batch (what makes DDP and resume exact)
+    b2 = make_batch(pool, [5, i], mcfg, seed=3, epoch=1, mixup=1.0)
+    assert torch.equal(b2.visible[1], b.visible[0])
+
+
+def test_mixup_weights_scale_the_loss_of_their_objects():
+    from types import SimpleNamespace
+
+    from ms_perception_training.assign import IoUAssigner
+    from ms_perception_training.objectives import detection_loss_sums
+
+    from ms_perception.core.anchors import BoxCoder
+    anchors = torch.tensor([[0, 0, 10, 10], [50, 50, 60, 60.]])
+    deltas = torch.full((1, 2, 4), 0.3)
+    logits = torch.tensor([[[0.5], [-1.0]]])
+    br = SimpleNamespace(cls_logits=[logits.permute(0, 2, 1).reshape(1, 1, 1, 2)],
+                         box_deltas=[deltas.permute(0, 2, 1).reshape(1, 4, 1, 2)])
+    gt = torch.tensor([[0, 0, 10, 10.]])
+    coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
+    full = detection_loss_sums(br, anchors, [(gt, torch.tensor([0]), torch.tensor([1.0]))], 1, coder, IoUAssigner())
+    half = detection_loss_sums(br, anchors, [(gt, torch.tensor([0]), torch.tensor([0.5]))], 1, coder, IoUAssigner())
+    from ms_perception_training.losses import sigmoid_focal_loss
+    neg = sigmoid_focal_loss(torch.tensor([-1.0]), torch.tensor([0.0])).item()
+    pos = sigmoid_focal_loss(torch.tensor([0.5]), torch.tensor([1.0])).item()
+    assert full[0].item() == pytest.approx(pos + neg, rel=1e-6)
+    assert half[0].item() == pytest.approx(0.5 * pos + neg, rel=1e-6)        # the negative keeps weight 1
+    assert half[1].item() == pytest.approx(0.5 * full[1].item(), rel=1e-6)
+
+
+def test_multi_scale_rescales_images_boxes_and_anchors(tmp_path, capsys):
+    from ms_perception_training.synthdata import Batch, rescale_batch
+    b = Batch(torch.zeros(1, 3, 96, 128), torch.zeros(1, 1, 96, 128),
+              [(torch.tensor([[10., 20, 50, 60]]), torch.tensor([0]), torch.tensor([1.]))], None)
+    r = rescale_batch(b, (64, 96))
+    assert r.visible.shape[-2:] == (64, 96) and r.thermal.shape[-2:] == (64, 96)
+    assert torch.allclose(r.targets[0][0], torch.tensor([[7.5, 40 / 3, 37.5, 40.]]))
+    s = fit_cli("best_practices_smoke", tmp_path / "bp", capsys, iterations=6)
+    assert s["iterations"] == 6 and np.isfinite(s["last_loss"])
+
+
+def test_detection_scores_are_perfect_for_perfect_predictions():
+    from ms_perception_training.evaluate import detection_scores
+    from ms_perception_training.fit import load_experiment
+    from ms_perception_training.synthdata import make_pool
+
+    from ms_perception.core.postprocess import Detections
+    cfg, mcfg, _ = load_experiment(EXP / "synthetic_smoke.yaml")
+    cfg.data.pairs = 40
+    pool = make_pool(mcfg, cfg.data)
+    perfect = [Detections(p.boxes.copy(), np.full(len(p.boxes), 0.9, np.float32), p.labels.copy(),
+                          np.arange(len(p.boxes))) for p in pool]
+    r = detection_scores(pool, perfect, mcfg.class_names)
+    assert r["miss_rate"]["all"] == 0.0 and r["map"] == pytest.approx(100.0, abs=0.5)
+    nothing = [Detections() for _ in pool]
+    assert detection_scores(pool, nothing, mcfg.class_names)["miss_rate"]["all"] == 100.0
+
+
+def test_train_eval_cli(teachers, capsys):
+    r = run(["eval", "--config", str(EXP / "gaff_teacher_smoke.yaml"), "--checkpoint",
+             str(teachers / "gaff_teacher_smoke" / "last.pt"), "--pairs", "16", "--json"], capsys)
+    assert r["pairs"] == 16 and set(r["miss_rate"]) >= {"all"} and 0 <= r["miss_rate"]["all"] <= 100
+    code = main(["eval", "--config", str(EXP / "cfr_smoke.yaml"), "--checkpoint",
+                 str(teachers / "gaff_teacher_smoke" / "last.pt"), "--json"])
+    assert code == 2 and "does not match" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_with_a_diagnostic_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    import ms_perception_training.fit as fitmod
+    cfg, mcfg = fitmod.load_fit_config(EXP / "synthetic_smoke.yaml")
+    cfg.iterations, cfg.checkpoint_every, cfg.data.pairs = 6, 2, 16
+    real = fitmod.compute_losses
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        parts = real(*a, **k)
+        calls["n"] += 1
+        if calls["n"] == 4:
+            parts["intra"] = parts["intra"] * float("nan")
+        return parts
+    monkeypatch.setattr(fitmod, "compute_losses", poisoned)
+    with pytest.raises(RuntimeError, match=r"iteration 3 \(non-finite parts: \{'intra': nan\}.*last good checkpoint"):
+        fitmod.fit(cfg, mcfg, tmp_path, log=lambda *a: None)
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["iteration"] == 2
+
+
+def test_tensorboard_and_metrics_logs(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    fit_cli("synthetic_smoke", tmp_path / "tb", capsys, iterations=3)
+    assert list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
+    rows = [json.loads(x) for x in (tmp_path / "tb" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["kind"] == "train" and "loss" in rows[0] and "intra" in rows[0]
+
+
+def test_config_errors_name_the_key(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"base: {EXP / 'synthetic_smoke.yaml'}\ndistill: {{method: pdf, techer: x}}\n")
+    assert main(["fit", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "techer" in err and "teacher_checkpoint" in err
+    bad.write_text(f"base: {EXP / 'synthetic_smoke.yaml'}\nbn: sync\n")
+    assert main(["fit", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "fit.bn must be 'train' or 'frozen'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- DDP
+
+
+def test_two_process_ddp_equals_one_process_with_the_combined_batch(tmp_path):
+    """torchrun, 2 processes, gloo on the CPU; global batch 4 = 2 per process; frozen BN."""
+    cfg = tmp_path / "ddp.yaml"
+    cfg.write_text(f"model: {REPO / 'config/models/tiny/gaff_three_branch_r18_retinanet.yaml'}\n"
+                   "data: {pairs: 16, width: 256, height: 192, thermal_factor: 4, seed: 5}\n"
+                   "iterations: 5\nbatch_size: 4\nlr: 0.01\nwarmup_iterations: 1\nbn: frozen\nthreads: 1\n"
+                   "tensorboard: false\nguidance_weight: 0.0\nmixup: 0.5\n")
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "ms_perception_training.cli",
+                        "fit", "--config", str(cfg), "--out", str(tmp_path / "ddp"), "--json"],
+                       capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    reports = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+    assert len(reports) == 1 and reports[0]["world_size"] == 2             # rank 0 reports alone
+    from ms_perception_training.fit import fit, load_fit_config
+    c, m = load_fit_config(cfg)
+    single = fit(c, m, tmp_path / "one", log=lambda *a: None)
+    assert single["world_size"] == 1
+    a = torch.load(tmp_path / "one" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
+    worst = max((a["model"][k].double() - b["model"][k].double()).abs().max().item() for k in a["model"])
+    moved = max((a["model"][k].double() - build_initial(m)[k].double()).abs().max().item() for k in a["model"])
+    assert worst < 1e-6 and moved > 1e-3, (worst, moved)
+    assert np.allclose(a["history"].numpy(), b["history"].numpy(), rtol=1e-6)
+
+
+def build_initial(mcfg):
+    from ms_perception_training.models.multispectral import build_model
+    torch.manual_seed(0)
+    return build_model(mcfg).state_dict()
+
+
+# ----------------------------------------------------------------------------- active learning
+
+
+def test_active_scores_come_from_the_runtime_implementation():
+    from ms_perception_training.active import score_pool
+    from ms_perception_training.fit import load_experiment
+    from ms_perception_training.models.heads import flatten_levels
+    from ms_perception_training.models.multispectral import build_model
+    from ms_perception_training.synthdata import make_batch, make_pool, thermal_for
+
+    from ms_perception.core.inconsistency import detection_inconsistency
+    _, mcfg, _ = load_experiment(EXP / "synthetic_smoke.yaml")
+    pool = make_pool(mcfg, __import__("ms_perception_training.synthdata", fromlist=["x"]).SynthDataConfig(
+        pairs=6, width=256, height=192, seed=4))
+    torch.manual_seed(1)
+    model = build_model(mcfg).eval()
+    with torch.no_grad():                 # make the two mono heads disagree clearly
+        for p in model.heads["thermal"].parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    got = score_pool(model, mcfg, pool, [0, 3, 5], "inconsistency")
+    b = make_batch(pool, [0, 3, 5], mcfg, augment=False)
+    out = model(b.visible, thermal_for(mcfg, b.thermal))
+    pv = torch.sigmoid(flatten_levels(out.branches["visible"].cls_logits, 1))[1].detach().numpy()
+    pt = torch.sigmoid(flatten_levels(out.branches["thermal"].cls_logits, 1))[1].detach().numpy()
+    counts = [x.shape[1] * x.shape[2] * x.shape[3] for x in out.branches["fused"].cls_logits]
+    assert got[1] == pytest.approx(detection_inconsistency(pv, pt, counts).score, rel=1e-9)
+    assert len(set(np.round(got, 12))) == 3 and (got > 1e-4).all()
+
+
+def test_active_loop_runs_resumes_and_plots(tmp_path, capsys):
+    from ms_perception_training import active
+    cfg = active.load_active_config(EXP / "active_smoke.yaml")
+    cfg.iterations, cfg.finetune_iterations = 4, 2
+    res = active.run_active(cfg, tmp_path, log=lambda *a: None)
+    for s in ("inconsistency", "random", "entropy"):
+        state = json.loads((tmp_path / s / "state.json").read_text())
+        assert [c["labeled"] for c in state["curve"]] == [8, 16, 24]
+        assert len(set(state["labeled"])) == 24
+        assert all(c["eval"] and "miss_rate" in c["eval"] for c in state["curve"])
+    inc = json.loads((tmp_path / "inconsistency" / "state.json").read_text())
+    rnd = json.loads((tmp_path / "random" / "state.json").read_text())
+    assert inc["initial"] == rnd["initial"] and set(inc["labeled"]) != set(rnd["labeled"])
+    assert Path(res["plot"]).stat().st_size > 1000
+    # a second run resumes from the finished state: no training at all
+    calls = []
+    res2 = active.run_active(cfg, tmp_path, log=lambda *a: None, fit_fn=lambda *a, **k: calls.append(1))
+    assert calls == [] and res2["curves"] == res["curves"]
