@@ -200,8 +200,8 @@ class MultispectralModel(nn.Module):
         out = ModelOutput(main_branch=self.main_branch)
         feats = {}  # branch -> {stage index: feature}
         if self.scheme in ONE_STREAM:
-            x = {"visible_only": visible, "thermal_only": thermal,
-                 "image": torch.cat([visible, thermal], 1) if thermal is not None else None}[self.scheme]
+            x = visible if self.scheme == "visible_only" else thermal if self.scheme == "thermal_only" \
+                else torch.cat([visible, thermal], 1)
             feats[self.stream] = self._run(self.backbone, x, range(len(self.stage_names)), self.stream, out)
         elif self.scheme == "halfway":
             feats = self._halfway(visible, thermal, out)
