@@ -27,32 +27,11 @@ def load_checkpoint_into(model, path: str) -> None:
 
     weights_only=True: a checkpoint from elsewhere cannot run code. Mismatches name the tensors.
     """
-    import torch
-    p = Path(path)
-    if not p.exists():
-        raise TrainCliError(f"checkpoint not found: {p}")
+    from ms_perception_training.fit import load_weights
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle/zip errors come in many types
-        raise TrainCliError(f"{p}: not a readable PyTorch checkpoint ({exc})") from None
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or shape:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
-        if shape:
-            k = shape[0]
-            parts.append(f"{len(shape)} with other shapes (e.g. {k}: checkpoint {tuple(state[k].shape)}, "
-                         f"config {tuple(own[k].shape)})")
-        raise TrainCliError(f"{p} does not match the config: " + "; ".join(parts))
-    model.load_state_dict(state)
+        load_weights(model, path)
+    except RuntimeError as exc:
+        raise TrainCliError(str(exc)) from None
 
 
 def cmd_info(args) -> int:

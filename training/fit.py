@@ -249,8 +249,9 @@ def _load_state(module, state: dict, path) -> None:
     unexpected = sorted(set(state) - set(own))
     shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or shape:
-        detail = [f"missing {missing[:4]}" if missing else "", f"unexpected {unexpected[:4]}" if unexpected else "",
-                  (f"other shapes {shape[:4]} (e.g. {shape[0]}: file {tuple(state[shape[0]].shape)}, "
+        detail = [f"{len(missing)} missing (e.g. {missing[:3]})" if missing else "",
+                  f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})" if unexpected else "",
+                  (f"{len(shape)} with other shapes (e.g. {shape[0]}: checkpoint {tuple(state[shape[0]].shape)}, "
                    f"config {tuple(own[shape[0]].shape)})") if shape else ""]
         raise RuntimeError(f"{path} does not match the model config: " + "; ".join(x for x in detail if x))
     module.load_state_dict(state)

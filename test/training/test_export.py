@@ -160,7 +160,7 @@ def test_cli_export_rejects_mismatched_checkpoint(tmp_path, capsys):
     rc = main(["export", "--config", str(REPO / "config/models/tiny/psfuse_vgg16_fssd.yaml"),
                "--checkpoint", str(tmp_path / "ck.pt"), "--out", str(tmp_path / "m.onnx")])
     err = capsys.readouterr().err
-    assert rc == 2 and "does not match the config" in err and "missing" in err
+    assert rc == 2 and "does not match the model config" in err and "missing" in err
     assert not (tmp_path / "m.onnx").exists()
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     rc = main(["export", "--config", str(REPO / "config/models/tiny/psfuse_vgg16_fssd.yaml"),
