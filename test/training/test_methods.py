@@ -400,3 +400,13 @@ def test_thermal_only_and_visible_only_models_train_one_step():
         loss = sum(Objective(model, mcfg).task_losses(out, b.targets).values())
         loss.backward()
         assert torch.isfinite(loss)
+
+
+def test_train_active_cli_refuses_a_model_without_mono_branches(tmp_path, capsys):
+    cfg = tmp_path / "al.yaml"
+    cfg.write_text(f"base: {EXP / 'active_smoke.yaml'}\nmodel: {REPO / 'config/models/tiny/gaff_r18_retinanet.yaml'}\n")
+    assert main(["active", "--config", str(cfg), "--out", str(tmp_path / "o"), "--json"]) == 2
+    assert "needs a three-branch model" in capsys.readouterr().err
+    cfg.write_text(f"base: {EXP / 'active_smoke.yaml'}\nbudget: 1000\n")
+    assert main(["active", "--config", str(cfg), "--out", str(tmp_path / "o"), "--json"]) == 2
+    assert "exceeds the pool" in capsys.readouterr().err
