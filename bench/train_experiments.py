@@ -151,10 +151,10 @@ def run_active_experiment(seed: int, work: Path) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     _variant(TINY / "gaff_three_branch_r18_retinanet.yaml", "active_three_branch", work)
     acfg.model = str(work / "active_three_branch_model.yaml")
-    acfg.data.pairs, acfg.data.seed, acfg.data.width, acfg.data.height = 240, 200 + seed, RIG["width"], RIG["height"]
-    acfg.eval.pairs = 150
-    acfg.initial, acfg.step, acfg.budget = 30, 30, 120
-    acfg.iterations, acfg.finetune_iterations, acfg.seed = 200, 100, seed
+    acfg.data.pairs, acfg.data.seed, acfg.data.width, acfg.data.height = 200, 200 + seed, RIG["width"], RIG["height"]
+    acfg.eval.pairs = 100
+    acfg.initial, acfg.step, acfg.budget = 30, 30, 90
+    acfg.iterations, acfg.finetune_iterations, acfg.seed = 120, 60, seed
     acfg.fit = {"batch_size": 8, "lr": 0.01, "warmup_iterations": 20, "checkpoint_every": 10000, "threads": 2,
                 "tensorboard": False}
     res = run_active(acfg, work / f"active_s{seed}", log=print)
