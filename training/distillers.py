@@ -88,13 +88,14 @@ class Distiller(nn.Module):
         self.teacher[0].eval()
         return self
 
+    def forward(self, student, s_out, t_out, batch, objective) -> dict:
+        """The losses as a module call (what DistributedDataParallel wraps)."""
+        return self.losses(student, s_out, t_out, batch, objective)
+
     @torch.no_grad()
     def forward_teacher(self, batch):
         t = self.teacher[0]
         return t(batch.visible if self.tcfg.uses_visible else None, thermal_for(self.tcfg, batch.thermal))
-
-    def student_state(self) -> dict:
-        return {k: v for k, v in self.state_dict().items()}
 
 
 class PDFDistiller(Distiller):
@@ -136,11 +137,11 @@ class ModalityDistiller(Distiller):
         if tcfg.fusion.module != "gaff" or tcfg.fusion.scheme != "halfway":
             raise ValueError(f"Modality Distillation needs a halfway GAFF teacher; {tcfg.name} has scheme "
                              f"{tcfg.fusion.scheme!r}, module {tcfg.fusion.module!r}")
-        stage = d_stage = dcfg.md_stage or tcfg.fusion.stage
+        stage = dcfg.md_stage or tcfg.fusion.stage
         if stage == "all_levels":
             raise ValueError("distill.md_stage must name one stage when the teacher fuses all levels (e.g. C4)")
         self.t_key = f"fused.{stage}"
-        self.s_key = next((k for k in (f"fused.{d_stage}", f"visible.{d_stage}") if k in probe_s.features), None)
+        self.s_key = next((k for k in (f"fused.{stage}", f"visible.{stage}") if k in probe_s.features), None)
         if self.s_key is None or self.t_key not in probe_t.features:
             raise ValueError(f"Modality Distillation: stage {stage!r} is not a feature of both models "
                              f"(student has {sorted(probe_s.features)[:6]}...)")

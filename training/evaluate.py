@@ -77,28 +77,20 @@ def _pct(x):
 
 
 def detection_scores(pool, preds, class_names: list[str]) -> dict:
-    from ms_perception.formats.kaist import ImageAnnotation
     from ms_perception.metrics.coco import coco_eval
-    from ms_perception.metrics.kaist import KaistEvalConfig, evaluate_kaist
+    from ms_perception.metrics.kaist import person_miss_rates
     out = {}
     rig_h, rig_w = pool[0].letterbox.src_hw
     if "person" in class_names:
         pid = class_names.index("person")
-        gts, dets = [], {}
-        for i, (it, d) in enumerate(zip(pool, preds)):
+        images = []
+        for it, d in zip(pool, preds):
             sel = it.labels == pid
-            b = it.rig_boxes[sel].astype(np.float64)
-            xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], 1)
-            gts.append(ImageAnnotation(i, str(i), xywh, xywh[:, 3].copy(), it.occlusion[sel],
-                                       np.zeros(len(b), bool), "day" if it.condition in ("day", "fog") else "night",
-                                       rig_w, rig_h))
             ds = d.labels == pid if len(d) else np.zeros(0, bool)
             rb = it.letterbox.boxes_to_image(d.boxes[ds]) if len(d) else np.zeros((0, 4), np.float32)
-            sc = d.scores[ds] if len(d) else np.zeros(0)
-            dets[i] = np.concatenate([rb[:, :2], rb[:, 2:] - rb[:, :2], sc[:, None]], 1).astype(np.float64)
-        cfg = KaistEvalConfig(height_range=(55.0 * rig_h / 512, math.inf),
-                              boundary=(5.0, 5.0, rig_w - 5.0, rig_h - 5.0))
-        res = evaluate_kaist(gts, dets, cfg)
+            images.append((it.rig_boxes[sel], it.occlusion[sel], it.condition, rb,
+                           d.scores[ds] if len(d) else np.zeros(0)))
+        res = person_miss_rates(images, (rig_h, rig_w), height_floor=55.0 * rig_h / 512)
         out["miss_rate"] = {k: _pct(r.miss_rate) for k, r in res.items()}
     images, anns, results = [], [], []
     for i, (it, d) in enumerate(zip(pool, preds)):

@@ -34,7 +34,7 @@ import torch
 from ms_perception_training.config import ConfigError, from_dict, load_yaml
 from ms_perception_training.models.config import ModelConfig, load_model_config
 from ms_perception_training.models.multispectral import build_model
-from ms_perception_training.objectives import Objective, detection_loss, guidance_loss  # noqa: F401 (re-export)
+from ms_perception_training.objectives import Objective, detection_loss  # noqa: F401 (re-export)
 from ms_perception_training.synthdata import SynthDataConfig, make_batch, make_pool, rescale_batch, thermal_for
 
 
@@ -221,10 +221,7 @@ def _save_checkpoint(path: Path, model, opt, scaler, distiller, it: int, history
 def _load_checkpoint(path: Path, model, opt, scaler, distiller, cfg: FitConfig) -> tuple[int, list]:
     if not path.exists():
         raise RuntimeError(f"--resume: no checkpoint at {path}; start without --resume")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)   # never unpickles code
-    except Exception as exc:
-        raise RuntimeError(f"{path}: not a readable checkpoint ({exc}); start without --resume") from None
+    ck = _read(path)
     if "optimizer" not in ck:
         raise RuntimeError(f"{path} holds weights only (no optimizer/RNG state); it cannot be resumed exactly")
     if int(ck["total_iterations"]) != cfg.iterations or int(ck["seed"]) != cfg.seed:
@@ -241,6 +238,13 @@ def _load_checkpoint(path: Path, model, opt, scaler, distiller, cfg: FitConfig) 
         scaler.load_state_dict(ck["scaler"])
     torch.set_rng_state(ck["torch_rng"])
     return int(ck["iteration"]), ck["history"].tolist()
+
+
+def _read(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)   # never unpickles code
+    except Exception as exc:  # pickle/zip errors come in many types
+        raise RuntimeError(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
 
 
 def _load_state(module, state: dict, path) -> None:
@@ -261,10 +265,7 @@ def load_weights(model, path: str | Path) -> None:
     p = Path(path)
     if not p.exists():
         raise RuntimeError(f"checkpoint not found: {p}")
-    try:
-        ck = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise RuntimeError(f"{p}: not a readable PyTorch checkpoint ({exc})") from None
+    ck = _read(p)
     _load_state(model, ck["model"] if isinstance(ck, dict) and isinstance(ck.get("model"), dict) else ck, p)
 
 
@@ -297,7 +298,7 @@ class Logger:
         self.jsonl.flush()
         if self.writer is not None:
             for k, v in flat.items():
-                if isinstance(v, (int, float)) and v is not None and math.isfinite(v):
+                if isinstance(v, (int, float)) and math.isfinite(v):
                     self.writer.add_scalar(f"{prefix}/{k}", v, it)
 
     def progress(self, it: int, loss: float, lr: float, elapsed: float, done: int) -> None:
@@ -489,10 +490,7 @@ def compute_losses(model, core, mcfg, distiller, dist_core, objective, batch) ->
     parts.update(objective.module_losses(out, batch.targets, hw))
     if dist_core is not None:
         t_out = dist_core.forward_teacher(batch)
-        if isinstance(distiller, torch.nn.parallel.DistributedDataParallel):
-            parts.update(distiller(core, out, t_out, batch, objective))
-        else:
-            parts.update(dist_core.losses(core, out, t_out, batch, objective))
+        parts.update(distiller(core, out, t_out, batch, objective))   # DDP-wrapped or not
     if dist_core is not None and dist_core.replaces_task_loss and "seg_aux" in parts:
         parts.pop("seg_aux")          # eq. 18 replaces the plain auxiliary CE
     return parts

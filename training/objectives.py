@@ -116,8 +116,7 @@ def multibox_loss_sums(branch, anchors, targets, num_classes, coder: BoxCoder, a
 def guidance_loss(out, targets, input_hw, margin: float):
     """GAFF L_intra (Dice vs ellipse masks) + L_inter (CE vs margin labels) on every fused level."""
     li, le = 0.0, 0.0
-    keys = sorted({k.rsplit(".", 1)[0] for k in out.attention if k.endswith("intra_v")
-                   and k != "intra_v"}) or [""]
+    keys = sorted({k.rsplit(".", 1)[0] for k in out.attention if k.endswith(".intra_v")}) or [""]
     for key in keys:
         pre = f"{key}." if key else ""
         if pre + "intra_v" not in out.attention:

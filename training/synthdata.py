@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from ms_perception_training.data.transforms import sample_mixup_lambda
 
 from ms_perception.core.frames import Frame
 from ms_perception.core.preprocess import Letterbox, ThermalNormalization, thermal_to_unit, warp_thermal
@@ -129,7 +130,7 @@ def make_batch(pool: list[PoolItem], indices, mcfg, seed: int = 0, epoch: int = 
         weights = np.ones(len(boxes), np.float32)
         if augment and mixup and rng.random() < mixup:
             j = int(rng.integers(len(pool)))
-            lam = float(rng.beta(1.0, 1.0))
+            lam = sample_mixup_lambda(rng)
             other = pool[j]
             vis = lam * vis + (1 - lam) * other.visible.astype(np.float32)
             th = lam * th + (1 - lam) * other.thermal.astype(np.float32)

@@ -91,29 +91,19 @@ def replay_bag(bag: str | Path, pipeline: Pipeline, visible_topic: str, thermal_
 def evaluate_persons(results: list, annotations: list[dict], person_label: int, image_hw: tuple[int, int]) -> dict:
     """KAIST log-average miss rate of the 'person' class against per-stamp annotations
     (``{"stamp_ns", "condition", "objects": [{"box": xyxy, "class_id", "occlusion"}]}``)."""
-    from ms_perception.formats.kaist import ImageAnnotation
-    from ms_perception.metrics.kaist import KaistEvalConfig, evaluate_kaist
+    from ms_perception.metrics.kaist import person_miss_rates
     by_stamp = {int(a["stamp_ns"]): a for a in annotations}
-    gts, dets = [], {}
-    h, w = image_hw
-    for i, (stamp, res) in enumerate(results):
+    images = []
+    for stamp, res in results:
         ann = by_stamp.get(int(stamp))
         if ann is None:
             continue
         persons = [o for o in ann["objects"] if o["class_id"] == 1]
-        boxes = np.array([[o["box"][0], o["box"][1], o["box"][2] - o["box"][0], o["box"][3] - o["box"][1]]
-                          for o in persons], np.float64).reshape(-1, 4)
-        cond = "day" if ann["condition"] in ("day", "fog") else "night"
-        gts.append(ImageAnnotation(i, str(stamp), boxes, boxes[:, 3].copy(),
-                                   np.array([o["occlusion"] for o in persons], np.int64),
-                                   np.zeros(len(persons), bool), cond, w, h))
         d = res.detections
         sel = d.labels == person_label
-        b = d.boxes[sel]
-        dets[i] = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2], d.scores[sel, None]], 1).astype(np.float64)
-    cfg = KaistEvalConfig(boundary=(5.0, 5.0, w - 5.0, h - 5.0))
-    res = evaluate_kaist(gts, dets, cfg)
-    return {k: round(100 * r.miss_rate, 2) for k, r in res.items()}
+        images.append(([o["box"] for o in persons], [o["occlusion"] for o in persons], ann["condition"],
+                       d.boxes[sel], d.scores[sel]))
+    return {k: round(100 * r.miss_rate, 2) for k, r in person_miss_rates(images, image_hw).items()}
 
 
 def load_annotations(bag: str | Path) -> list[dict] | None:
