@@ -42,12 +42,17 @@ ARMS = {
     "fssd_avg_baseline": ("halfway_baseline_fssd_smoke", {}, None, None),
     "cfr": ("cfr_smoke", {}, None, None),
     "psfuse": ("psfuse_smoke", {}, None, None),
+    # CFR diagnostics: without the mask loss, and with one loop
+    "cfr_no_masks": ("cfr_smoke", {"cfr_weight": 0.0}, None, None),
+    "cfr_1loop": ("cfr_smoke", {}, ("cfr_vgg16_fssd", {"fusion": {"cfr": {"loops": 1}}}), None),
     # CFL + MAF vs decision-level averaging
     "decision_avg": ("cfl_maf_smoke", {"model": str(TINY / "decision_r18_retinanet.yaml")}, None, None),
     "cfl_maf": ("cfl_maf_smoke", {}, None, None),
     # MD student (16x fewer thermal pixels) vs native student vs the GAFF teacher
     "md_native_16x": ("md_native_student_smoke", {}, None, None),
     "md_distilled_16x": ("md_student_smoke", {}, None, "gaff"),
+    "md_native_no_thermal": ("md_no_thermal_native_smoke", {}, None, None),
+    "md_distilled_no_thermal": ("md_no_thermal_student_smoke", {}, None, "gaff"),
     # RGB-only student: distilled from CFL vs plain
     "rgb_only_plain": ("rgb_only_plain_smoke", {}, None, None),
     "rgb_only_distilled": ("crossmodal_smoke", {}, None, "cfl_maf"),
@@ -63,8 +68,10 @@ COMPARISONS = [
     ("Two-stream fusion vs one modality", ["add_fusion", "visible_only", "thermal_only"]),
     ("GAFF vs add-fusion vs unguided attention", ["gaff", "add_fusion", "gaff_unguided"]),
     ("CFR and PS-Fuse vs baseline (VGG-16 FSSD, average fusion)", ["cfr", "psfuse", "fssd_avg_baseline"]),
+    ("CFR diagnosis: without the mask loss, one loop", ["cfr", "cfr_no_masks", "cfr_1loop"]),
     ("CFL + MAF vs decision-level average", ["cfl_maf", "decision_avg"]),
     ("MD student (16x fewer thermal pixels) vs native student vs teacher", ["md_distilled_16x", "md_native_16x", "gaff"]),
+    ("MD student without thermal: distilled vs native", ["md_distilled_no_thermal", "md_native_no_thermal"]),
     ("RGB-only: cross-modal distilled vs plain", ["rgb_only_distilled", "rgb_only_plain"]),
     ("Mutual Guidance vs IoU assignment (GAFF detector)", ["gaff_mutual_guidance", "gaff"]),
     ("PDF-Distil vs FitNets vs no distillation (student R18-FPN)", ["pdf_distil", "pdf_fitnets", "pdf_none", "pdf_teacher"]),
@@ -119,11 +126,15 @@ def run_arm(arm: str, seed: int, iterations: int, pairs: int, work: Path) -> dic
             "seconds": round(time.perf_counter() - t0, 1), **s["eval"]}
 
 
-def worker(seed: int, iterations: int, pairs: int, arms: list[str]) -> None:
+def results_file(tag: str, seed: int) -> Path:
+    return RESULTS / (f"training_{tag}_seed{seed}.jsonl" if tag else f"training_seed{seed}.jsonl")
+
+
+def worker(seed: int, iterations: int, pairs: int, arms: list[str], tag: str = "") -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"training_seed{seed}.jsonl"
+    out = results_file(tag, seed)
     done = {json.loads(x)["arm"] for x in out.read_text().splitlines()} if out.exists() else set()
-    work = Path(os.environ.get("MS_PERCEPTION_BENCH_WORK", "/tmp/ms_perception_train_bench"))
+    work = Path(os.environ.get("MS_PERCEPTION_BENCH_WORK", "/tmp/ms_perception_train_bench")) / tag
     work.mkdir(parents=True, exist_ok=True)
     for arm in arms:
         if arm in done:
@@ -163,10 +174,10 @@ def run_active_experiment(seed: int, work: Path) -> dict:
     return res
 
 
-def summarize() -> str:
+def summarize(tag: str = "") -> str:
     import numpy as np
     rows = {}
-    for f in sorted(RESULTS.glob("training_seed*.jsonl")):
+    for f in sorted(RESULTS.glob(f"training_{tag}_seed*.jsonl" if tag else "training_seed*.jsonl")):
         for line in f.read_text().splitlines():
             r = json.loads(line)
             rows.setdefault(r["arm"], []).append(r)
@@ -184,6 +195,10 @@ def summarize() -> str:
     lines = []
     for title, arms in COMPARISONS:
         lines.append(f"\n**{title}**\n")
+        arms = [a for a in arms if a in rows]
+        if not arms:
+            lines.pop()
+            continue
         lines.append("| arm | seeds | MR all ↓ | MR day ↓ | MR night ↓ | mAP ↑ | AP50 ↑ |")
         lines.append("|---|---|---|---|---|---|---|")
         for a in arms:
@@ -191,7 +206,7 @@ def summarize() -> str:
             lines.append(f"| {a} | {n} | {cell(a, 'all')} | {cell(a, 'day')} | {cell(a, 'night')} | "
                          f"{cell(a, 'map')} | {cell(a, 'ap50')} |")
     act = sorted(RESULTS.glob("active_seed*.json"))
-    if act:
+    if act and not tag:
         lines.append("\n**Active learning (three-branch GAFF): person MR all ↓ at each labeled-pair count**\n")
         curves = [json.loads(f.read_text())["curves"] for f in act]
         counts = [c[0] for c in next(iter(curves[0].values()))]
@@ -214,12 +229,14 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=200)
     ap.add_argument("--arms", nargs="+", default=ORDER, choices=ORDER)
     ap.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes")
+    ap.add_argument("--tag", default="", help="results go to bench/results/training_<tag>_seed<S>.jsonl "
+                    "(e.g. 'long' for longer runs); work dirs to <work>/<tag>")
     ap.add_argument("--summarize", action="store_true")
     ap.add_argument("--active", action="store_true", help="run the active-learning comparison (per seed)")
     ap.add_argument("--worker-seed", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.summarize:
-        print(summarize())
+        print(summarize(a.tag))
         return 0
     if a.active:
         work = Path(os.environ.get("MS_PERCEPTION_BENCH_WORK", "/tmp/ms_perception_train_bench"))
@@ -228,18 +245,18 @@ def main() -> int:
         print(summarize())
         return 0
     if a.worker_seed is not None:
-        worker(a.worker_seed, a.iterations, a.pairs, a.arms)
+        worker(a.worker_seed, a.iterations, a.pairs, a.arms, a.tag)
         return 0
     procs = []
     for s in a.seeds:
         procs.append(subprocess.Popen([sys.executable, __file__, "--worker-seed", str(s), "--iterations",
-                                       str(a.iterations), "--pairs", str(a.pairs), "--arms", *a.arms],
+                                       str(a.iterations), "--pairs", str(a.pairs), "--tag", a.tag, "--arms", *a.arms],
                                       env={**os.environ, "OMP_NUM_THREADS": "1"}))
         if len(procs) >= a.jobs:
             procs.pop(0).wait()
     for p in procs:
         p.wait()
-    print(summarize())
+    print(summarize(a.tag))
     return 0
 
 

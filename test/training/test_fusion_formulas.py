@@ -68,11 +68,12 @@ def test_gaff_inter_labels_margin():
 def test_cfr_loops_and_final_average_exclude_originals():
     c = CFR(1, loops=3, shared=True)
     with torch.no_grad():
-        conv, bn = c.fuse[0]
+        conv = c.fuse[0]
         conv.weight.zero_()
         conv.weight[0, 0, 1, 1] = 1.0  # f_t
         conv.weight[0, 1, 1, 1] = 1.0  # f_v
-    bn.eps = 0.0
+    for bn in c.norm:
+        bn.eps = 0.0
     c.eval()  # BN with running mean 0, var 1, eps 0 = identity
     f_t, f_v = torch.ones(1, 1, 3, 3), torch.full((1, 1, 3, 3), 2.0)
     out, ex = c(f_v, f_t)
@@ -85,6 +86,17 @@ def test_cfr_loops_and_final_average_exclude_originals():
 
 def test_cfr_unshared_has_one_conv_per_loop():
     assert len(CFR(4, loops=3, shared=False).fuse) == 3 and len(CFR(4, loops=3).fuse) == 1
+    # folded: one conv, but a BatchNorm per loop (the loops' inputs differ in scale)
+    assert len(CFR(4, loops=3).norm) == 3
+
+
+def test_cfr_folded_bn_statistics_are_per_loop():
+    c = CFR(2, loops=3, shared=True).train()
+    x_v, x_t = torch.rand(2, 2, 5, 5), torch.rand(2, 2, 5, 5)
+    c(x_v, x_t)
+    means = [bn.running_mean.clone() for bn in c.norm]
+    # each loop's BN saw a different input (the refined features grow), so the statistics differ
+    assert not torch.allclose(means[0], means[2])
     with pytest.raises(ValueError, match="at least one loop"):
         CFR(4, loops=0)
 

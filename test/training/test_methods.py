@@ -58,7 +58,8 @@ def test_method_trains_through_the_cli(name, tmp_path, capsys):
         assert {"fused_seg", "intra", "inter"} <= parts
 
 
-@pytest.mark.parametrize("name,part", [("md_student_smoke", "md_semantic"), ("pdf_distil_smoke", "pdf_kd"),
+@pytest.mark.parametrize("name,part", [("md_student_smoke", "md_semantic"), ("md_no_thermal_student_smoke", "md_semantic"),
+                                       ("pdf_distil_smoke", "pdf_kd"),
                                        ("pdf_fitnets_smoke", "pdf_kd"), ("pdf_hard25_smoke", "pdf_kd"),
                                        ("crossmodal_smoke", "cm_feature")])
 def test_distillation_trains_through_the_cli(name, part, teachers, tmp_path, capsys):
@@ -80,8 +81,10 @@ def test_distillation_trains_through_the_cli(name, part, teachers, tmp_path, cap
     load_checkpoint_into(build_model(mcfg), str(tmp_path / "run" / "last.pt"))
     if name == "crossmodal_smoke":
         assert {"cm_cls", "cm_reg", "cm_seg"} <= set(rows[-1]) and "fused_cls" not in rows[-1]
-    if name == "md_student_smoke":
+    if name.startswith("md_"):
         assert "md_attention" in rows[-1]
+    if name == "md_no_thermal_student_smoke":   # the student never sees thermal, the teacher does
+        assert not mcfg.uses_thermal and "thermal" not in mcfg.fusion.scheme
 
 
 def test_distillation_without_teacher_weights_is_a_clear_error(tmp_path, capsys):
