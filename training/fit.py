@@ -342,10 +342,17 @@ def resolve_device(cfg: FitConfig, d: Dist | None = None) -> str:
     return f"cuda:{d.local_rank if d else 0}"
 
 
-def _set_bn_frozen(model) -> None:
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.eval()
+def _train_mode(cfg, *modules) -> None:
+    """Training mode for the student and the distiller's trainable modules; with ``bn: frozen``
+    every BatchNorm of both keeps its running statistics (eval mode, affine still trained)."""
+    for mod in modules:
+        if mod is None:
+            continue
+        mod.train()
+        if cfg.bn == "frozen":
+            for m in mod.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
 
 
 def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print, resume: bool = False,
@@ -392,9 +399,9 @@ def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print, resume: boo
 
     if d.world > 1 and d.backend == "nccl" and cfg.sync_bn and cfg.bn == "train":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if distiller is not None:
+            distiller = torch.nn.SyncBatchNorm.convert_sync_batchnorm(distiller)
     core = model
-    if cfg.bn == "frozen":
-        _set_bn_frozen(core)
     if d.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[d.local_rank] if device.startswith("cuda") else None)
@@ -418,6 +425,7 @@ def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print, resume: boo
     t0 = time.perf_counter()
     try:
         for it in range(start, cfg.iterations):
+            _train_mode(cfg, core, distiller)     # every iteration: evaluation switches to eval and back
             lr = lr_at(it, cfg)
             for g in opt.param_groups:
                 g["lr"] = lr

@@ -262,6 +262,24 @@ def test_train_eval_cli(teachers, capsys):
     assert code == 2 and "does not match" in capsys.readouterr().err
 
 
+def test_frozen_bn_stays_frozen_across_periodic_evaluation(tmp_path):
+    """bn: frozen keeps every running statistic (student and distiller) even though evaluation
+    switches the model to eval mode and back between iterations."""
+    from ms_perception_training.fit import fit, load_experiment
+    cfg, mcfg, _ = load_experiment(EXP / "synthetic_smoke.yaml")
+    cfg.iterations, cfg.bn, cfg.tensorboard = 4, "frozen", False
+    cfg.eval.pairs, cfg.eval.every = 4, 1
+    fit(cfg, mcfg, tmp_path / "f", log=lambda *a: None)
+    state = torch.load(tmp_path / "f" / "last.pt", weights_only=True)["model"]
+    init = build_initial(mcfg)
+    stats = [k for k in state if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(state[k], init[k]) for k in stats)
+    cfg.bn = "train"                       # the control: training BN does update them
+    fit(cfg, mcfg, tmp_path / "t", log=lambda *a: None)
+    state = torch.load(tmp_path / "t" / "last.pt", weights_only=True)["model"]
+    assert not all(torch.equal(state[k], init[k]) for k in stats)
+
+
 def test_nan_loss_stops_with_a_diagnostic_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     import ms_perception_training.fit as fitmod
     cfg, mcfg = fitmod.load_fit_config(EXP / "synthetic_smoke.yaml")
@@ -303,13 +321,10 @@ def test_config_errors_name_the_key(tmp_path, capsys):
 # ----------------------------------------------------------------------------- DDP
 
 
-def test_two_process_ddp_equals_one_process_with_the_combined_batch(tmp_path):
-    """torchrun, 2 processes, gloo on the CPU; global batch 4 = 2 per process; frozen BN."""
+def _ddp_vs_single(tmp_path, cfg_text: str, state_keys=("model",)):
+    """Run ``cfg_text`` under torchrun (2 gloo processes) and in one process; compare."""
     cfg = tmp_path / "ddp.yaml"
-    cfg.write_text(f"model: {REPO / 'config/models/tiny/gaff_three_branch_r18_retinanet.yaml'}\n"
-                   "data: {pairs: 16, width: 256, height: 192, thermal_factor: 4, seed: 5}\n"
-                   "iterations: 5\nbatch_size: 4\nlr: 0.01\nwarmup_iterations: 1\nbn: frozen\nthreads: 1\n"
-                   "tensorboard: false\nguidance_weight: 0.0\nmixup: 0.5\n")
+    cfg.write_text(cfg_text)
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "ms_perception_training.cli",
@@ -318,16 +333,42 @@ def test_two_process_ddp_equals_one_process_with_the_combined_batch(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     reports = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
     assert len(reports) == 1 and reports[0]["world_size"] == 2             # rank 0 reports alone
-    from ms_perception_training.fit import fit, load_fit_config
-    c, m = load_fit_config(cfg)
-    single = fit(c, m, tmp_path / "one", log=lambda *a: None)
+    from ms_perception_training.fit import fit, load_experiment
+    c, m, t = load_experiment(cfg)
+    single = fit(c, m, tmp_path / "one", log=lambda *a: None, teacher_cfg=t)
     assert single["world_size"] == 1
     a = torch.load(tmp_path / "one" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
-    worst = max((a["model"][k].double() - b["model"][k].double()).abs().max().item() for k in a["model"])
+    for key in state_keys:
+        assert a[key].keys() == b[key].keys() and a[key], key
+        worst = max((a[key][k].double() - b[key][k].double()).abs().max().item() for k in a[key])
+        assert worst < 1e-6, (key, worst)
     moved = max((a["model"][k].double() - build_initial(m)[k].double()).abs().max().item() for k in a["model"])
-    assert worst < 1e-6 and moved > 1e-3, (worst, moved)
+    assert moved > 1e-3, moved
     assert np.allclose(a["history"].numpy(), b["history"].numpy(), rtol=1e-6)
+    return a
+
+
+def test_two_process_ddp_equals_one_process_with_the_combined_batch(tmp_path):
+    """torchrun, 2 processes, gloo on the CPU; global batch 4 = 2 per process; frozen BN."""
+    _ddp_vs_single(tmp_path, f"model: {REPO / 'config/models/tiny/gaff_three_branch_r18_retinanet.yaml'}\n"
+                   "data: {pairs: 16, width: 256, height: 192, thermal_factor: 4, seed: 5}\n"
+                   "iterations: 5\nbatch_size: 4\nlr: 0.01\nwarmup_iterations: 1\nbn: frozen\nthreads: 1\n"
+                   "tensorboard: false\nguidance_weight: 0.0\nmixup: 0.5\n")
+
+
+def test_two_process_ddp_distillation_equals_one_process(teachers, tmp_path):
+    """Modality Distillation under torchrun: the student AND its distillation modules (mask conv,
+    residual block) train as in one process with the combined batch; the frozen teacher is
+    not wrapped in DDP."""
+    a = _ddp_vs_single(tmp_path, f"model: {REPO / 'config/models/tiny/md_student_r18_retinanet.yaml'}\n"
+                       "data: {pairs: 16, width: 256, height: 192, thermal_factor: 4, seed: 5}\n"
+                       "iterations: 4\nbatch_size: 4\nlr: 0.01\nwarmup_iterations: 1\nbn: frozen\nthreads: 1\n"
+                       "tensorboard: false\n"
+                       f"distill: {{method: modality, teacher: {REPO / 'config/models/tiny/gaff_r18_retinanet.yaml'}, "
+                       f"teacher_checkpoint: {teachers / 'gaff_teacher_smoke' / 'last.pt'}}}\n",
+                       state_keys=("model", "distill"))
+    assert any(k.startswith("residual") for k in a["distill"]) and any(k.startswith("mask_conv") for k in a["distill"])
 
 
 def build_initial(mcfg):
