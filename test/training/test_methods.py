@@ -426,6 +426,44 @@ def test_active_loop_runs_resumes_and_plots(tmp_path, capsys):
     assert calls == [] and res2["curves"] == res["curves"]
 
 
+def test_segmentation_active_loop_scores_pixels_with_the_runtime_and_tracks_miou(tmp_path):
+    """The segmentation AL loop (three-branch 1x1-conv GAFF): pixel inconsistency from the
+    runtime's segmentation_inconsistency on a real forward pass, and mIoU curves for every strategy."""
+    from ms_perception_training import active
+    from ms_perception_training.models.multispectral import build_model
+    from ms_perception_training.synthdata import make_batch, make_pool, thermal_for
+
+    from ms_perception.core.inconsistency import categorical_entropy, segmentation_inconsistency
+    cfg = active.load_active_config(EXP / "active_segmentation_smoke.yaml")
+    from ms_perception_training.models.config import load_model_config
+    mcfg = load_model_config(cfg.model)
+    assert mcfg.task == "segmentation" and mcfg.fusion.three_branch
+    pool = make_pool(mcfg, __import__("dataclasses").replace(cfg.data, pairs=5))
+    torch.manual_seed(2)
+    model = build_model(mcfg).eval()
+    with torch.no_grad():
+        for p in model.heads["thermal"].parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    got = active.score_pool(model, mcfg, pool, [1, 4], "inconsistency")
+    ent = active.score_pool(model, mcfg, pool, [1, 4], "entropy")
+    b = make_batch(pool, [1, 4], mcfg, augment=False)
+    out = model(b.visible, thermal_for(mcfg, b.thermal))
+    sm = {n: torch.softmax(out.branches[n].mask_logits, 1).detach().numpy() for n in ("visible", "thermal", "fused")}
+    for j in range(2):
+        assert got[j] == pytest.approx(segmentation_inconsistency(sm["visible"][j], sm["thermal"][j]).score, rel=1e-9)
+        assert ent[j] == pytest.approx(float(categorical_entropy(sm["fused"][j], 0).mean()), rel=1e-9)
+    assert (got > 1e-4).all() and got[0] != got[1]
+
+    cfg.iterations, cfg.finetune_iterations = 4, 2
+    res = active.run_active(cfg, tmp_path, log=lambda *a: None)
+    for s in ("inconsistency", "random", "entropy"):
+        state = json.loads((tmp_path / s / "state.json").read_text())
+        assert [c["labeled"] for c in state["curve"]] == [8, 16, 24]
+        assert all(c["eval"] and c["eval"]["miou"] is not None and 0 <= c["eval"]["miou"] <= 100
+                   for c in state["curve"])
+    assert Path(res["plot"]).stat().st_size > 1000
+
+
 def test_thermal_only_and_visible_only_models_train_one_step():
     # regression: the one-stream forward built the 6-channel stack even for thermal-only models
     from ms_perception_training.models.config import load_model_config
