@@ -7,6 +7,10 @@ lower is better) and COCO mAP / AP50.
 
     python bench/train_experiments.py --seeds 0 1 --iterations 300 --pairs 200 --jobs 2
     python bench/train_experiments.py --summarize            # table from bench/results/*.jsonl
+    python bench/train_experiments.py --tag long --iterations 1000 --seeds 0 1 --jobs 2 \
+        --arms fssd_avg_baseline cfr psfuse add_fusion gaff gaff_unguided gaff_mutual_guidance \
+               md_native_16x md_distilled_16x md_native_no_thermal md_distilled_no_thermal
+    python bench/train_experiments.py --tag long --summarize
 
 Teachers (GAFF, CFL, PDF R34-PAFPN) are trained first in each seed and then distilled from.
 Each (arm, seed) appends one JSON line to ``bench/results/training_seed<S>.jsonl``; a finished
