@@ -88,6 +88,8 @@ def test_cfr_unshared_has_one_conv_per_loop():
     assert len(CFR(4, loops=3, shared=False).fuse) == 3 and len(CFR(4, loops=3).fuse) == 1
     # folded: one conv, but a BatchNorm per loop (the loops' inputs differ in scale)
     assert len(CFR(4, loops=3).norm) == 3
+    with pytest.raises(ValueError, match="at least one loop"):
+        CFR(4, loops=0)
 
 
 def test_cfr_folded_bn_statistics_are_per_loop():
@@ -97,8 +99,6 @@ def test_cfr_folded_bn_statistics_are_per_loop():
     means = [bn.running_mean.clone() for bn in c.norm]
     # each loop's BN saw a different input (the refined features grow), so the statistics differ
     assert not torch.allclose(means[0], means[2])
-    with pytest.raises(ValueError, match="at least one loop"):
-        CFR(4, loops=0)
 
 
 def test_cfl_beta_gamma_hand_computed():

@@ -429,16 +429,18 @@ def test_active_loop_runs_resumes_and_plots(tmp_path, capsys):
 def test_segmentation_active_loop_scores_pixels_with_the_runtime_and_tracks_miou(tmp_path):
     """The segmentation AL loop (three-branch 1x1-conv GAFF): pixel inconsistency from the
     runtime's segmentation_inconsistency on a real forward pass, and mIoU curves for every strategy."""
+    from dataclasses import replace
+
     from ms_perception_training import active
+    from ms_perception_training.models.config import load_model_config
     from ms_perception_training.models.multispectral import build_model
     from ms_perception_training.synthdata import make_batch, make_pool, thermal_for
 
     from ms_perception.core.inconsistency import categorical_entropy, segmentation_inconsistency
     cfg = active.load_active_config(EXP / "active_segmentation_smoke.yaml")
-    from ms_perception_training.models.config import load_model_config
     mcfg = load_model_config(cfg.model)
     assert mcfg.task == "segmentation" and mcfg.fusion.three_branch
-    pool = make_pool(mcfg, __import__("dataclasses").replace(cfg.data, pairs=5))
+    pool = make_pool(mcfg, replace(cfg.data, pairs=5))
     torch.manual_seed(2)
     model = build_model(mcfg).eval()
     with torch.no_grad():
