@@ -206,6 +206,14 @@ def cmd_replay(args) -> int:
     if args.out:
         from ms_perception.core.atomic import atomic_write
         atomic_write(Path(args.out), (json.dumps(report, indent=2) + "\n").encode())
+    if args.detections_out:
+        from ms_perception.core.atomic import atomic_write
+        names = engine.card.class_names
+        lines = [json.dumps({"stamp_ns": int(stamp), "detections": [
+            {"label": int(c), "class": names[int(c)], "score": float(sc), "box": [float(v) for v in b]}
+            for b, sc, c in zip(res.detections.boxes, res.detections.scores, res.detections.labels)]})
+            for stamp, res in results]
+        atomic_write(Path(args.detections_out), ("\n".join(lines) + "\n").encode())
     if not args.json:
         print(f"pairs {summary.pairs}, unpaired {summary.pairing['unpaired']}, detections {summary.detections}, "
               f"captured {summary.captured}")
@@ -338,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--capture-quota-mb", type=float, default=1024)
     r.add_argument("--robot-id", default="replay")
     r.add_argument("--out", help="write the full report JSON here")
+    r.add_argument("--detections-out", help="write every pair's detections here (JSON lines: stamp_ns of the visible "
+                                            "image, detections with label, class, score, box xyxy in pixels)")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_replay)
 

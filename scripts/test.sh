@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite in its own virtual environment (runtime + training, torch on CPU).
+# The whole test suite: the main suite in its own virtual environment (runtime + training, torch on
+# CPU), then the tests on a real ROS 2 Jazzy graph (scripts/test_ros_graph.sh: its own environment,
+# cached outside the repository, and a loopback-only network namespace).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${MS_PERCEPTION_TEST_VENV:-.venv}
@@ -10,4 +12,8 @@ fi
 # torch first, pinned: 2.13.0 is the local CPU build; anything else pulls gigabytes of CUDA.
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check torch==2.13.0
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test,train]"
-exec "$VENV/bin/python" -m pytest -q -n "${PYTEST_WORKERS:-2}" test "$@"
+status=0
+"$VENV/bin/python" -m pytest -q -n "${PYTEST_WORKERS:-2}" test "$@" || status=$?
+# the graph tests export their torch models with the suite's environment
+MS_PERCEPTION_TORCH_PYTHON=$PWD/$VENV/bin/python bash scripts/test_ros_graph.sh || status=$?
+exit $status

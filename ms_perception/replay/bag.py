@@ -51,6 +51,8 @@ def frame_from_msg(msg) -> Frame:
     enc = msg.encoding
     if enc not in _DTYPES:
         raise BagError(f"image encoding {enc!r} cannot be replayed; supported: {sorted(_DTYPES)}")
+    if msg.width == 0 or msg.height == 0:
+        raise BagError(f"image message is empty ({msg.width}x{msg.height} {enc})")
     dtype, ch = _DTYPES[enc]
     dt = np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<")
     row = msg.width * ch * dt.itemsize

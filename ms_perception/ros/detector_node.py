@@ -1,25 +1,29 @@
 """The detector as an rclpy lifecycle node: a thin shell around :class:`DetectorLogic`.
 
-configure: declare-time parameters are validated and the engine(s) and capture writer load;
-activate: subscriptions (message_filters ApproximateTimeSynchronizer, same semantics as
-``ms_perception.core.pairing``), publishers, diagnostics timer and the capture service go live;
-deactivate/cleanup undo that, cleanup drains the capture queue. ``autostart:=true`` (default)
-configures and activates at start-up.
+configure: parameters are validated and the engine(s) and capture writer load; activate:
+subscriptions (message_filters ApproximateTimeSynchronizer, same semantics as
+``ms_perception.core.pairing``), publishers and the capture service go live; deactivate/cleanup
+undo that, cleanup drains the capture queue. ``/diagnostics`` is published in every state, so a
+failed configure is visible with its fix. ``autostart:=true`` (default) configures and, if that
+succeeds, activates at start-up.
 
-Written against the rclpy API of ROS 2 Humble/Jazzy; it cannot run on the project's machines
-(no ROS 2 there). Everything it does is in ``logic.py`` and tested; the launch_testing test in
-``test/ros/test_launch_integration.py`` is the check to run on a ROS 2 machine.
+Tested on a real ROS 2 Jazzy graph (``test/ros/real/``); Humble differences are in the README.
+Images are converted by ms_perception's own converter (``frame_from_msg``), not cv_bridge: it
+validates step, size and encoding, and it cannot break on a NumPy ABI mismatch the way a
+cv_bridge built against NumPy 1 does beside NumPy 2 (it imports fine and fails at first use).
 """
 from __future__ import annotations
 
-import array
+import signal
 import sys
+import traceback
 
 import message_filters
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.exceptions import ParameterUninitializedException
+from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -27,48 +31,60 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
-from ms_perception.core.frames import Frame
 from ms_perception.ros import messages as M
 from ms_perception.ros.logic import ConfigureError, DetectorLogic
-from ms_perception.ros.params import DEFAULTS, PARAMS, check_all
+from ms_perception.ros.params import DEFAULTS, PARAMS, check_all, coerce
+from ms_perception.replay.bag import frame_from_msg
 from ms_perception_msgs.msg import Inconsistency
 from ms_perception_msgs.srv import SetCaptureMode
-
-
-def _converter(logger):
-    """cv_bridge passthrough (16-bit thermal stays 16-bit); the project's own converter if
-    cv_bridge cannot load (e.g. a NumPy ABI mismatch)."""
-    try:
-        from cv_bridge import CvBridge
-        bridge = CvBridge()
-
-        def to_frame(msg) -> Frame:
-            data = bridge.imgmsg_to_cv2(msg, desired_encoding="passthrough")
-            return Frame(data, M.stamp_ns(msg.header), msg.encoding, msg.header.frame_id)
-        return to_frame
-    except ImportError as exc:
-        logger.warning(f"cv_bridge unavailable ({exc}); converting images with ms_perception's own converter")
-        from ms_perception.replay.bag import frame_from_msg
-        return frame_from_msg
 
 
 class DetectorNode(LifecycleNode):
     def __init__(self, **kwargs):
         super().__init__("ms_perception_detector", **kwargs)
+        self._guard_change_state_service()
         for p in PARAMS:
-            desc = ParameterDescriptor(description=p.description + ("" if p.live else " (read at configure)"))
+            # Float parameters take dynamic typing: a YAML `score_threshold: 1` is an INTEGER to rclpy,
+            # whose strict typing would refuse it at declaration (the node exits). Values of any type are
+            # validated by params.check_value instead, with the reason, at configure and on every set.
+            desc = ParameterDescriptor(description=p.description + ("" if p.live else " (read at configure)"),
+                                       dynamic_typing=isinstance(p.default, float))
             if isinstance(p.default, list) and not p.default:
                 self.declare_parameter(p.name, Parameter.Type.STRING_ARRAY, desc)
             else:
                 self.declare_parameter(p.name, p.default, desc)
         self.declare_parameter("autostart", True, ParameterDescriptor(description="configure and activate at start"))
-        self.logic = DetectorLogic(self._values(), M.RclpyAdapter(), _converter(self.get_logger()))
+        self.logic = DetectorLogic(self._values(), M.RclpyAdapter(), frame_from_msg, logger=self.get_logger())
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.pubs: dict = {}
         self.subs: list = []
         self.sync = None
-        self.timer = None
         self.service = None
+        # diagnostics in every lifecycle state: a failed configure is reported with its fix
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.timer = self.create_timer(float(self.logic.params["diagnostics_period_s"]), self._on_timer)
+
+    def _guard_change_state_service(self):
+        """rclpy (Jazzy 7.1, read the same in Humble) lets the RCLError of a transition that is not allowed
+        from the current state ("Transition is not registered", e.g. activate while unconfigured) escape
+        its change_state service callback, which ends the executor and the process. Answer such a request
+        with success=false and a log line naming the allowed transitions instead."""
+        srv = getattr(self, "_service_change_state", None)
+        if srv is None:
+            return
+        original = srv.callback
+
+        def change_state(request, response):
+            try:
+                return original(request, response)
+            except Exception as exc:   # noqa: BLE001 - rclpy's RCLError
+                state = self._state_machine.current_state[1]
+                allowed = sorted({t[1] for t in self._state_machine.available_transitions})
+                self.get_logger().error(f"transition {request.transition.id} {request.transition.label!r} is not "
+                                        f"allowed from state {state!r} (allowed: {allowed}): {exc}")
+                response.success = False
+                return response
+        srv.callback = change_state
 
     def _values(self) -> dict:
         out = {}
@@ -77,9 +93,7 @@ class DetectorNode(LifecycleNode):
                 v = self.get_parameter(name).value
             except ParameterUninitializedException:
                 v = None
-            if isinstance(v, (array.array, tuple)):
-                v = list(v)
-            out[name] = DEFAULTS[name] if v is None else v
+            out[name] = DEFAULTS[name] if v is None else coerce(name, v)
         return out
 
     def _now_ns(self) -> int:
@@ -87,8 +101,7 @@ class DetectorNode(LifecycleNode):
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         known = [p for p in params if p.name in DEFAULTS]
-        proposed = {**self.logic.params, **{p.name: (list(p.value) if isinstance(p.value, (array.array, tuple))
-                                                      else p.value) for p in known}}
+        proposed = {**self.logic.params, **{p.name: coerce(p.name, p.value) for p in known}}
         problems = check_all(proposed)
         if problems:
             return SetParametersResult(successful=False, reason="; ".join(problems))
@@ -98,8 +111,21 @@ class DetectorNode(LifecycleNode):
                 return SetParametersResult(successful=False, reason=reason)
         return SetParametersResult(successful=True)
 
+    def _guarded(self, transition: str, body, state: State) -> TransitionCallbackReturn:
+        """rclpy turns an exception in a transition callback into ERROR without logging it: log it here
+        with its traceback, release what was half-built and stay in the previous primary state."""
+        try:
+            return body(state)
+        except Exception as exc:   # noqa: BLE001 - any failure must be logged, not swallowed by rclpy
+            self.get_logger().error(f"{transition} failed: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+            self.logic.configure_error = f"{transition} failed: {type(exc).__name__}: {exc}"
+            return TransitionCallbackReturn.FAILURE
+
     # ---------------------------------------------------------------- lifecycle
     def on_configure(self, state: State) -> TransitionCallbackReturn:
+        return self._guarded("configure", self._configure, state)
+
+    def _configure(self, state: State) -> TransitionCallbackReturn:
         self.logic.params = {**self.logic.params, **self._values()}
         try:
             self.logic.configure()
@@ -115,8 +141,7 @@ class DetectorNode(LifecycleNode):
                              reliability=ReliabilityPolicy.RELIABLE)
         self.pubs = {"detections": self.create_lifecycle_publisher(Detection2DArray, p["detections_topic"], out_qos),
                      "label_info": self.create_lifecycle_publisher(LabelInfo, p["label_info_topic"], latched),
-                     "overlay": self.create_lifecycle_publisher(Image, p["overlay_topic"], out_qos),
-                     "diagnostics": self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", out_qos)}
+                     "overlay": self.create_lifecycle_publisher(Image, p["overlay_topic"], out_qos)}
         if card.task == "segmentation":
             self.pubs["mask"] = self.create_lifecycle_publisher(Image, p["mask_topic"], out_qos)
             self.pubs["colored_mask"] = self.create_lifecycle_publisher(Image, p["colored_mask_topic"], out_qos)
@@ -126,6 +151,9 @@ class DetectorNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
+        return self._guarded("activate", self._activate, state)
+
+    def _activate(self, state: State) -> TransitionCallbackReturn:
         p = self.logic.params
         qos = QoSProfile(depth=int(p["qos_depth"]), history=HistoryPolicy.KEEP_LAST,
                          reliability=ReliabilityPolicy.BEST_EFFORT if p["qos_reliability"] == "best_effort"
@@ -138,8 +166,7 @@ class DetectorNode(LifecycleNode):
                                                                 float(p["sync_slop_s"]))
         self.sync.registerCallback(self._on_pair)
         self.subs = [vis, th]
-        self.timer = self.create_timer(float(p["diagnostics_period_s"]), self._on_timer)
-        self.service = self.create_service(SetCaptureMode, "set_capture_mode", self._on_set_capture_mode)
+        self.service = self.create_service(SetCaptureMode, "~/set_capture_mode", self._on_set_capture_mode)
         self.logic.activate(self._now_ns())
         result = super().on_activate(state)   # activates the lifecycle publishers
         self.pubs["label_info"].publish(self.logic.label_info(M.header_at(self.logic.ad, self._now_ns())))
@@ -149,31 +176,36 @@ class DetectorNode(LifecycleNode):
         for s in self.subs:
             self.destroy_subscription(s.sub)
         self.subs, self.sync = [], None
-        if self.timer is not None:
-            self.destroy_timer(self.timer)
-            self.timer = None
         if self.service is not None:
             self.destroy_service(self.service)
             self.service = None
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
-        self._teardown_activity()
-        self.logic.deactivate()
-        return super().on_deactivate(state)
+        def body(st):
+            self._teardown_activity()
+            self.logic.deactivate()
+            return super(DetectorNode, self).on_deactivate(st)
+        return self._guarded("deactivate", body, state)
 
     def on_cleanup(self, state: State) -> TransitionCallbackReturn:
-        stats = self.logic.cleanup()
-        if stats:
-            self.get_logger().info(f"capture drained: {stats}")
-        for pub in self.pubs.values():
-            self.destroy_lifecycle_publisher(pub)
-        self.pubs = {}
-        return TransitionCallbackReturn.SUCCESS
+        def body(st):
+            stats = self.logic.cleanup()
+            if stats:
+                self.get_logger().info(f"capture drained: {stats}")
+            for pub in self.pubs.values():
+                self.destroy_lifecycle_publisher(pub)
+            self.pubs = {}
+            return TransitionCallbackReturn.SUCCESS
+        return self._guarded("cleanup", body, state)
 
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
-        self._teardown_activity()
-        self.logic.cleanup()
-        return TransitionCallbackReturn.SUCCESS
+        def body(st):
+            self._teardown_activity()
+            stats = self.logic.cleanup()
+            if stats:
+                self.get_logger().info(f"capture drained: {stats}")
+            return TransitionCallbackReturn.SUCCESS
+        return self._guarded("shutdown", body, state)
 
     # ---------------------------------------------------------------- callbacks
     def _publish(self, out, header):
@@ -190,21 +222,43 @@ class DetectorNode(LifecycleNode):
             img = self.logic.overlay(out, header)
             if img is not None:
                 pub.publish(img)
+                self.logic.counters.overlays += 1
 
+    # Nothing may escape a subscription callback (it would end the executor and the node): the logic
+    # counts and reports bad input; anything else is counted here too.
     def _on_pair(self, vis_msg, th_msg):
-        self._publish(self.logic.on_pair(vis_msg, th_msg, self._now_ns()), vis_msg.header)
+        try:
+            self._publish(self.logic.on_pair(vis_msg, th_msg, self._now_ns()), vis_msg.header)
+        except Exception as exc:   # noqa: BLE001
+            self._callback_error("pair", exc)
 
     def _on_visible(self, msg):
-        self._publish(self.logic.on_visible(msg, self._now_ns()), msg.header)
+        try:
+            self._publish(self.logic.on_visible(msg, self._now_ns()), msg.header)
+        except Exception as exc:   # noqa: BLE001
+            self._callback_error("visible image", exc)
 
     def _on_thermal(self, msg):
-        self.logic.on_thermal(msg, self._now_ns())
+        try:
+            self.logic.on_thermal(msg, self._now_ns())
+        except Exception as exc:   # noqa: BLE001
+            self._callback_error("thermal image", exc)
+
+    def _callback_error(self, what: str, exc: Exception):
+        if not self.context.ok():
+            return   # a signal shut the context down while this callback ran: its publish fails, that is all
+        self.logic.count_error(f"{what}: {type(exc).__name__}: {exc}")
+        self.get_logger().error(f"{what} callback failed: {type(exc).__name__}: {exc}\n{traceback.format_exc()}",
+                                throttle_duration_sec=5.0)
 
     def _on_timer(self):
-        diag, warning = self.logic.diagnostics(self._now_ns())
-        if warning:
-            self.get_logger().warning(warning)
-        self.pubs["diagnostics"].publish(diag)
+        try:
+            diag, warning = self.logic.diagnostics(self._now_ns())
+            if warning:
+                self.get_logger().warning(warning)
+            self.diag_pub.publish(diag)
+        except Exception as exc:   # noqa: BLE001
+            self._callback_error("diagnostics", exc)
 
     def _on_set_capture_mode(self, request, response):
         response.success, response.message, response.previous_mode = self.logic.set_capture_mode(
@@ -213,20 +267,34 @@ class DetectorNode(LifecycleNode):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = DetectorNode()
+    """Entry point. SIGINT and SIGTERM end the node with exit code 0 after draining the capture queue,
+    whether they arrive as KeyboardInterrupt (a terminal's Ctrl-C) or through rclpy's signal handler
+    (ExternalShutdownException: SIGTERM, or SIGINT to a process started in the background by launch or
+    a service manager, where Python ignores SIGINT)."""
+    node = None
     try:
+        rclpy.init(args=args)
+        node = DetectorNode()
         if node.get_parameter("autostart").value:
-            node.trigger_configure()
-            node.trigger_activate()
+            # activate only what configured: activating an unconfigured node is not a registered transition
+            if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                node.trigger_activate()
+            else:
+                node.get_logger().error("autostart: configure failed; the node stays unconfigured (fix the "
+                                        "parameter, then `ros2 lifecycle set <node> configure`)")
         rclpy.spin(node)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        node.logic.cleanup()   # drains the capture queue even on Ctrl-C
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+        # a second signal while draining must not interrupt the drain with a traceback
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if node is not None:
+            stats = node.logic.cleanup()   # drains the capture queue
+            if stats:
+                print(f"ms_perception_detector: capture drained: {stats}", file=sys.stderr)
+            node.destroy_node()
+        rclpy.try_shutdown()
     return 0
 
 

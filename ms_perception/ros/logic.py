@@ -25,7 +25,22 @@ from ms_perception.engines import EngineError, create_engine
 from ms_perception.ros import messages as M
 from ms_perception.ros.params import DEFAULTS, capture_config, check_all, check_value, pipeline_config
 
-log = logging.getLogger("ms_perception.detector")
+
+class _PythonLogger:
+    """The node's logger interface (``info``/``warning``/``error`` with one message) over Python logging,
+    for use without ROS; the node passes its rclpy logger so messages reach /rosout."""
+
+    def __init__(self, name: str = "ms_perception.detector"):
+        self._log = logging.getLogger(name)
+
+    def info(self, msg: str) -> None:
+        self._log.info(msg)
+
+    def warning(self, msg: str) -> None:
+        self._log.warning(msg)
+
+    def error(self, msg: str) -> None:
+        self._log.error(msg)
 
 
 class ConfigureError(RuntimeError):
@@ -47,13 +62,16 @@ class Counters:
     thermal: int = 0
     pairs: int = 0
     fallback_frames: int = 0
+    overlays: int = 0   # overlay images built (only while the overlay topic has a subscriber)
     errors: int = 0
     last_error: str = ""
 
 
 class DetectorLogic:
-    def __init__(self, params: dict, adapter: M.MessageAdapter, to_frame: Callable[[object], Frame]):
+    def __init__(self, params: dict, adapter: M.MessageAdapter, to_frame: Callable[[object], Frame], logger=None):
         self.params = {**DEFAULTS, **params}
+        self.log = logger if logger is not None else _PythonLogger()
+        self.configure_error = ""   # why the last configure failed (reported in diagnostics until one succeeds)
         self.ad, self.to_frame = adapter, to_frame
         self.pipeline: Pipeline | None = None
         self.fallback: Pipeline | None = None
@@ -71,6 +89,15 @@ class DetectorLogic:
 
     # ---------------------------------------------------------------- lifecycle
     def configure(self) -> None:
+        try:
+            self._configure()
+        except ConfigureError as exc:
+            self.configure_error = f"configure failed: {exc}"
+            self.cleanup()
+            raise
+        self.configure_error = ""
+
+    def _configure(self) -> None:
         problems = check_all(self.params)
         if problems:
             raise ConfigureError("; ".join(problems))
@@ -82,7 +109,10 @@ class DetectorLogic:
             fallback_engine = self._engine(Path(p["fallback_model_path"]).expanduser()) \
                 if p["fallback_model_path"] else None
         except EngineError as exc:
-            raise ConfigureError(str(exc)) from None
+            raise ConfigureError(f"{exc}; fix model_path / fallback_model_path") from None
+        except Exception as exc:   # noqa: BLE001 - a corrupt file raises what its parser raises
+            raise ConfigureError(f"cannot load the model ({type(exc).__name__}: {exc}); model_path must name an "
+                                 "ONNX file exported by `ms-perception train export` (or '' for the default)") from None
         card = engine.card
         names = list(p["class_names"]) or list(card.class_names)
         if len(names) != len(card.class_names):
@@ -180,7 +210,7 @@ class DetectorLogic:
         self.counters.thermal += 1
         self.last_thermal_ns = now_ns
         if self.thermal_lost:
-            log.info("thermal stream is back; running the multispectral model again")
+            self.log.info("thermal stream is back; running the multispectral model again")
             self.thermal_lost = False
 
     def on_pair(self, vis_msg, th_msg, now_ns: int) -> Outputs:
@@ -194,9 +224,10 @@ class DetectorLogic:
             return
         lost = now_ns - ref > self.params["thermal_timeout_s"] * 1e9
         if lost and not self.thermal_lost:
-            log.error("no thermal image for %.1f s on %s: %s", (now_ns - ref) / 1e9, self.params["thermal_topic"],
-                      "running the visible-only fallback model" if self.params["thermal_loss_action"] ==
-                      "fallback_model" else "publishing nothing until it returns")
+            action = ("running the visible-only fallback model" if self.params["thermal_loss_action"] ==
+                      "fallback_model" and self.fallback is not None else "publishing nothing until it returns")
+            self.log.error(f"no thermal image for {(now_ns - ref) / 1e9:.1f} s on {self.params['thermal_topic']}: "
+                           f"{action}")
         self.thermal_lost = lost
 
     def _run(self, pipe: Pipeline | None, vis_msg, th_msg, now_ns: int) -> Outputs:
@@ -208,9 +239,9 @@ class DetectorLogic:
             res = pipe.process(FramePair(vis, th))
         except (InputError, ValueError, EngineError) as exc:
             # bad input is reported and counted; the node keeps running
-            self.counters.errors += 1
-            self.counters.last_error = str(exc)
-            return Outputs(error=str(exc))
+            return Outputs(error=self.count_error(f"{self._topics(vis_msg, th_msg)}: {exc}"))
+        except Exception as exc:   # noqa: BLE001 - e.g. OpenCV on a degenerate image: counted, never raised
+            return Outputs(error=self.count_error(f"{self._topics(vis_msg, th_msg)}: {type(exc).__name__}: {exc}"))
         self.latency_ms.append(sum(res.timings_ms.values()))
         header = vis_msg.header
         names = self.class_names
@@ -227,6 +258,21 @@ class DetectorLogic:
                                                             skew)
         out.visible = vis
         return out
+
+    def _topics(self, vis_msg, th_msg) -> str:
+        try:
+            st = vis_msg.header.stamp
+            stamp = f" stamp {int(st.sec)}.{int(st.nanosec):09d}"
+        except AttributeError:
+            stamp = ""
+        topics = self.params["visible_topic"] + (f" + {self.params['thermal_topic']}" if th_msg is not None else "")
+        return topics + stamp
+
+    def count_error(self, message: str) -> str:
+        """Count one frame that could not be processed; diagnostics report the count and the last reason."""
+        self.counters.errors += 1
+        self.counters.last_error = message
+        return message
 
     def overlay(self, out: Outputs, header):
         if out.visible is None or out.result is None:
@@ -253,12 +299,16 @@ class DetectorLogic:
         values = {"pairs": c.pairs, "rate_hz": round(rate, 2), "visible_received": c.visible,
                   "thermal_received": c.thermal, "unpaired_visible": max(0, c.visible - c.pairs - c.fallback_frames),
                   "unpaired_thermal": max(0, c.thermal - c.pairs), "fallback_frames": c.fallback_frames,
-                  "errors": c.errors,
+                  "overlays": c.overlays, "errors": c.errors,
                   "latency_p50_ms": round(float(np.percentile(lat, 50)), 2) if lat is not None else "",
                   "latency_p95_ms": round(float(np.percentile(lat, 95)), 2) if lat is not None else ""}
         level, message, warning = "ok", "running", ""
-        if self.pipeline is None:
-            level, message = "warn", "not configured/active"
+        if self.configure_error:
+            level, message = "error", self.configure_error
+        elif self.pipeline is None:
+            level, message = "warn", "not configured"
+        elif self.activated_ns is None:
+            level, message = "ok", "configured, inactive"
         if self.thermal_lost:
             if self.params["thermal_loss_action"] == "fallback_model" and self.fallback is not None:
                 level, message = "warn", "thermal stream lost: visible-only fallback model"

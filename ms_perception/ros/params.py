@@ -172,6 +172,18 @@ def _same_type(default, value) -> bool:
     return isinstance(value, type(default))
 
 
+def coerce(name: str, value):
+    """A parameter value as rclpy delivers it -> the plain Python value the logic uses: arrays and tuples
+    become lists, and an integer for a float parameter (YAML ``score_threshold: 1``) becomes a float.
+    Anything else is returned as it is, for ``check_value`` to accept or refuse with a reason."""
+    if isinstance(value, (tuple, list)) or type(value).__name__ == "array":
+        return list(value)
+    p = BY_NAME.get(name)
+    if p is not None and isinstance(p.default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
 def check_value(name: str, value) -> str | None:
     """The reason ``value`` is rejected for parameter ``name``, or None if it is acceptable."""
     p = BY_NAME.get(name)

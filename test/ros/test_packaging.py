@@ -23,8 +23,12 @@ def test_package_xml_validates_with_catkin_pkg(folder, build_type):
 
 def test_dependency_keys():
     runtime = {d.name for d in parse_package(REPO / "package.xml").exec_depends}
-    assert {"rclpy", "sensor_msgs", "vision_msgs", "cv_bridge", "message_filters", "diagnostic_msgs",
-            "ms_perception_msgs", "python3-numpy", "python3-opencv", "launch", "launch_ros"} <= runtime
+    assert {"rclpy", "sensor_msgs", "vision_msgs", "message_filters", "diagnostic_msgs", "geometry_msgs",
+            "builtin_interfaces", "lifecycle_msgs", "ms_perception_msgs", "python3-numpy", "python3-opencv",
+            "launch", "launch_ros"} <= runtime
+    # LabelInfo arrived in vision_msgs 4.1.0; cv_bridge is not used (its NumPy-1 builds break beside NumPy 2)
+    vision = next(d for d in parse_package(REPO / "package.xml").exec_depends if d.name == "vision_msgs")
+    assert vision.version_gte == "4.1.0" and "cv_bridge" not in runtime
     msgs = parse_package(REPO / "ms_perception_msgs" / "package.xml")
     assert "rosidl_interface_packages" in [g.name for g in msgs.member_of_groups]
     assert {d.name for d in msgs.buildtool_depends} == {"ament_cmake", "rosidl_default_generators"}
