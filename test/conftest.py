@@ -9,7 +9,7 @@ KAIST_FIXTURE = SHARED / "fixtures" / "kaist-eval"
 
 # The real ROS 2 graph tests run in their own environment and network namespace
 # (scripts/test_ros_graph.sh, called by scripts/test.sh); elsewhere they are not collected.
-collect_ignore_glob = [] if os.environ.get("MS_PERCEPTION_ROS_GRAPH") == "1" else ["ros/real/*"]
+collect_ignore = [] if os.environ.get("MS_PERCEPTION_ROS_GRAPH") == "1" else ["ros/real"]
 
 
 @pytest.fixture(scope="session")

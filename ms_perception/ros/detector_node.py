@@ -23,7 +23,11 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.exceptions import ParameterUninitializedException
-from rclpy.executors import ExternalShutdownException
+try:
+    from rclpy.executors import ExternalShutdownException
+except ImportError:   # older rclpy: shutdown by a signal surfaces as KeyboardInterrupt only
+    class ExternalShutdownException(Exception):
+        pass
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -266,6 +270,10 @@ class DetectorNode(LifecycleNode):
         return response
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(args=None) -> int:
     """Entry point. SIGINT and SIGTERM end the node with exit code 0 after draining the capture queue,
     whether they arrive as KeyboardInterrupt (a terminal's Ctrl-C) or through rclpy's signal handler
@@ -274,6 +282,10 @@ def main(args=None) -> int:
     node = None
     try:
         rclpy.init(args=args)
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            # rclpy without a SIGTERM handler (Humble installs SIGINT only, by reading its sources): make
+            # SIGTERM end spin like Ctrl-C so the capture queue is drained instead of the process dying
+            signal.signal(signal.SIGTERM, _interrupt)
         node = DetectorNode()
         if node.get_parameter("autostart").value:
             # activate only what configured: activating an unconfigured node is not a registered transition
@@ -294,7 +306,11 @@ def main(args=None) -> int:
             if stats:
                 print(f"ms_perception_detector: capture drained: {stats}", file=sys.stderr)
             node.destroy_node()
-        rclpy.try_shutdown()
+        try:
+            if rclpy.ok():
+                rclpy.shutdown()
+        except Exception:   # noqa: BLE001 - a signal handler shut it down between the check and the call
+            pass
     return 0
 
 
