@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 import traceback
 
 import message_filters
@@ -231,10 +232,12 @@ class DetectorNode(LifecycleNode):
     # Nothing may escape a subscription callback (it would end the executor and the node): the logic
     # counts and reports bad input; anything else is counted here too.
     def _on_pair(self, vis_msg, th_msg):
+        t0 = time.perf_counter()
         try:
             self._publish(self.logic.on_pair(vis_msg, th_msg, self._now_ns()), vis_msg.header)
         except Exception as exc:   # noqa: BLE001
             self._callback_error("pair", exc)
+        self.logic.callback_ms.append((time.perf_counter() - t0) * 1e3)
 
     def _on_visible(self, msg):
         try:
@@ -289,7 +292,10 @@ def main(args=None) -> int:
         node = DetectorNode()
         if node.get_parameter("autostart").value:
             # activate only what configured: activating an unconfigured node is not a registered transition
-            if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            # decided on the node's own state, not trigger_configure()'s return value: the first
+            # rclpy lifecycle (the Humble line, read in its sources) returns None from trigger_*()
+            node.trigger_configure()
+            if node.logic.pipeline is not None and not node.logic.configure_error:
                 node.trigger_activate()
             else:
                 node.get_logger().error("autostart: configure failed; the node stays unconfigured (fix the "

@@ -80,7 +80,8 @@ class DetectorLogic:
         self.class_names: list[str] = []
         self.model_hash = ""
         self.counters = Counters()
-        self.latency_ms: deque[float] = deque(maxlen=200)
+        self.latency_ms: deque[float] = deque(maxlen=1000)   # pipeline time per pair (preprocess..postprocess)
+        self.callback_ms: deque[float] = deque(maxlen=1000)  # whole pair callback (conversion, pipeline, publish)
         self.pair_times_ns: deque[int] = deque(maxlen=200)
         self.last_thermal_ns: int | None = None
         self.thermal_lost = False
@@ -296,12 +297,16 @@ class DetectorLogic:
         rate = (len(recent) - 1) / ((recent[-1] - recent[0]) / 1e9) if len(recent) > 1 and recent[-1] > recent[0] \
             else 0.0
         lat = np.asarray(self.latency_ms) if self.latency_ms else None
+        cb = np.asarray(self.callback_ms) if self.callback_ms else None
         values = {"pairs": c.pairs, "rate_hz": round(rate, 2), "visible_received": c.visible,
                   "thermal_received": c.thermal, "unpaired_visible": max(0, c.visible - c.pairs - c.fallback_frames),
                   "unpaired_thermal": max(0, c.thermal - c.pairs), "fallback_frames": c.fallback_frames,
                   "overlays": c.overlays, "errors": c.errors,
                   "latency_p50_ms": round(float(np.percentile(lat, 50)), 2) if lat is not None else "",
-                  "latency_p95_ms": round(float(np.percentile(lat, 95)), 2) if lat is not None else ""}
+                  "latency_p95_ms": round(float(np.percentile(lat, 95)), 2) if lat is not None else "",
+                  "latency_p99_ms": round(float(np.percentile(lat, 99)), 2) if lat is not None else "",
+                  "callback_p50_ms": round(float(np.percentile(cb, 50)), 2) if cb is not None else "",
+                  "callback_p99_ms": round(float(np.percentile(cb, 99)), 2) if cb is not None else ""}
         level, message, warning = "ok", "running", ""
         if self.configure_error:
             level, message = "error", self.configure_error

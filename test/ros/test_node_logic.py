@@ -193,3 +193,15 @@ def test_rclpy_adapter_uses_the_python_types_rclpy_messages_accept():
     assert f.typecode == "f" and list(f) == [0.5, 0.25]
     assert ad.array(np.zeros(36), "float64") == [0.0] * 36      # float64[36] covariance: a list
     assert ad.byte(2) == b"\x02"                                  # DiagnosticStatus.level is a byte
+
+
+def test_diagnostics_report_latency_percentiles_of_the_last_1000(ts, tmp_path):
+    """numpy's linear percentile over the last 1000 samples: for 1..1000 ms, p50 = 500.5 and
+    p99 = 1 + 0.99 * 999 = 990.01; older samples fall out of the window."""
+    logic = make_logic(ts, tmp_path, capture_enabled=False)
+    logic.callback_ms.extend([5000.0] * 10)            # pushed out by the next 1000
+    logic.callback_ms.extend(float(v) for v in range(1, 1001))
+    logic.latency_ms.extend([2.0, 4.0])
+    kv = {v.key: v.value for v in roundtrip(ts, logic.diagnostics(1 * S)[0]).status[0].values}
+    assert kv["callback_p50_ms"] == "500.5" and kv["callback_p99_ms"] == "990.01"
+    assert kv["latency_p50_ms"] == "3.0" and kv["latency_p99_ms"] == "3.98"

@@ -265,9 +265,13 @@ def demo_bag(tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_pairs(demo_bag):
     """The demo bag's frames as (visible, thermal) rclpy Image pairs, in the order the replay pairs them."""
+    return bag_pairs(demo_bag[0])
+
+
+def bag_pairs(bag: Path) -> list[tuple[Image, Image]]:
+    """A bag's frames as (visible, thermal) rclpy Image pairs, in the order the replay pairs them."""
     from ms_perception.core.pairing import ApproximateTimePairer
     from ms_perception.replay.bag import read_frames
-    bag, _ = demo_bag
     pairer = ApproximateTimePairer(0.05, 10)
     out = []
     for stream, frame in read_frames(bag, VISIBLE, THERMAL):

@@ -115,7 +115,10 @@ def test_detections_equal_replay_with_inconsistency_and_overlay_on_demand(proces
     got = lambda i: stamp_ns(demo_pairs[i][0].header) in detections_by_stamp(probe.got["det"])  # noqa: E731
     half = len(demo_pairs) // 2
     feed(probe, demo_pairs[:half], got, what="detections")
-    assert fresh_diag(probe)[2]["overlays"] == "0", "overlay built with nobody subscribed"
+    values = fresh_diag(probe)[2]
+    assert values["overlays"] == "0", "overlay built with nobody subscribed"
+    assert float(values["callback_p99_ms"]) >= float(values["callback_p50_ms"]) > 0   # the whole pair callback
+    assert float(values["callback_p50_ms"]) >= float(values["latency_p50_ms"]) > 0    # includes the pipeline
     probe.subscribe("overlay", Image, "/overlay")
     probe.spin_until(lambda: probe.node.count_subscribers("/overlay") >= 1, 10, "the overlay subscription")
     probe.spin(0.5)
