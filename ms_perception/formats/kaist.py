@@ -9,8 +9,10 @@ Layout of a KAIST root::
     imageSets/{train-all-02,test-all-20}.txt   one ``setXX/VYYY/I#####`` per line
 
 bbGt v3 lines are ``label x y w h occ vx vy vw vh ign ang`` after a ``% bbGt version=3``
-header. ``x, y`` are MATLAB 1-based pixel coordinates; everything this module returns is
-0-based (x - 1, y - 1) and the writer adds the 1 back, so a read/write round trip is exact.
+header. Coordinates are kept exactly as written, in the benchmark's own convention: the KAIST
+devkit (and the MLPD JSON converted from these files) compares the raw bbGt values with the raw
+detection values, so shifting one side by a pixel changes the miss rate (it did: 6.51 vs 6.48
+for the same detections). A bbGt folder and the JSON of the same annotations score the same.
 
 Label semantics follow the benchmark: only ``person`` is a regular object; ``people``,
 ``person?`` and ``cyclist`` are kept as *ignore* regions (a detection on them is neither a
@@ -41,10 +43,10 @@ _SET_RE = re.compile(r"set(\d+)")
 
 @dataclass
 class BBGtObject:
-    """One object of a bbGt v3 file, 0-based pixel coordinates."""
+    """One object of a bbGt v3 file (coordinates as written)."""
 
     label: str
-    box: tuple[float, float, float, float]  # x, y, w, h (0-based, pixels)
+    box: tuple[float, float, float, float]  # x, y, w, h (pixels, as written in the file)
     occlusion: int  # 0 none, 1 partial, 2 heavy
     visible_box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
     ignore: int = 0
@@ -111,20 +113,19 @@ def parse_bbgt(text: str, source: str = "<string>") -> list[BBGtObject]:
         x, y, w, h, occ, vx, vy, vw, vh, ign, ang = nums
         if w < 0 or h < 0:
             raise FormatError(source, lineno, f"negative box size w={w} h={h}")
-        objects.append(BBGtObject(label=label, box=(x - 1.0, y - 1.0, w, h), occlusion=int(occ),
-                                  visible_box=(vx - 1.0 if vw else 0.0, vy - 1.0 if vh else 0.0, vw, vh),
+        objects.append(BBGtObject(label=label, box=(x, y, w, h), occlusion=int(occ), visible_box=(vx, vy, vw, vh),
                                   ignore=int(ign), angle=ang))
     return objects
 
 
 def format_bbgt(objects: Iterable[BBGtObject]) -> str:
-    """Inverse of :func:`parse_bbgt` (writes 1-based coordinates)."""
+    """Inverse of :func:`parse_bbgt` (coordinates written as given)."""
     out = [BBGT_HEADER]
     for o in objects:
         x, y, w, h = o.box
         vx, vy, vw, vh = o.visible_box
-        out.append(f"{o.label} {x + 1:.6g} {y + 1:.6g} {w:.6g} {h:.6g} {o.occlusion:d} "
-                   f"{vx + 1 if vw else 0:.6g} {vy + 1 if vh else 0:.6g} {vw:.6g} {vh:.6g} {o.ignore:d} {o.angle:.6g}")
+        out.append(f"{o.label} {x:.6g} {y:.6g} {w:.6g} {h:.6g} {o.occlusion:d} "
+                   f"{vx:.6g} {vy:.6g} {vw:.6g} {vh:.6g} {o.ignore:d} {o.angle:.6g}")
     return "\n".join(out) + "\n"
 
 

@@ -157,15 +157,17 @@ def write_mfnet(pairs: Iterable[SynthPair], out: Path, thermal_factor: int = 1, 
     return n
 
 
-def voc_xml(filename: str, width: int, height: int, objects: Iterable[tuple[str, tuple[float, float, float, float], int]]) -> str:
-    """Pascal VOC annotation XML (1-based integer pixel coordinates, inclusive)."""
+def voc_xml(filename: str, width: int, height: int, objects: Iterable[tuple[str, tuple[float, float, float, float], int]],
+            origin: int = 1) -> str:
+    """VOC annotation XML from 0-based pixel-edge boxes: ``origin`` 1 writes Pascal VOC's 1-based
+    inclusive indices; 0 writes the 0-based values the FLIR-aligned annotations use."""
     parts = [f"<annotation>\n  <folder>JPEGImages</folder>\n  <filename>{escape(filename)}</filename>\n"
              f"  <size>\n    <width>{width}</width>\n    <height>{height}</height>\n    <depth>3</depth>\n  </size>\n"
              f"  <segmented>0</segmented>\n"]
     for name, (x0, y0, x1, y1), difficult in objects:
         parts.append(f"  <object>\n    <name>{escape(name)}</name>\n    <pose>Unspecified</pose>\n"
                      f"    <truncated>0</truncated>\n    <difficult>{difficult}</difficult>\n    <bndbox>\n"
-                     f"      <xmin>{int(round(x0)) + 1}</xmin>\n      <ymin>{int(round(y0)) + 1}</ymin>\n"
+                     f"      <xmin>{int(round(x0)) + origin}</xmin>\n      <ymin>{int(round(y0)) + origin}</ymin>\n"
                      f"      <xmax>{int(round(x1))}</xmax>\n      <ymax>{int(round(y1))}</ymax>\n    </bndbox>\n  </object>\n")
     parts.append("</annotation>\n")
     return "".join(parts)
@@ -183,7 +185,7 @@ def write_flir(pairs: Iterable[SynthPair], out: Path, thermal_factor: int = 1, t
         _imwrite(out / "JPEGImages" / f"{stem}_PreviewData.jpeg", t8, [cv2.IMWRITE_JPEG_QUALITY, 95])
         objs = [(FLIR_NAMES[o.class_id], o.box, 0) for o in pair.objects]
         _write_text(out / "Annotations" / f"{stem}_PreviewData.xml",
-                    voc_xml(f"{stem}_PreviewData.jpeg", W, H, objs))
+                    voc_xml(f"{stem}_PreviewData.jpeg", W, H, objs, origin=0))
         (val if _is_test(pair, test_every) else train).append(stem)
         metas.append(_meta(pair, stem, thermal_factor))
         n += 1

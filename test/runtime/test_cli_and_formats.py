@@ -21,8 +21,9 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "ms_perception.cli", *args], cwd=REPO, capture_output=True, text=True)
 
 
-def test_bbgt_round_trip_is_exact():
+def test_bbgt_round_trip_is_exact_and_keeps_the_raw_coordinates():
     objs = [BBGtObject("person", (10.5, 20.0, 30.0, 60.25), 1), BBGtObject("people", (0.0, 0.0, 5.0, 5.0), 0, ignore=1)]
+    assert parse_bbgt("% bbGt version=3\nperson 11 21 30 60 1 12 22 10 20 0 0\n")[0].box == (11, 21, 30, 60)
     back = parse_bbgt(format_bbgt(objs))
     assert [(o.label, o.box, o.occlusion, o.ignore) for o in back] == [(o.label, o.box, o.occlusion, o.ignore) for o in objs]
     with pytest.raises(FormatError, match="version"):
@@ -74,6 +75,35 @@ def test_eval_kaist_cli_on_reference(kaist_fixture):
     r = run_cli("eval", "kaist", "--annotations", str(kaist_fixture / "kaist_test_improved_annotations.json"),
                 "--detections", str(kaist_fixture / "gaff_detections.txt"), "--mlpd-compat", "--json")
     assert round(json.loads(r.stdout.strip().splitlines()[-1])["all"], 2) == 6.38
+
+
+def test_kaist_bbgt_folder_and_json_of_the_same_annotations_score_the_same(kaist_fixture, tmp_path):
+    """The KAIST devkit compares raw bbGt values with raw detections. Before, the bbGt reader shifted
+    x and y by one pixel and scored the GAFF detections 6.51 / 8.51 / 3.36 instead of the JSON's
+    6.48 / 8.35 / 3.46. Here the real improved annotations are written as a bbGt folder."""
+    data = json.loads((kaist_fixture / "kaist_test_improved_annotations.json").read_text())
+    cats = {c["id"]: c["name"] for c in data["categories"]}
+    per_image: dict[int, list] = {}
+    for a in data["annotations"]:
+        per_image.setdefault(a["image_id"], []).append(a)
+    images = sorted(data["images"], key=lambda i: i["id"])
+    assert [i["im_name"] for i in images] == sorted(i["im_name"] for i in images)   # bbGt folders number by name
+    root = tmp_path / "annotations"
+    for im in images:
+        objs = [BBGtObject(cats[a["category_id"]], tuple(float(v) for v in a["bbox"]), a["occlusion"], ignore=a["ignore"])
+                for a in per_image.get(im["id"], [])]
+        path = root / f"{im['im_name']}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(format_bbgt(objs))
+    assert "person 505 212 20 50 0" in (root / "set06/V000/I00019.txt").read_text()   # written as in the JSON
+    results = {}
+    for source in (kaist_fixture / "kaist_test_improved_annotations.json", root):
+        r = run_cli("eval", "kaist", "--annotations", str(source), "--detections",
+                    str(kaist_fixture / "gaff_detections.txt"), "--json")
+        assert r.returncode == 0, r.stderr
+        results[source.name] = {k: round(v, 2) for k, v in json.loads(r.stdout.strip().splitlines()[-1]).items()}
+    assert results["annotations"] == results["kaist_test_improved_annotations.json"] == \
+        {"all": 6.48, "day": 8.35, "night": 3.46}
 
 
 def test_eval_kaist_cli_on_generated_folder_and_coco_json_detections(tmp_path):

@@ -18,7 +18,7 @@ def img(path: Path, shape, value=100, dtype=np.uint8):
     cv2.imwrite(str(path), np.full(shape, value, dtype))
 
 
-def test_kaist_bbgt_folder_with_ignore_labels_and_1_based_coordinates(tmp_path):
+def test_kaist_bbgt_folder_with_ignore_labels_and_raw_coordinates(tmp_path):
     r = tmp_path
     for mod in ("visible", "lwir"):
         img(r / "set06/V000" / mod / "I00019.jpg", (512, 640, 3) if mod == "visible" else (512, 640))
@@ -34,7 +34,7 @@ def test_kaist_bbgt_folder_with_ignore_labels_and_1_based_coordinates(tmp_path):
     ds = datasets.kaist(r, "test-all-20")
     vis, th, t = ds[0]
     assert vis.shape == (3, 512, 640) and vis.dtype == torch.uint8 and th.shape == (1, 512, 640)
-    assert t["boxes"][0].tolist() == [10, 20, 40, 80]  # 1-based x=11 -> 10; xyxy
+    assert t["boxes"][0].tolist() == [11, 21, 41, 81]  # as written (the devkit's convention); xyxy
     assert t["ignore"].tolist() == [False, True, True, True]
     assert t["occlusion"].tolist() == [1, 0, 0, 2]
     assert t["height"][0].item() == 60 and t["condition"] == "day"
@@ -51,7 +51,7 @@ def test_kaist_paired_annotations_and_missing_image(tmp_path):
     lst = r / "list.txt"
     lst.write_text("set09/V000/I00000\n")
     rec = readers.read_kaist(r, lst, annotations="paired")[0]
-    assert rec.boxes[0, 0] == 10 and rec.thermal_boxes[0, 0] == 13 and rec.condition == "night"
+    assert rec.boxes[0, 0] == 11 and rec.thermal_boxes[0, 0] == 14 and rec.condition == "night"   # as written
     (r / "set09/V000/lwir/I00000.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"lwir image for set09/V000/I00000"):
         readers.read_kaist(r, lst, annotations="paired")
@@ -89,7 +89,7 @@ def test_flir_aligned_drops_other_classes(tmp_path):
     (r / "Annotations").mkdir()
     (r / "Annotations/FLIR_00002_PreviewData.xml").write_text(
         voc_xml("FLIR_00002_PreviewData.jpeg", 640, 512, [("car", (10, 20, 50, 60), 0), ("dog", (1, 1, 5, 5), 0),
-                                                          ("person", (100, 100, 120, 160), 1)]))
+                                                          ("person", (100, 100, 120, 160), 1)], origin=0))
     (r / "align_train.txt").write_text("FLIR_00002\n")
     vis, th, t = datasets.flir_aligned(r, "train")[0]
     assert t["labels"].tolist() == [3, 1]  # car, person (dog dropped)
@@ -209,3 +209,51 @@ def test_empty_dataset_is_a_clear_error(tmp_path):
     (tmp_path / "align_train.txt").write_text("")
     with pytest.raises(ValueError, match="dataset is empty"):
         datasets.flir_aligned(tmp_path, "train")
+
+
+def test_each_dataset_origin_convention_and_clipping_with_truncated_flags(tmp_path):
+    """FLIR-aligned XML is 0-based (xmin 0 at the left border; the VOC rule made it x = -1), Pascal VOC
+    1-based; VEDAI corners of vehicles at the border lie outside the image. Boxes are clipped, the ones
+    that reached outside are flagged, and nothing is left at a negative coordinate."""
+    r = tmp_path / "flir"
+    img(r / "JPEGImages/FLIR_00001_RGB.jpg", (512, 640, 3))
+    img(r / "JPEGImages/FLIR_00001_PreviewData.jpeg", (512, 640))
+    (r / "Annotations").mkdir(parents=True)
+    (r / "Annotations/FLIR_00001_PreviewData.xml").write_text(voc_xml(
+        "FLIR_00001_PreviewData.jpeg", 640, 512,
+        [("person", (0, 10, 30, 90), 0), ("car", (600, 400, 652, 530), 0), ("car", (700, 10, 720, 30), 0)], origin=0))
+    (r / "align_train.txt").write_text("FLIR_00001\n")
+    rec = readers.read_flir_aligned(r, "train")[0]
+    assert rec.boxes.tolist() == [[0, 10, 30, 90], [600, 400, 640, 512]]   # the box wholly outside is dropped
+    assert rec.truncated.tolist() == [False, True]
+
+    v = tmp_path / "VOC2007"
+    img(v / "JPEGImages/000001.jpg", (30, 40, 3))
+    (v / "Annotations").mkdir(parents=True)
+    (v / "Annotations/000001.xml").write_text(voc_xml("000001.jpg", 40, 30, [("dog", (0, 0, 40, 30), 0)]))
+    assert "<xmin>1</xmin>" in (v / "Annotations/000001.xml").read_text()
+    (v / "ImageSets/Main").mkdir(parents=True)
+    (v / "ImageSets/Main/test.txt").write_text("000001\n")
+    rec = readers.read_voc(v, "test")[0]
+    assert rec.boxes.tolist() == [[0, 0, 40, 30]] and rec.truncated.tolist() == [False]
+
+    a = tmp_path / "vedai"
+    img(a / "Vehicules512/00000002_co.png", (512, 512, 3))
+    img(a / "Vehicules512/00000002_ir.png", (512, 512))
+    (a / "Annotations512").mkdir(parents=True)
+    (a / "Annotations512/00000002.txt").write_text(
+        "5 300 0.3 1 0 0 -6 14 14 -6 290 290 310 310\n"          # left corners outside
+        "505 505 0.0 9 0 0 495 518 518 495 498 498 516 516\n"    # right/bottom corners outside
+        "100 100 0.0 1 1 0 90 110 110 90 95 95 105 105\n")
+    (a / "fold02.txt").write_text("00000002\n")
+    rec = readers.read_vedai(a, "fold02")[0]
+    assert rec.boxes.tolist() == [[0, 290, 14, 310], [495, 498, 512, 512], [90, 95, 110, 105]]
+    assert rec.truncated.tolist() == [True, True, False]
+
+
+def test_clip_boxes_by_hand():
+    b, keep, trunc = readers.clip_boxes(np.array([[-2, 3, 5, 9], [1, 1, 2, 2], [12, 0, 15, 4]], np.float32), (10, 8))
+    assert b.tolist() == [[0, 3, 5, 8], [1, 1, 2, 2], [10, 0, 10, 4]]
+    assert keep.tolist() == [True, True, False] and trunc.tolist() == [True, False, True]
+    b, keep, trunc = readers.clip_boxes(np.array([[-2, 3, 5, 9]], np.float32), (0, 0))   # size unknown
+    assert b.tolist() == [[-2, 3, 5, 9]] and keep.all() and not trunc.any()

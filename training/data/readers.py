@@ -1,8 +1,11 @@
 """Dataset readers: parse each dataset's real on-disk layout into :class:`Record` objects.
 
 No torch here (the torch ``Dataset`` wrappers live in ``datasets.py``). Every reader
-returns boxes as ``xyxy`` float32 in 0-based pixel-edge coordinates of the visible image
-(KAIST bbGt and Pascal VOC are 1-based on disk and converted), integer ``labels`` starting
+returns boxes as ``xyxy`` float32 in 0-based pixel-edge coordinates of the visible image,
+following each dataset's own origin convention (Pascal VOC and LLVIP XML: 1-based inclusive
+indices, converted; FLIR-aligned XML: 0-based, kept; KAIST bbGt: kept as written, as its devkit
+compares them), clipped to the image where its size is known (``Record.truncated`` flags the
+boxes that reached outside; boxes with nothing left inside are dropped), integer ``labels`` starting
 at 1 for the dataset's class list, ``ignore`` flags (benchmark ignore regions, VOC
 ``difficult``, COCO ``iscrowd``), ``occlusion`` and box ``height``.
 
@@ -55,6 +58,7 @@ class Record:
     label_path: Path | None = None  # semantic label map (segmentation datasets)
     thermal_boxes: np.ndarray | None = None  # KAIST paired annotations: boxes in the thermal image
     extra: dict = field(default_factory=dict)
+    truncated: np.ndarray | None = None  # (N,) bool: the annotated box reached outside the image (clipped)
 
     @property
     def heights(self) -> np.ndarray:
@@ -65,6 +69,21 @@ def _arrays(boxes, labels, ignore, occ):
     n = len(boxes)
     return (np.asarray(boxes, np.float32).reshape(n, 4), np.asarray(labels, np.int64).reshape(n),
             np.asarray(ignore, bool).reshape(n), np.asarray(occ, np.int64).reshape(n))
+
+
+def clip_boxes(boxes: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clip xyxy boxes to an image of ``size`` (w, h). Returns (clipped boxes, keep, truncated):
+    ``keep`` drops boxes with no area left inside the image, ``truncated`` marks the boxes that
+    reached outside it. An unknown size (0) leaves the boxes as they are."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    w, h = size
+    if w <= 0 or h <= 0:
+        return boxes, np.ones(len(boxes), bool), np.zeros(len(boxes), bool)
+    lim = np.array([w, h, w, h], np.float32)
+    clipped = np.clip(boxes, 0, lim)
+    truncated = np.any(clipped != boxes, axis=1)
+    keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    return clipped, keep, truncated
 
 
 def _require(path: Path, what: str) -> Path:
@@ -157,8 +176,14 @@ def _synth_meta(root: Path) -> dict[str, dict]:
 # ------------------------------------------------------------------------ Pascal VOC XML
 
 
-def parse_voc_xml(path: Path, classes: tuple[str, ...], drop_unknown: bool = True):
-    """Pascal VOC XML -> (boxes xyxy 0-based, labels, ignore=difficult, size (w, h))."""
+def parse_voc_xml(path: Path, classes: tuple[str, ...], drop_unknown: bool = True, origin: int = 1):
+    """Pascal VOC XML -> (boxes xyxy 0-based pixel edges, labels, ignore=difficult, size (w, h), truncated).
+
+    ``origin`` is the dataset's convention: 1 for Pascal VOC (1-based inclusive pixel indices:
+    ``xmin - 1, ymin - 1, xmax, ymax``), 0 for files already in 0-based edges (FLIR-aligned,
+    whose ``xmin`` is 0 at the left border). Boxes are clipped to ``<size>`` when it is given."""
+    if origin not in (0, 1):
+        raise ValueError(f"origin must be 0 or 1, got {origin}")
     try:
         tree = ET.parse(_require(path, "VOC annotation"))
     except ET.ParseError as exc:
@@ -180,12 +205,13 @@ def parse_voc_xml(path: Path, classes: tuple[str, ...], drop_unknown: bool = Tru
             raise FormatError(str(path), None, f"object {k} ({name}): bndbox needs numeric xmin/ymin/xmax/ymax") from None
         if x1 < x0 or y1 < y0:
             raise FormatError(str(path), None, f"object {k} ({name}): xmax < xmin or ymax < ymin")
-        # VOC: 1-based inclusive pixel indices -> 0-based pixel edges
-        boxes.append((x0 - 1, y0 - 1, x1, y1))
+        # origin 1: 1-based inclusive pixel indices -> 0-based pixel edges; origin 0: already edges
+        boxes.append((x0 - origin, y0 - origin, x1, y1))
         labels.append(classes.index(name) + 1)
         ignore.append(obj.findtext("difficult", "0").strip() == "1")
-    b, lab, ig, occ = _arrays(boxes, labels, ignore, np.zeros(len(boxes)))
-    return b, lab, ig, wh
+    b, lab, ig, _ = _arrays(boxes, labels, ignore, np.zeros(len(boxes)))
+    b, keep, truncated = clip_boxes(b, wh)
+    return b[keep], lab[keep], ig[keep], wh, truncated[keep]
 
 
 def read_flir_aligned(root: str | Path, split: str = "train") -> list[Record]:
@@ -199,10 +225,10 @@ def read_flir_aligned(root: str | Path, split: str = "train") -> list[Record]:
         stem = stem.replace("_PreviewData", "").replace("_RGB", "")
         xml = _first_existing([root / "Annotations" / f"{stem}_PreviewData.xml", root / "Annotations" / f"{stem}.xml"],
                               f"FLIR annotation for {stem}")
-        boxes, labels, ignore, _ = parse_voc_xml(xml, FLIR_CLASSES)
+        boxes, labels, ignore, _, trunc = parse_voc_xml(xml, FLIR_CLASSES, origin=0)
         records.append(Record(stem, _require(root / "JPEGImages" / f"{stem}_RGB.jpg", "FLIR RGB image"),
                               _require(root / "JPEGImages" / f"{stem}_PreviewData.jpeg", "FLIR thermal image"),
-                              boxes, labels, ignore, np.zeros(len(boxes), np.int64)))
+                              boxes, labels, ignore, np.zeros(len(boxes), np.int64), truncated=trunc))
     return records
 
 
@@ -212,9 +238,10 @@ def read_llvip(root: str | Path, split: str = "train") -> list[Record]:
     vis_dir = _require(root / "visible" / split, "LLVIP visible folder")
     records = []
     for vis in sorted(vis_dir.glob("*.jpg")):
-        boxes, labels, ignore, _ = parse_voc_xml(root / "Annotations" / f"{vis.stem}.xml", LLVIP_CLASSES)
+        boxes, labels, ignore, _, trunc = parse_voc_xml(root / "Annotations" / f"{vis.stem}.xml", LLVIP_CLASSES)
         records.append(Record(vis.stem, vis, _require(root / "infrared" / split / vis.name, "LLVIP infrared image"),
-                              boxes, labels, ignore, np.zeros(len(boxes), np.int64), condition="night"))
+                              boxes, labels, ignore, np.zeros(len(boxes), np.int64), condition="night",
+                              truncated=trunc))
     return records
 
 
@@ -226,9 +253,9 @@ def read_voc(root: str | Path, image_set: str = "trainval", year: str | None = N
         root = root / f"VOC{year}"
     records = []
     for stem in _read_list(root / "ImageSets" / "Main" / f"{image_set}.txt"):
-        boxes, labels, ignore, _ = parse_voc_xml(root / "Annotations" / f"{stem}.xml", VOC_CLASSES)
+        boxes, labels, ignore, _, trunc = parse_voc_xml(root / "Annotations" / f"{stem}.xml", VOC_CLASSES)
         records.append(Record(stem, _require(root / "JPEGImages" / f"{stem}.jpg", "VOC image"), None,
-                              boxes, labels, ignore, np.zeros(len(boxes), np.int64)))
+                              boxes, labels, ignore, np.zeros(len(boxes), np.int64), truncated=trunc))
     return records
 
 
@@ -252,11 +279,12 @@ def read_mfnet(root: str | Path, split: str = "train") -> list[Record]:
 # ------------------------------------------------------------------------------- VEDAI
 
 
-def parse_vedai_txt(path: Path):
+def parse_vedai_txt(path: Path, size: tuple[int, int] = (0, 0)):
     """VEDAI per-image annotation: 14 columns
     ``xc yc angle class contained occluded x1 x2 x3 x4 y1 y2 y3 y4`` (corners of the oriented
-    box). Boxes are the axis-aligned hull of the 4 corners; classes outside the 8-class
-    protocol are dropped; occluded -> occlusion 1."""
+    box). Boxes are the axis-aligned hull of the 4 corners, clipped to the image ``size`` (w, h;
+    corners of vehicles at the border lie outside it); classes outside the 8-class protocol are
+    dropped; occluded -> occlusion 1. Returns (boxes, labels, ignore, occlusion, truncated)."""
     boxes, labels, occ = [], [], []
     text = _require(path, "VEDAI annotation").read_text()
     for lineno, line in enumerate(text.splitlines(), start=1):
@@ -277,7 +305,9 @@ def parse_vedai_txt(path: Path):
         boxes.append((min(xs), min(ys), max(xs), max(ys)))
         labels.append(VEDAI_CLASSES.index(VEDAI_CODES[code]) + 1)
         occ.append(int(v[5]))
-    return _arrays(boxes, labels, np.zeros(len(boxes)), occ)
+    b, lab, ig, oc = _arrays(boxes, labels, np.zeros(len(boxes)), occ)
+    b, keep, truncated = clip_boxes(b, size)
+    return b[keep], lab[keep], ig[keep], oc[keep], truncated[keep]
 
 
 def read_vedai(root: str | Path, fold: str | Path, resolution: int = 512) -> list[Record]:
@@ -288,9 +318,11 @@ def read_vedai(root: str | Path, fold: str | Path, resolution: int = 512) -> lis
     records = []
     img_dir = root / f"Vehicules{resolution}"
     for ident in _read_list(fold):
-        boxes, labels, ignore, occ = parse_vedai_txt(root / f"Annotations{resolution}" / f"{ident}.txt")
+        boxes, labels, ignore, occ, trunc = parse_vedai_txt(root / f"Annotations{resolution}" / f"{ident}.txt",
+                                                            (resolution, resolution))
         records.append(Record(ident, _require(img_dir / f"{ident}_co.png", "VEDAI colour image"),
-                              _require(img_dir / f"{ident}_ir.png", "VEDAI infrared image"), boxes, labels, ignore, occ))
+                              _require(img_dir / f"{ident}_ir.png", "VEDAI infrared image"), boxes, labels, ignore, occ,
+                              truncated=trunc))
     return records
 
 
