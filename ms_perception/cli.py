@@ -179,9 +179,9 @@ def cmd_replay(args) -> int:
     model = Path(args.model) if args.model else DEFAULT_MODEL
     try:
         engine = create_engine(args.backend, model)
-        window = {k: v for k, v in (("raw_min", args.thermal_raw_min), ("raw_max", args.thermal_raw_max))
-                  if v is not None}
-        thermal = ThermalNormalization(mode=args.thermal_mode, **window)
+        thermal = ThermalNormalization(mode=args.thermal_mode, raw_min=args.thermal_raw_min, raw_max=args.thermal_raw_max,
+                                       kelvin_per_count=args.thermal_kelvin_per_count,
+                                       offset_kelvin=args.thermal_offset_kelvin)
         cfg = PipelineConfig(score_threshold=args.score_threshold, nms_iou=args.nms_iou, thermal=thermal,
                              calibration=args.calibration, assume_same_fov=args.assume_same_fov)
         policy = writer = None
@@ -224,8 +224,11 @@ def cmd_replay(args) -> int:
             print(f"  inconsistency: median {i['p50']:.4f}, p95 {i['p95']:.4f}, max {i['max']:.4f}")
         if "miss_rate" in report:
             print("  person miss rate: " + ", ".join(f"{k} {v:.2f}%" for k, v in report["miss_rate"].items()))
+    for w in summary.warnings:   # on stderr in every output mode
+        print(f"warning: {w}", file=sys.stderr)
     print(json.dumps({k: report[k] for k in ("pairs", "pairing", "detections", "latency_ms", "inconsistency",
-                                             "captured", "miss_rate") if k in report}))
+                                             "captured", "miss_rate", "thermal_saturated_pairs", "warnings")
+                      if k in report}))
     return 0
 
 
@@ -338,8 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--calibration", help="thermal->visible homography YAML")
     r.add_argument("--assume-same-fov", action="store_true", help="thermal differs from visible only in resolution")
     r.add_argument("--thermal-mode", choices=("window", "percentile"), default="window")
-    r.add_argument("--thermal-raw-min", type=float, help="window low end, raw counts (default -10 degC in 0.01 K)")
-    r.add_argument("--thermal-raw-max", type=float, help="window high end, raw counts (default +50 degC)")
+    r.add_argument("--thermal-kelvin-per-count", type=float, default=0.01,
+                   help="16-bit radiometric scale: 0.01 (TLinear high resolution, Boson, Lepton 3.5; default), "
+                        "0.04 (FLIR low-resolution 16-bit mode), 0.1 (Optris, with --thermal-offset-kelvin 173.15)")
+    r.add_argument("--thermal-offset-kelvin", type=float, default=0.0, help="16-bit radiometric offset, K at count 0")
+    r.add_argument("--thermal-raw-min", type=float, help="window low end in raw counts (default: -10 degC through "
+                                                          "the radiometric scale)")
+    r.add_argument("--thermal-raw-max", type=float, help="window high end in raw counts (default: +50 degC)")
     r.add_argument("--capture-dir", help="record uncertain pairs here")
     r.add_argument("--capture-threshold", type=float, default=0.2)
     r.add_argument("--capture-min-interval", type=float, default=2.0)

@@ -17,6 +17,7 @@ from ms_perception.core.postprocess import Detections, check_finite, select_dete
 from ms_perception.core.preprocess import (
     InputError,
     Letterbox,
+    SaturationMonitor,
     ThermalNormalization,
     load_calibration,
     thermal_to_unit,
@@ -62,6 +63,8 @@ class Pipeline:
         self.engine, self.card = engine, engine.card
         self.cfg = config or PipelineConfig()
         self.policy, self.writer = capture_policy, capture_writer
+        self.saturation = SaturationMonitor()   # thermal input clipped at one end of the window
+        self.warnings: list[str] = []           # once-only warnings (the caller logs and reports them)
         self.homography = load_calibration(self.cfg.calibration) if self.cfg.calibration else None
         self.model_hw = self.card.visible_hw
         self.thermal_hw = self.card.thermal_hw
@@ -114,6 +117,9 @@ class Pipeline:
                 raise InputError("this model needs a thermal image but the pair has none; check the thermal topic, "
                                  "or run a visible-only model while the thermal camera is down")
             unit = thermal_to_unit(pair.thermal, self.cfg.thermal)
+            warning = self.saturation.update(pair.thermal, unit, self.cfg.thermal)
+            if warning:
+                self.warnings.append(warning)
             m = self._thermal_to_visible(unit.shape[:2], rgb.shape[:2])
             feeds["thermal"] = self._feed(warp_thermal(unit, m, lb, self.thermal_hw), self.card.thermal_norm, False)
         return feeds, lb, rgb

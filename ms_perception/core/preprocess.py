@@ -62,20 +62,37 @@ def visible_to_rgb(frame: Frame) -> np.ndarray:
 class ThermalNormalization:
     """How thermal values become [0, 1].
 
-    mode "window": fixed range; raw_min/raw_max in counts for 16-bit, celsius_min/max for 32FC1.
+    mode "window": the fixed range celsius_min..celsius_max. 32FC1 images are in °C; 16-bit
+    counts are radiometric, T[K] = count * kelvin_per_count + offset_kelvin, so the window in
+    counts is derived from the °C window unless raw_min/raw_max are given in counts.
+    Common radiometric modes: 0.01 K per count (FLIR/Teledyne "TLinear" high resolution, Boson,
+    Lepton 3.5: the default), 0.04 K per count (the FLIR A-series/Ax5 low-resolution 16-bit mode),
+    Optris ((count - 1000) / 10 °C: kelvin_per_count 0.1, offset_kelvin 173.15).
     mode "percentile": stretch between the low/high percentiles of each frame (robust to a hot
     engine in view); NaNs (32FC1 dropouts) are ignored and become 0.
-    Defaults: counts = (T + 273.15) * 100 (0.01 K "TLinear"), window -10..+50 °C.
     """
     mode: str = "window"
-    raw_min: float = (273.15 - 10.0) * 100
-    raw_max: float = (273.15 + 50.0) * 100
+    raw_min: float | None = None   # counts; None = celsius_min through the radiometric scale
+    raw_max: float | None = None
     celsius_min: float = -10.0
     celsius_max: float = 50.0
     low_percentile: float = 1.0
     high_percentile: float = 99.0
+    kelvin_per_count: float = 0.01
+    offset_kelvin: float = 0.0
+
+    def counts(self, celsius: float) -> float:
+        """The 16-bit count of a temperature under this radiometric scale."""
+        return (celsius + 273.15 - self.offset_kelvin) / self.kelvin_per_count
 
     def __post_init__(self):
+        if not (np.isfinite(self.kelvin_per_count) and self.kelvin_per_count > 0 and np.isfinite(self.offset_kelvin)):
+            raise ValueError(f"thermal radiometric scale: kelvin_per_count must be > 0 (got {self.kelvin_per_count}) "
+                             f"and offset_kelvin finite (got {self.offset_kelvin})")
+        if self.raw_min is None:
+            self.raw_min = self.counts(self.celsius_min)
+        if self.raw_max is None:
+            self.raw_max = self.counts(self.celsius_max)
         if self.mode not in ("window", "percentile"):
             raise ValueError(f"thermal normalization mode must be 'window' or 'percentile', got {self.mode!r}")
         if self.mode == "window" and not (self.raw_max > self.raw_min and self.celsius_max > self.celsius_min):
@@ -110,6 +127,49 @@ def thermal_to_unit(frame: Frame, norm: ThermalNormalization) -> np.ndarray:
         out = ((x - np.float32(lo)) / np.float32(scale)).astype(np.float32, copy=False)
     out[~finite] = 0.0
     return np.clip(out, 0.0, 1.0)
+
+
+class SaturationMonitor:
+    """Detects a thermal input clipped at one end of the window: at least ``fraction`` of the pixels
+    at 0 or at 1 for ``frames`` frames in a row (a wrong radiometric scale makes every pixel 0 with
+    no other symptom). ``update`` returns a warning the first time only; ``saturated_frames`` counts."""
+
+    def __init__(self, fraction: float = 0.9, frames: int = 5):
+        self.fraction, self.frames = fraction, frames
+        self.run = 0
+        self.saturated_frames = 0
+        self.warning = ""
+
+    def update(self, frame: Frame, unit: np.ndarray, norm: ThermalNormalization) -> str:
+        if frame.encoding == "mono8" or norm.mode == "percentile":
+            self.run = 0
+            return ""
+        sub = unit[::4, ::4]
+        low, high = float((sub <= 0.0).mean()), float((sub >= 1.0).mean())
+        if max(low, high) < self.fraction:
+            self.run = 0
+            return ""
+        self.saturated_frames += 1
+        self.run += 1
+        if self.run < self.frames or self.warning:
+            return ""
+        end = "low" if low >= high else "high"
+        med = float(np.nanmedian(np.asarray(frame.data, np.float64)[::4, ::4]))
+        if frame.encoding == "32FC1":
+            seen = f"median {med:.1f} degC"
+            fix = "check that the driver publishes degC, or set the window (thermal_celsius_min/max)"
+        else:
+            c = med * norm.kelvin_per_count + norm.offset_kelvin - 273.15
+            at = {k: med * k - 273.15 for k in (0.01, 0.04)}
+            seen = f"median count {med:.0f} = {c:.1f} degC at {norm.kelvin_per_count:g} K/count"
+            fix = ("the camera's radiometric scale is probably different: set thermal_kelvin_per_count "
+                   f"(--thermal-kelvin-per-count; this median would be {at[0.01]:.1f} degC at 0.01 and "
+                   f"{at[0.04]:.1f} degC at 0.04 K/count) and thermal_offset_kelvin, or the window, or "
+                   "thermal_normalization: percentile")
+        self.warning = (f"thermal input saturated: {100 * max(low, high):.0f}% of the pixels at the {end} end of the "
+                        f"window ({norm.celsius_min:g}..{norm.celsius_max:g} degC) for {self.run} frames in a row "
+                        f"({seen}); {fix}")
+        return self.warning
 
 
 def load_calibration(path: str | Path) -> np.ndarray:

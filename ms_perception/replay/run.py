@@ -30,6 +30,8 @@ class ReplaySummary:
     errors: int = 0
     visible_hw: tuple = ()
     wall_s: float = 0.0
+    thermal_saturated_pairs: int = 0
+    warnings: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -84,6 +86,8 @@ def replay_bag(bag: str | Path, pipeline: Pipeline, visible_topic: str, thermal_
     if pipeline.writer is not None:
         pipeline.writer.close()
         summ.capture = pipeline.writer.stats.to_dict()
+    summ.thermal_saturated_pairs = pipeline.saturation.saturated_frames
+    summ.warnings = list(pipeline.warnings)
     summ.wall_s = time.perf_counter() - t0
     return summ, results
 

@@ -87,6 +87,7 @@ class DetectorLogic:
         self.thermal_lost = False
         self.activated_ns: int | None = None
         self.warned_no_pairs = False
+        self._warned: dict[int, int] = {}   # pipeline id -> pipeline warnings already logged
 
     # ---------------------------------------------------------------- lifecycle
     def configure(self) -> None:
@@ -244,6 +245,9 @@ class DetectorLogic:
         except Exception as exc:   # noqa: BLE001 - e.g. OpenCV on a degenerate image: counted, never raised
             return Outputs(error=self.count_error(f"{self._topics(vis_msg, th_msg)}: {type(exc).__name__}: {exc}"))
         self.latency_ms.append(sum(res.timings_ms.values()))
+        while len(pipe.warnings) > self._warned.get(id(pipe), 0):   # once-only pipeline warnings, to the log
+            self.log.warning(pipe.warnings[self._warned.get(id(pipe), 0)])
+            self._warned[id(pipe)] = self._warned.get(id(pipe), 0) + 1
         header = vis_msg.header
         names = self.class_names
         out = Outputs(result=res)
@@ -320,6 +324,13 @@ class DetectorLogic:
             else:
                 level, message = "error", (f"thermal stream lost (no image on {self.params['thermal_topic']} for "
                                            f"{self.params['thermal_timeout_s']} s): publishing nothing")
+        sat = self.pipeline.saturation if self.pipeline is not None else None
+        if sat is not None:
+            values["thermal_saturated_frames"] = sat.saturated_frames
+            if sat.warning:
+                values["thermal_warning"] = sat.warning
+            if sat.run >= sat.frames and level == "ok":
+                level, message = "warn", sat.warning
         if c.errors:
             values["last_error"] = c.last_error
         waited = (now_ns - self.activated_ns) / 1e9 if self.activated_ns is not None else 0.0

@@ -108,12 +108,18 @@ PARAMS: list[Param] = [
     # thermal
     Param("thermal_normalization", _T.mode, "thermal to [0, 1]: fixed 'window' or per-frame 'percentile' stretch",
           _choice("window", "percentile"), live=True),
-    Param("thermal_raw_min", _T.raw_min, "window low end, raw counts (16-bit; 0.01 K TLinear: -10 degC)",
-          _range(0, 65535), live=True),
-    Param("thermal_raw_max", _T.raw_max, "window high end, raw counts (16-bit; +50 degC)", _range(0, 65535),
+    Param("thermal_celsius_min", _T.celsius_min, "window low end (degC; 16-bit counts through the radiometric scale)",
+          _range(-273.15, 2000), live=True),
+    Param("thermal_celsius_max", _T.celsius_max, "window high end (degC)", _range(-273.15, 2000), live=True),
+    Param("thermal_kelvin_per_count", _T.kelvin_per_count, "16-bit radiometric scale, K per count: 0.01 (TLinear "
+          "high resolution, Boson, Lepton 3.5), 0.04 (FLIR low-resolution 16-bit mode), 0.1 (Optris)",
+          _range(0, 10, lo_open=True), live=True),
+    Param("thermal_offset_kelvin", _T.offset_kelvin, "16-bit radiometric offset, K at count 0 (Optris: 173.15)",
+          _range(-1000, 1000), live=True),
+    Param("thermal_raw_min", 0.0, "window low end in raw counts, overriding the degC window for 16-bit images "
+          "(0 with thermal_raw_max 0 = use the degC window)", _range(0, 65535), live=True),
+    Param("thermal_raw_max", 0.0, "window high end in raw counts (0 = use the degC window)", _range(0, 65535),
           live=True),
-    Param("thermal_celsius_min", _T.celsius_min, "window low end for 32FC1 images (degC)", _range(-273.15, 2000), live=True),
-    Param("thermal_celsius_max", _T.celsius_max, "window high end for 32FC1 images (degC)", _range(-273.15, 2000), live=True),
     Param("thermal_low_percentile", _T.low_percentile, "percentile stretch: low percentile", _range(0, 100), live=True),
     Param("thermal_high_percentile", _T.high_percentile, "percentile stretch: high percentile", _range(0, 100), live=True),
     Param("calibration_file", "", "YAML with the thermal->visible homography (thermal_to_visible.homography)",
@@ -199,8 +205,8 @@ def check_all(values: dict) -> list[str]:
     """Every problem with a full parameter set, including the ones between parameters."""
     problems = [r for n, v in values.items() if (r := check_value(n, v))]
     v = {**DEFAULTS, **values}
-    if v["thermal_raw_max"] <= v["thermal_raw_min"]:
-        problems.append("thermal_raw_max must be greater than thermal_raw_min")
+    if (v["thermal_raw_min"] or v["thermal_raw_max"]) and v["thermal_raw_max"] <= v["thermal_raw_min"]:
+        problems.append("thermal_raw_max must be greater than thermal_raw_min (or both 0: use the degC window)")
     if v["thermal_celsius_max"] <= v["thermal_celsius_min"]:
         problems.append("thermal_celsius_max must be greater than thermal_celsius_min")
     if v["thermal_high_percentile"] <= v["thermal_low_percentile"]:
@@ -212,8 +218,11 @@ def check_all(values: dict) -> list[str]:
 
 def pipeline_config(v: dict) -> PipelineConfig:
     thermal = ThermalNormalization(
-        mode=v["thermal_normalization"], raw_min=float(v["thermal_raw_min"]), raw_max=float(v["thermal_raw_max"]),
-        celsius_min=float(v["thermal_celsius_min"]), celsius_max=float(v["thermal_celsius_max"]),
+        mode=v["thermal_normalization"], celsius_min=float(v["thermal_celsius_min"]),
+        celsius_max=float(v["thermal_celsius_max"]), kelvin_per_count=float(v["thermal_kelvin_per_count"]),
+        offset_kelvin=float(v["thermal_offset_kelvin"]),
+        raw_min=float(v["thermal_raw_min"]) if (v["thermal_raw_min"] or v["thermal_raw_max"]) else None,
+        raw_max=float(v["thermal_raw_max"]) if (v["thermal_raw_min"] or v["thermal_raw_max"]) else None,
         low_percentile=float(v["thermal_low_percentile"]), high_percentile=float(v["thermal_high_percentile"]))
     return PipelineConfig(score_threshold=float(v["score_threshold"]), nms_iou=float(v["nms_iou"]),
                           max_detections=int(v["max_detections"]), thermal=thermal,

@@ -163,7 +163,7 @@ def test_live_parameters_and_rejections(ts, pairs, tmp_path):
     assert logic.set_param("score_threshold", 0.9) is None and logic.pipeline.cfg.score_threshold == 0.9
     assert "in [0, 1]" in logic.set_param("score_threshold", 2.0)
     assert logic.pipeline.cfg.score_threshold == 0.9          # a rejected value changes nothing
-    assert "greater than" in logic.set_param("thermal_raw_max", 100.0)
+    assert "greater than" in logic.set_param("thermal_raw_min", 500.0)   # max 0 (from the degC window) < min
     out = logic.on_pair(*msgs(ts, pairs[0]), now_ns=1 * S)
     assert all(d.results[0].hypothesis.score >= 0.9 for d in out.messages["detections"].detections)
 
@@ -205,3 +205,34 @@ def test_diagnostics_report_latency_percentiles_of_the_last_1000(ts, tmp_path):
     kv = {v.key: v.value for v in roundtrip(ts, logic.diagnostics(1 * S)[0]).status[0].values}
     assert kv["callback_p50_ms"] == "500.5" and kv["callback_p99_ms"] == "990.01"
     assert kv["latency_p50_ms"] == "3.0" and kv["latency_p99_ms"] == "3.98"
+
+
+def test_saturated_thermal_is_logged_once_reported_and_fixed_live(ts, pairs, tmp_path):
+    """A 0.04 K/count camera read at the default 0.01 K/count: every pixel clipped to 0, with no sign before."""
+    logged = []
+
+    class Log:
+        def info(self, m): pass
+        def warning(self, m): logged.append(m)
+        def error(self, m): pass
+    p = {"assume_same_fov": True, "capture_enabled": False, "score_threshold": 0.05}
+    logic = DetectorLogic(p, TypestoreAdapter(ts), frame_from_msg, logger=Log())
+    logic.configure()
+    logic.activate(0)
+    sp = pairs[0]
+    vis, _ = msgs(ts, sp)
+    th = image_msg(ts, Frame((sp.thermal_raw // 4).astype(np.uint16), sp.stamp_thermal_ns, "mono16", "thermal_optical"))
+    for k in range(6):
+        logic.on_thermal(th, now_ns=(k + 1) * S)
+        assert logic.on_pair(vis, th, now_ns=(k + 1) * S).error == ""
+    assert len(logged) == 1 and "thermal input saturated" in logged[0]
+    st = roundtrip(ts, logic.diagnostics(7 * S)[0]).status[0]
+    kv = {v.key: v.value for v in st.values}
+    assert st.level == 1 and "thermal_kelvin_per_count" in st.message
+    assert kv["thermal_saturated_frames"] == "6" and kv["thermal_warning"] == st.message
+    assert logic.set_param("thermal_kelvin_per_count", 0.04) is None
+    logic.on_thermal(th, now_ns=8 * S)
+    logic.on_pair(vis, th, now_ns=8 * S)
+    st = roundtrip(ts, logic.diagnostics(8 * S)[0]).status[0]
+    assert st.level == 0 and len(logged) == 1
+    assert logic.set_param("thermal_kelvin_per_count", 0.0) is not None   # refused with the reason
