@@ -186,6 +186,8 @@ def cmd_replay(args) -> int:
                              calibration=args.calibration, assume_same_fov=args.assume_same_fov)
         policy = writer = None
         if args.capture_dir:
+            if not args.capture_quota_mb > 0:
+                raise CliError(f"--capture-quota-mb must be > 0, got {args.capture_quota_mb:g}")
             policy = CapturePolicy(CapturePolicyConfig(mode="threshold", threshold=args.capture_threshold,
                                                        min_interval_s=args.capture_min_interval))
             writer = CaptureWriter(args.capture_dir, robot_id=args.robot_id, model_hash=engine.card.graph_sha256[:16],

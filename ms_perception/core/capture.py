@@ -24,6 +24,7 @@ import re
 import shutil
 import threading
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,6 +174,9 @@ class CaptureStats:
     evicted: int = 0
     quota_skipped: int = 0
     bytes_used: int = 0
+    recovered: int = 0            # complete records on disk the manifest lacked (a kill -9), added back at start
+    manifest_bad_lines: int = 0   # manifest lines that are not a record entry ({} , null, torn): skipped
+    unreadable_records: int = 0   # record folders without a valid record.json or with missing files: left alone
     last_error: str = ""
 
     def to_dict(self) -> dict:
@@ -182,6 +186,10 @@ class CaptureStats:
 class CaptureWriter:
     def __init__(self, directory: str | Path, robot_id: str = "robot", model_hash: str = "", quota_bytes: int = 2 << 30,
                  queue_size: int = 8):
+        if not int(quota_bytes) > 0:
+            raise ValueError(f"capture quota must be > 0 bytes, got {quota_bytes}")
+        if not int(queue_size) >= 1:
+            raise ValueError(f"capture queue size must be >= 1, got {queue_size}")
         self.root = Path(directory)
         self.robot_id = sanitize_id(robot_id)
         self.dir = self.root / self.robot_id
@@ -190,10 +198,14 @@ class CaptureWriter:
         self.quota = int(quota_bytes)
         self.stats = CaptureStats()
         self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        # record ids: stamp, this writer's random session token, a sequence number: unique across restarts
+        # into the same folder (ids restarted at 1 and collided) and across robots
+        self._session = uuid.uuid4().hex[:8]
         self._seq = 0
-        self.entries: list[dict] = self._load_manifest()
-        self.stats.bytes_used = sum(e["bytes"] for e in self.entries)
         self._cleanup_temp()
+        self.entries: list[dict] = self._load_manifest()
+        self._reconcile()
+        self.stats.bytes_used = sum(e["bytes"] for e in self.entries)
         self._thread = threading.Thread(target=self._run, name="ms_perception-capture", daemon=True)
         self._thread.start()
 
@@ -258,7 +270,7 @@ class CaptureWriter:
 
     def _write(self, rec: CaptureRecord):
         self._seq += 1
-        name = f"{int(rec.stamp_ns):020d}_{self._seq:06d}"
+        name = f"{int(rec.stamp_ns):020d}_{self._session}{self._seq:06d}"
         files = self._encode(rec, name)
         size = sum(len(b) for b in files.values())
         if not self._make_room(size, _rank(rec.score)):
@@ -330,19 +342,58 @@ class CaptureWriter:
         path = self.dir / MANIFEST
         if not path.exists():
             return []
-        out = []
-        for line in path.read_text().splitlines():
+        out, bad = [], []
+        for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+            if not line.strip():
+                continue
             try:
                 e = json.loads(line)
             except json.JSONDecodeError:
-                continue  # a torn last line cannot happen with the atomic rewrite, but be lenient
-            if (self.dir / e.get("id", "")).is_dir():
+                e = None
+            if not (isinstance(e, dict) and isinstance(e.get("id"), str) and e["id"]
+                    and isinstance(e.get("bytes"), int) and isinstance(e.get("stamp_ns"), int)):
+                bad.append(lineno)
+                continue
+            if (self.dir / e["id"]).is_dir():
                 out.append(e)
+        if bad:
+            self.stats.manifest_bad_lines = len(bad)
+            self.stats.last_error = (f"{path}: skipped {len(bad)} line(s) that are not record entries (line "
+                                     f"{', '.join(map(str, bad[:5]))}{', ...' if len(bad) > 5 else ''}); the records "
+                                     "on disk are recovered from their record.json")
         return out
+
+    def _reconcile(self) -> None:
+        """Add back complete records on disk that the manifest lacks (the process was killed between the
+        record's rename and the manifest rewrite, or the manifest line was damaged)."""
+        known = {e["id"] for e in self.entries}
+        found = []
+        for d in sorted(p for p in self.dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if d.name in known:
+                continue
+            try:
+                meta = json.loads((d / "record.json").read_text())
+                files = meta["files"]
+                size = sum((d / f).stat().st_size for f in files) + (d / "record.json").stat().st_size
+                entry = {"id": d.name, "stamp_ns": int(meta["stamp_ns"]), "score": _json_score(meta.get("score")),
+                         "bytes": int(size)}
+            except (OSError, ValueError, KeyError, TypeError):
+                self.stats.unreadable_records += 1
+                continue
+            if meta.get("id") != d.name:
+                self.stats.unreadable_records += 1
+                continue
+            found.append(entry)
+        if found:
+            self.entries = sorted(self.entries + found, key=lambda e: (e["stamp_ns"], e["id"]))
+            self.stats.recovered = len(found)
+        if found or self.stats.manifest_bad_lines:
+            self._save_manifest()
 
     def _cleanup_temp(self):
         for p in self.dir.glob(".tmp-*"):
             shutil.rmtree(p, ignore_errors=True)
+        (self.dir / (MANIFEST + ".tmp")).unlink(missing_ok=True)   # an interrupted manifest rewrite
 
 
 def _fsync_dir(path: Path) -> None:

@@ -122,3 +122,63 @@ def test_restart_reads_manifest_and_cleans_temp(tmp_path):
     w2 = CaptureWriter(tmp_path, robot_id="r")
     w2.close()
     assert len(w2.entries) == 1 and not (w.dir / ".tmp-junk").exists() and w2.stats.bytes_used > 0
+
+
+def test_record_ids_are_unique_across_restarts_into_the_same_folder(tmp_path):
+    """Before: ids restarted at 1 every run, so the same stamps replayed again collided ("Directory not
+    empty") and those records were lost."""
+    for run in range(2):
+        w = CaptureWriter(tmp_path, robot_id="r")
+        for stamp in (1, 2, 3):
+            assert w.submit(record(stamp, 0.5))
+        w.close()
+        assert w.stats.write_errors == 0 and w.stats.written == 3, w.stats.last_error
+    ids = [json.loads(line)["id"] for line in (w.dir / cap.MANIFEST).read_text().splitlines()]
+    assert len(ids) == 6 and len(set(ids)) == 6
+    assert sorted(p.name for p in w.dir.iterdir() if p.is_dir()) == sorted(ids)
+
+
+def test_start_reconciles_records_the_manifest_lacks_after_a_kill(tmp_path):
+    """State after a kill -9 between a record's rename and the manifest rewrite: the record is complete on
+    disk, the manifest lacks it, and the manifest's temporary file is left behind."""
+    w = CaptureWriter(tmp_path, robot_id="r")
+    for stamp in (1, 2, 3):
+        w.submit(record(stamp, 0.1 * stamp))
+    w.close()
+    manifest = w.dir / cap.MANIFEST
+    lines = manifest.read_text().splitlines()
+    lost = json.loads(lines[1])
+    manifest.write_text("\n".join([lines[0], lines[2]]) + "\n")
+    (w.dir / (cap.MANIFEST + ".tmp")).write_text(lines[0][:20])       # torn temporary
+    broken = w.dir / "00000000000000000009_deadbeef000001"               # a folder that is not a record
+    broken.mkdir()
+    (broken / "record.json").write_text("{")
+    w2 = CaptureWriter(tmp_path, robot_id="r")
+    w2.close()
+    assert w2.stats.recovered == 1 and w2.stats.unreadable_records == 1
+    assert [e["id"] for e in w2.entries] == [json.loads(x)["id"] for x in lines]
+    again = {e["id"]: e for e in w2.entries}[lost["id"]]
+    assert again["bytes"] == lost["bytes"] and again["score"] == pytest.approx(lost["score"])
+    assert not (w.dir / (cap.MANIFEST + ".tmp")).exists()
+    assert len(manifest.read_text().splitlines()) == 3                   # written back
+    assert w2.stats.bytes_used == sum(json.loads(x)["bytes"] for x in lines)
+
+
+def test_bad_manifest_lines_are_skipped_counted_and_named(tmp_path):
+    w = CaptureWriter(tmp_path, robot_id="r")
+    w.submit(record(1, 0.5))
+    w.close()
+    manifest = w.dir / cap.MANIFEST
+    good = manifest.read_text()
+    manifest.write_text("{}\nnull\n" + good + "[1, 2]\n{\"id\": 5}\n")
+    w2 = CaptureWriter(tmp_path, robot_id="r")   # before: a traceback on `{}` / `null`
+    w2.close()
+    assert w2.stats.manifest_bad_lines == 4 and "line 1, 2, 4, 5" in w2.stats.last_error
+    assert len(w2.entries) == 1 and w2.stats.recovered == 0
+    assert manifest.read_text() == good                                   # rewritten without the bad lines
+
+
+@pytest.mark.parametrize("kw", [{"quota_bytes": -1}, {"quota_bytes": 0}, {"queue_size": 0}])
+def test_invalid_capture_settings_are_refused(tmp_path, kw):
+    with pytest.raises(ValueError, match="must be"):
+        CaptureWriter(tmp_path, robot_id="r", **kw)
