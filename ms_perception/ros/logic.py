@@ -9,6 +9,7 @@ rate, latency, pairing and capture health; ``cleanup`` drains the capture queue 
 from __future__ import annotations
 
 import logging
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +88,7 @@ class DetectorLogic:
         self.thermal_lost = False
         self.activated_ns: int | None = None
         self.warned_no_pairs = False
-        self._warned: dict[int, int] = {}   # pipeline id -> pipeline warnings already logged
+        self._warned: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # pipeline -> warnings logged
 
     # ---------------------------------------------------------------- lifecycle
     def configure(self) -> None:
@@ -245,9 +246,9 @@ class DetectorLogic:
         except Exception as exc:   # noqa: BLE001 - e.g. OpenCV on a degenerate image: counted, never raised
             return Outputs(error=self.count_error(f"{self._topics(vis_msg, th_msg)}: {type(exc).__name__}: {exc}"))
         self.latency_ms.append(sum(res.timings_ms.values()))
-        while len(pipe.warnings) > self._warned.get(id(pipe), 0):   # once-only pipeline warnings, to the log
-            self.log.warning(pipe.warnings[self._warned.get(id(pipe), 0)])
-            self._warned[id(pipe)] = self._warned.get(id(pipe), 0) + 1
+        while len(pipe.warnings) > self._warned.get(pipe, 0):   # once-only pipeline warnings, to the log
+            self.log.warning(pipe.warnings[self._warned.get(pipe, 0)])
+            self._warned[pipe] = self._warned.get(pipe, 0) + 1
         header = vis_msg.header
         names = self.class_names
         out = Outputs(result=res)
