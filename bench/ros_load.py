@@ -21,7 +21,8 @@ network namespace). Results go to bench/results/ros_load.json and are summarized
 from __future__ import annotations
 
 import argparse
-import json
+
+from ms_perception.core import jsonio
 import os
 import platform
 import sys
@@ -135,7 +136,7 @@ def main() -> int:
     report = {"host": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cpus", "image": "640x512 rgb8 + mono16",
               "model": "embedded default", "arms": results}
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(report, indent=1) + "\n")
+    a.out.write_text(jsonio.dumps(report, indent=1) + "\n")
     keys = ["published_pairs", "publish_rate_achieved_hz", "node_visible_received", "node_thermal_received",
             "processed_pairs", "dropped_pairs", "node_errors", "detections_received", "callback_p50_ms",
             "callback_p99_ms", "pipeline_p50_ms", "pipeline_p99_ms", "end_to_end_p50_ms", "end_to_end_p99_ms",

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+
+from ms_perception.core import jsonio
 import os
 import subprocess
 import sys
@@ -148,13 +150,13 @@ def worker(seed: int, iterations: int, pairs: int, arms: list[str], tag: str = "
             r = run_arm(teacher, seed, iterations, pairs, work)
             if teacher not in done:
                 with open(out, "a") as f:
-                    f.write(json.dumps(r) + "\n")
+                    f.write(jsonio.dumps(r) + "\n")
                 done.add(teacher)
         r = run_arm(arm, seed, iterations, pairs, work)
         with open(out, "a") as f:
-            f.write(json.dumps(r) + "\n")
+            f.write(jsonio.dumps(r) + "\n")
         done.add(arm)
-        print(json.dumps(r), flush=True)
+        print(jsonio.dumps(r), flush=True)
 
 
 def run_active_experiment(seed: int, work: Path) -> dict:
@@ -174,7 +176,7 @@ def run_active_experiment(seed: int, work: Path) -> dict:
                 "tensorboard": False}
     res = run_active(acfg, work / f"active_s{seed}", log=print)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"active_seed{seed}.json").write_text(json.dumps(res, indent=1))
+    (RESULTS / f"active_seed{seed}.json").write_text(jsonio.dumps(res, indent=1))
     return res
 
 

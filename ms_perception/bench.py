@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ms_perception.core.frames import Frame
+from ms_perception.core.frames import Frame, FramePair
 from ms_perception.core.pairing import ApproximateTimePairer
 from ms_perception.core.pipeline import Pipeline, PipelineConfig
+from ms_perception.core.postprocess import ModelOutputError
 from ms_perception.engines import create_engine
 
 # teacher/student: the MD pair of §5.2; three_branch: the active-learning model, whose pipeline
@@ -66,16 +67,19 @@ def ensure_models(cache: Path) -> dict[str, Path]:
     return out
 
 
-def _frames(card, size_wh: tuple[int, int], seed: int) -> tuple[Frame, Frame]:
+def _frames(card, size_wh: tuple[int, int], seed: int) -> tuple[Frame, Frame | None]:
     """A realistic pair: visible rgb8 at ``size_wh``, thermal mono16 at the model's thermal grid
-    scaled to the camera (the MD student's camera really has fewer pixels)."""
+    scaled to the camera (the MD student's camera really has fewer pixels); no thermal frame for a
+    visible-only model (the RGB-only student)."""
     from ms_perception.synth.generator import SynthConfig, SyntheticGenerator
     w, h = size_wh
-    factor = max(1, round((card.visible_hw[0] * card.visible_hw[1]) / (card.thermal_hw[0] * card.thermal_hw[1])))
-    factor = min((1, 4, 16, 64), key=lambda f: abs(f - factor))
+    factor = 1
+    if card.thermal_hw is not None:
+        factor = max(1, round((card.visible_hw[0] * card.visible_hw[1]) / (card.thermal_hw[0] * card.thermal_hw[1])))
+        factor = min((1, 4, 16, 64), key=lambda f: abs(f - factor))
     sp = next(iter(SyntheticGenerator(SynthConfig(width=w, height=h, thermal_factor=factor), seed).pairs(1)))
-    return (Frame(sp.visible, sp.stamp_visible_ns, "rgb8", "visible"),
-            Frame(sp.thermal_raw, sp.stamp_thermal_ns, "mono16", "thermal"))
+    vis = Frame(sp.visible, sp.stamp_visible_ns, "rgb8", "visible")
+    return vis, (Frame(sp.thermal_raw, sp.stamp_thermal_ns, "mono16", "thermal") if card.uses_thermal else None)
 
 
 def _peak_rss_mb() -> float:
@@ -101,18 +105,27 @@ def run_bench(models: dict[str, Path], size_wh=(640, 512), iterations: int = 20,
         cfg = PipelineConfig(assume_same_fov=True)
         runs[role] = {"engine": engine, "pipe": Pipeline(engine, cfg), "vis": vis, "th": th,
                       "pairer": ApproximateTimePairer(0.05, 10), "engine_ms": [], "pipeline_ms": [],
-                      "overhead_ms": [], "stages": {}}
+                      "overhead_ms": [], "stages": {}, "invalid_outputs": 0, "first_invalid": ""}
     step = 100_000_000
     for i in range(warmup + iterations):
         for role in roles:       # interleaved: both see the same machine state
             r = runs[role]
             stamp = (i + 1) * step
             t0 = time.perf_counter()
-            r["pairer"].add("thermal", Frame(r["th"].data, stamp + 1_000_000, r["th"].encoding, "thermal"))
-            pair = r["pairer"].add("visible", Frame(r["vis"].data, stamp, r["vis"].encoding, "visible"))
-            if pair is None:
-                raise BenchError("the pairer did not pair two frames 1 ms apart; this is a bug")
-            res = r["pipe"].process(pair)
+            vis = Frame(r["vis"].data, stamp, r["vis"].encoding, "visible")
+            if r["th"] is None:   # visible-only model: no pairing
+                pair = FramePair(vis, None)
+            else:
+                r["pairer"].add("thermal", Frame(r["th"].data, stamp + 1_000_000, r["th"].encoding, "thermal"))
+                pair = r["pairer"].add("visible", vis)
+                if pair is None:
+                    raise BenchError("the pairer did not pair two frames 1 ms apart; this is a bug")
+            try:
+                res = r["pipe"].process(pair)
+            except ModelOutputError as exc:   # counted and reported; the timing of that run is not used
+                r["invalid_outputs"] += 1
+                r["first_invalid"] = r["first_invalid"] or str(exc)
+                continue
             total = (time.perf_counter() - t0) * 1e3
             if i < warmup:
                 continue
@@ -121,14 +134,18 @@ def run_bench(models: dict[str, Path], size_wh=(640, 512), iterations: int = 20,
             r["overhead_ms"].append(total - res.timings_ms["infer"])
             for k, v in res.timings_ms.items():
                 r["stages"].setdefault(k, []).append(v)
+    for role, r in runs.items():
+        if not r["engine_ms"]:
+            raise BenchError(f"{models[role]}: every run gave non-finite or out-of-range outputs ({r['first_invalid']})")
     med = {role: {k: float(np.median(r[k])) for k in ("engine_ms", "pipeline_ms", "overhead_ms")}
            for role, r in runs.items()}
     for role, r in runs.items():
         med[role]["stages_ms"] = {k: round(float(np.median(v)), 3) for k, v in r["stages"].items() if k != "infer"}
         med[role]["model"] = r["engine"].card.name
         med[role]["visible_hw"] = list(r["engine"].card.visible_hw)
-        med[role]["thermal_hw"] = list(r["engine"].card.thermal_hw)
-        med[role]["thermal_camera_hw"] = list(r["th"].shape_hw)
+        med[role]["thermal_hw"] = list(r["engine"].card.thermal_hw) if r["th"] is not None else None
+        med[role]["thermal_camera_hw"] = list(r["th"].shape_hw) if r["th"] is not None else None
+        med[role]["invalid_output_runs"] = r["invalid_outputs"]
     ratios = {role: med[role]["overhead_ms"] / med[role]["engine_ms"] for role in roles}
     return {
         "backend": runs["teacher"]["engine"].name, "size": list(size_wh), "iterations": iterations,
@@ -150,9 +167,13 @@ def print_report(r: dict) -> None:
             continue
         m = r[role]
         stages = ", ".join(f"{k} {v:.2f}" for k, v in m["stages_ms"].items())
+        cam = (f"thermal camera {m['thermal_camera_hw'][1]}x{m['thermal_camera_hw'][0]}" if m["thermal_camera_hw"]
+               else "visible only")
         print(f"  {role:<12} {m['model']:<28} engine {m['engine_ms']:8.2f} ms   pipeline overhead "
-              f"{m['overhead_ms']:6.2f} ms ({stages}; thermal camera {m['thermal_camera_hw'][1]}x"
-              f"{m['thermal_camera_hw'][0]})")
+              f"{m['overhead_ms']:6.2f} ms ({stages}; {cam})")
+        if m.get("invalid_output_runs"):
+            print(f"  warning: {role}: {m['invalid_output_runs']} run(s) gave non-finite or out-of-range outputs "
+                  "(not timed)")
     print(f"  pipeline overhead / engine time, worst model: {r['overhead_ratio']:.4f}   goal <= 0.10  "
           f"({r['overhead_ratio_by_model']})")
     print(f"  student / teacher engine time: {r['student_teacher_ratio']:.4f}   goal <= 0.60 "

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
+from ms_perception.core import jsonio
 from ms_perception.formats.errors import FormatError
 
 
@@ -62,7 +62,7 @@ def cmd_synth(args) -> int:
                "thermal_size": list(cfg.thermal_size), "generation_pairs_per_s": round(rate, 1),
                "total_pairs_per_s_with_writing": round(n / total, 1)}
     if args.json:
-        print(json.dumps(summary))
+        print(jsonio.dumps(summary))
     else:
         print(f"wrote {n} {args.format} pairs to {out} ({cfg.width}x{cfg.height} visible, "
               f"{cfg.thermal_size[0]}x{cfg.thermal_size[1]} thermal)")
@@ -98,7 +98,7 @@ def cmd_eval_kaist(args) -> int:
             print(f"{k:>5}: log-average miss rate {100 * v.miss_rate:6.2f}%  "
                   f"({v.num_images} images, {v.num_gt} pedestrians, recall {100 * v.recall:.1f}%)")
         print(f"evaluated in {dt:.2f} s")
-    print(json.dumps(out))
+    print(jsonio.dumps(out))
     return 0
 
 
@@ -108,7 +108,7 @@ def cmd_eval_coco(args) -> int:
     if not args.json:
         for k, v in stats.items():
             print(f"{k:>6}: {v:.4f}")
-    print(json.dumps({k: round(v, 6) for k, v in stats.items()}))
+    print(jsonio.dumps({k: round(v, 6) for k, v in stats.items()}))
     return 0
 
 
@@ -151,7 +151,7 @@ def cmd_eval_seg(args) -> int:
         out[k] = {"mAcc": round(r.mean_accuracy, 6), "mIoU": round(r.miou, 6)}
         if not args.json:
             print(f"{k:>5}: mean accuracy {100 * r.mean_accuracy:.2f}%  mIoU {100 * r.miou:.2f}%")
-    print(json.dumps(out))
+    print(jsonio.dumps(out))
     return 0
 
 
@@ -167,71 +167,138 @@ def cmd_demo(args) -> int:
 # ------------------------------------------------------------------------ replay / bench
 
 
+def replay_params(args) -> dict:
+    """Replay's options as the node's parameters (one configuration: ms_perception.build)."""
+    from ms_perception.build import read_params_file
+    p = read_params_file(args.params_file) if args.params_file else {}
+    given = {"model_path": args.model, "backend": args.backend, "score_threshold": args.score_threshold,
+             "nms_iou": args.nms_iou, "sync_slop_s": args.slop, "sync_queue_size": args.queue_size,
+             "calibration_file": args.calibration, "thermal_normalization": args.thermal_mode,
+             "thermal_kelvin_per_count": args.thermal_kelvin_per_count,
+             "thermal_offset_kelvin": args.thermal_offset_kelvin, "thermal_raw_min": args.thermal_raw_min,
+             "thermal_raw_max": args.thermal_raw_max, "capture_dir": args.capture_dir,
+             "capture_threshold": args.capture_threshold, "capture_min_interval_s": args.capture_min_interval,
+             "capture_quota_mb": args.capture_quota_mb, "robot_id": args.robot_id}
+    p.update({k: v for k, v in given.items() if v is not None})
+    if args.assume_same_fov:
+        p["assume_same_fov"] = True
+    if args.accept_edited_graph:
+        p["accept_edited_graph"] = True
+    p["capture_enabled"] = bool(args.capture_dir)   # replay records only into a folder it is given
+    p.setdefault("robot_id", "replay")
+    for name, value in [kv.split("=", 1) if "=" in kv else (kv, None) for kv in args.param]:
+        if value is None:
+            raise CliError(f"--param {name!r}: write NAME=VALUE (a detector node parameter, e.g. max_detections=50)")
+        import yaml
+        p[name] = yaml.safe_load(value)
+    return p
+
+
 def cmd_replay(args) -> int:
-    from ms_perception.core.capture import CapturePolicy, CapturePolicyConfig, CaptureWriter
-    from ms_perception.core.pipeline import Pipeline, PipelineConfig
-    from ms_perception.core.preprocess import ThermalNormalization
-    from ms_perception.demo import DEFAULT_MODEL
-    from ms_perception.engines import EngineError, create_engine
+    from ms_perception.build import build_pipeline, resolve
+    from ms_perception.core.jsonio import dumps
+    from ms_perception.engines import EngineError
     from ms_perception.replay.bag import BagError
     from ms_perception.replay.run import evaluate_persons, load_annotations, replay_bag
 
-    model = Path(args.model) if args.model else DEFAULT_MODEL
-    try:
-        engine = create_engine(args.backend, model)
-        thermal = ThermalNormalization(mode=args.thermal_mode, raw_min=args.thermal_raw_min, raw_max=args.thermal_raw_max,
-                                       kelvin_per_count=args.thermal_kelvin_per_count,
-                                       offset_kelvin=args.thermal_offset_kelvin)
-        cfg = PipelineConfig(score_threshold=args.score_threshold, nms_iou=args.nms_iou, thermal=thermal,
-                             calibration=args.calibration, assume_same_fov=args.assume_same_fov)
-        policy = writer = None
-        if args.capture_dir:
-            if not args.capture_quota_mb > 0:
-                raise CliError(f"--capture-quota-mb must be > 0, got {args.capture_quota_mb:g}")
-            policy = CapturePolicy(CapturePolicyConfig(mode="threshold", threshold=args.capture_threshold,
-                                                       min_interval_s=args.capture_min_interval))
-            writer = CaptureWriter(args.capture_dir, robot_id=args.robot_id, model_hash=engine.card.graph_sha256[:16],
-                                   quota_bytes=int(args.capture_quota_mb * (1 << 20)))
-        pipe = Pipeline(engine, cfg, policy, writer)
-        summary, results = replay_bag(args.bag, pipe, args.visible_topic, args.thermal_topic or None,
-                                      slop_s=args.slop, queue_size=args.queue_size)
-    except (EngineError, BagError) as exc:
-        raise CliError(str(exc)) from None
-    if summary.pairs == 0:
-        raise CliError(f"{args.bag}: no frame pairs on {args.visible_topic} + {args.thermal_topic} (pairing stats "
-                       f"{summary.pairing}); check the topic names and --slop")
-    report = {"model": engine.card.name, **summary.to_dict()}
+    params = replay_params(args)
+    visible_only = args.thermal_topic == ""
+    if args.visible_topic:
+        params["visible_topic"] = args.visible_topic
+    if args.thermal_topic:
+        params["thermal_topic"] = args.thermal_topic
+    params = resolve(params)
+    visible, thermal = params["visible_topic"], None if visible_only else params["thermal_topic"]
+    if thermal and thermal == visible:
+        raise CliError(f"the visible and thermal topics are the same ({visible!r}); set --visible-topic and "
+                       "--thermal-topic to the two cameras' topics")
     anns = load_annotations(args.bag)
-    if anns and "person" in engine.card.class_names:
-        report["miss_rate"] = evaluate_persons(results, anns, engine.card.class_names.index("person"),
-                                               tuple(summary.visible_hw))
+    try:
+        pipe = build_pipeline(params)
+    except EngineError as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:   # the capture folder cannot be written: an error before the replay begins
+        raise CliError(f"--capture-dir {args.capture_dir}: {exc}; choose a writable folder") from None
+    engine = pipe.engine
+    annotated = {int(a["stamp_ns"]) for a in anns} if anns else set()
+    det_file = _LineWriter(Path(args.detections_out)) if args.detections_out else None
+    names = engine.card.class_names
+
+    def on_result(pair, res):
+        if det_file is not None:
+            det_file.write(dumps({"stamp_ns": int(pair.stamp_ns), "detections": [
+                {"label": int(c), "class": names[int(c)], "score": float(sc), "box": [float(v) for v in b]}
+                for b, sc, c in zip(res.detections.boxes, res.detections.scores, res.detections.labels)]}))
+
+    try:
+        summary, results = replay_bag(args.bag, pipe, visible, thermal, slop_s=params["sync_slop_s"],
+                                      queue_size=params["sync_queue_size"], on_result=on_result,
+                                      keep=lambda s: s in annotated)
+    except (EngineError, BagError) as exc:
+        if det_file is not None:
+            det_file.abort()
+        raise CliError(str(exc)) from None
+    if det_file is not None:
+        det_file.commit()
+    if summary.pairs == 0 and summary.complete and not summary.failed_pairs["count"] \
+            and not summary.invalid_output_pairs["count"]:
+        raise CliError(f"{args.bag}: no frame pairs on {visible} + {thermal} (pairing stats {summary.pairing}); "
+                       "check the topic names and --slop")
+    report = {"model": engine.card.name, **summary.to_dict(), "complete": summary.complete}
+    if results and "person" in names:
+        report["miss_rate"] = evaluate_persons(results, anns, names.index("person"), tuple(summary.visible_hw))
     if args.out:
         from ms_perception.core.atomic import atomic_write
-        atomic_write(Path(args.out), (json.dumps(report, indent=2) + "\n").encode())
-    if args.detections_out:
-        from ms_perception.core.atomic import atomic_write
-        names = engine.card.class_names
-        lines = [json.dumps({"stamp_ns": int(stamp), "detections": [
-            {"label": int(c), "class": names[int(c)], "score": float(sc), "box": [float(v) for v in b]}
-            for b, sc, c in zip(res.detections.boxes, res.detections.scores, res.detections.labels)]})
-            for stamp, res in results]
-        atomic_write(Path(args.detections_out), ("\n".join(lines) + "\n").encode())
+        atomic_write(Path(args.out), (dumps(report, indent=2) + "\n").encode())
     if not args.json:
         print(f"pairs {summary.pairs}, unpaired {summary.pairing['unpaired']}, detections {summary.detections}, "
-              f"captured {summary.captured}")
+              f"capture decisions {summary.captured}")
         for k, v in summary.latency_ms.items():
             print(f"  {k:>13}: p50 {v['p50']:.2f} ms  p95 {v['p95']:.2f} ms")
         if summary.inconsistency:
             i = summary.inconsistency
             print(f"  inconsistency: median {i['p50']:.4f}, p95 {i['p95']:.4f}, max {i['max']:.4f}")
+        if pipe.writer is not None:
+            print("  " + pipe.writer.summary_line())
         if "miss_rate" in report:
             print("  person miss rate: " + ", ".join(f"{k} {v:.2f}%" for k, v in report["miss_rate"].items()))
     for w in summary.warnings:   # on stderr in every output mode
         print(f"warning: {w}", file=sys.stderr)
-    print(json.dumps({k: report[k] for k in ("pairs", "pairing", "detections", "latency_ms", "inconsistency",
-                                             "captured", "miss_rate", "thermal_saturated_pairs", "warnings")
-                      if k in report}))
+    print(dumps({k: report[k] for k in ("pairs", "pairing", "detections", "latency_ms", "inconsistency", "captured",
+                                        "capture", "miss_rate", "thermal_saturated_pairs", "failed_pairs",
+                                        "invalid_output_pairs", "read", "complete", "warnings") if k in report}))
+    if not summary.complete:
+        print(f"ms-perception: error: {args.bag}: the bag could not be read to the end; the report covers what was "
+              "read (exit 1)", file=sys.stderr)
+        return 1
     return 0
+
+
+class _LineWriter:
+    """JSON lines streamed to a temporary file beside ``path``, renamed into place at the end: the
+    file appears whole or not at all, and memory does not grow with the bag."""
+
+    def __init__(self, path: Path):
+        import tempfile
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        self.tmp = Path(tmp)
+        self.f = open(fd, "w")
+
+    def write(self, line: str) -> None:
+        self.f.write(line + "\n")
+
+    def commit(self) -> None:
+        import os
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self.f.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 def cmd_bench(args) -> int:
@@ -251,7 +318,7 @@ def cmd_bench(args) -> int:
         raise CliError(str(exc)) from None
     if not args.json:
         print_report(r)
-    print(json.dumps(r))
+    print(jsonio.dumps(r))
     return 0
 
 
@@ -264,7 +331,7 @@ def cmd_build_engine(args) -> int:
                                   workspace_bytes=int(args.workspace_mb) << 20, rebuild=True)
     except EngineError as exc:
         raise CliError(str(exc)) from None
-    print(json.dumps({"engine": str(path), "card": str(path) + ".card.json", "model": card.name,
+    print(jsonio.dumps({"engine": str(path), "card": str(path) + ".card.json", "model": card.name,
                       "precision": args.precision, "seconds": round(time.perf_counter() - t0, 1)}))
     return 0
 
@@ -273,6 +340,7 @@ def cmd_build_engine(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ms_perception.ros.params import DEFAULTS
     p = argparse.ArgumentParser(prog="ms-perception", description="Multispectral perception: data, evaluation, runtime.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -332,29 +400,36 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("replay", help="replay a rosbag2 (.mcap/.db3) through the pipeline: latency, pairing, "
                                       "inconsistency, capture, accuracy when annotations.json is in the bag folder")
     r.add_argument("bag", help="bag folder (or .mcap/.db3 file)")
-    r.add_argument("--visible-topic", default="/camera/visible/image_raw")
-    r.add_argument("--thermal-topic", default="/camera/thermal/image_raw", help="'' for visible-only models")
+    r.add_argument("--visible-topic", help=f"default {DEFAULTS['visible_topic']} (the node's)")
+    r.add_argument("--thermal-topic", help=f"default {DEFAULTS['thermal_topic']}; '' for visible-only models")
     r.add_argument("--model", help="ONNX model or TensorRT engine with a card (default: the embedded model)")
     r.add_argument("--backend", default="onnxruntime")
-    r.add_argument("--score-threshold", type=_fraction, default=0.3)
-    r.add_argument("--nms-iou", type=_fraction, default=0.5)
-    r.add_argument("--slop", type=float, default=0.05, help="pairing slop in seconds (as the ROS node)")
-    r.add_argument("--queue-size", type=int, default=10)
+    r.add_argument("--params-file", help="the detector node's parameter YAML (e.g. config/detector.yaml): replay "
+                                        "then runs exactly the node's configuration; the options below override it")
+    r.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="any detector node parameter (repeatable), e.g. --param max_detections=50")
+    r.add_argument("--accept-edited-graph", action="store_true",
+                   help="accept a model whose graph does not match its card's graph_sha256 (edited on purpose)")
+    r.add_argument("--score-threshold", type=_fraction, help=f"default {DEFAULTS['score_threshold']} (the node's)")
+    r.add_argument("--nms-iou", type=_fraction, help=f"default {DEFAULTS['nms_iou']}")
+    r.add_argument("--slop", type=float, help=f"pairing slop in seconds (default {DEFAULTS['sync_slop_s']}, "
+                                              "as the ROS node)")
+    r.add_argument("--queue-size", type=int, help=f"default {DEFAULTS['sync_queue_size']}")
     r.add_argument("--calibration", help="thermal->visible homography YAML")
     r.add_argument("--assume-same-fov", action="store_true", help="thermal differs from visible only in resolution")
-    r.add_argument("--thermal-mode", choices=("window", "percentile"), default="window")
-    r.add_argument("--thermal-kelvin-per-count", type=float, default=0.01,
+    r.add_argument("--thermal-mode", choices=("window", "percentile"))
+    r.add_argument("--thermal-kelvin-per-count", type=float,
                    help="16-bit radiometric scale: 0.01 (TLinear high resolution, Boson, Lepton 3.5; default), "
                         "0.04 (FLIR low-resolution 16-bit mode), 0.1 (Optris, with --thermal-offset-kelvin 173.15)")
-    r.add_argument("--thermal-offset-kelvin", type=float, default=0.0, help="16-bit radiometric offset, K at count 0")
+    r.add_argument("--thermal-offset-kelvin", type=float, help="16-bit radiometric offset, K at count 0 (default 0)")
     r.add_argument("--thermal-raw-min", type=float, help="window low end in raw counts (default: -10 degC through "
                                                           "the radiometric scale)")
     r.add_argument("--thermal-raw-max", type=float, help="window high end in raw counts (default: +50 degC)")
     r.add_argument("--capture-dir", help="record uncertain pairs here")
-    r.add_argument("--capture-threshold", type=float, default=0.2)
-    r.add_argument("--capture-min-interval", type=float, default=2.0)
-    r.add_argument("--capture-quota-mb", type=float, default=1024)
-    r.add_argument("--robot-id", default="replay")
+    r.add_argument("--capture-threshold", type=float, help=f"default {DEFAULTS['capture_threshold']} (the node's)")
+    r.add_argument("--capture-min-interval", type=float, help=f"default {DEFAULTS['capture_min_interval_s']}")
+    r.add_argument("--capture-quota-mb", type=float, help=f"default {DEFAULTS['capture_quota_mb']:g} (the node's)")
+    r.add_argument("--robot-id", help="default 'replay'")
     r.add_argument("--out", help="write the full report JSON here")
     r.add_argument("--detections-out", help="write every pair's detections here (JSON lines: stamp_ns of the visible "
                                             "image, detections with label, class, score, box xyxy in pixels)")

@@ -5,7 +5,6 @@ Torch-free: it needs only the runtime (numpy, OpenCV, ONNX Runtime, rosbags).
 """
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -13,16 +12,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ms_perception.core.capture import CapturePolicy, CapturePolicyConfig, CaptureWriter
+from ms_perception.core import jsonio
+from ms_perception.build import build_pipeline, default_model
 from ms_perception.core.frames import Frame
 from ms_perception.core.overlay import overlay
-from ms_perception.core.pipeline import Pipeline, PipelineConfig
-from ms_perception.engines import create_engine
 from ms_perception.replay.bag import write_annotations, write_bag
 from ms_perception.replay.run import evaluate_persons, replay_bag
 from ms_perception.synth.generator import SynthConfig, SyntheticGenerator
 
-DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default_gaff_three_branch.onnx"
+DEFAULT_MODEL = default_model()
 VISIBLE_TOPIC, THERMAL_TOPIC = "/camera/visible/image_raw", "/camera/thermal/image_raw"
 
 
@@ -69,15 +67,14 @@ def run_demo(out: Path, pairs: int = 200, seed: int = 0, model: Path | None = No
     print(f"      {bag} ({sum(f.stat().st_size for f in bag.iterdir()) / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s")
 
     print(f"[2/3] replaying through the pipeline: {model.name} on {backend}")
-    engine = create_engine(backend, model)
-    card = engine.card
+    # the node's parameters (one configuration for node, replay and demo), with the demo's own choices
+    pipe = build_pipeline({"model_path": str(model), "backend": backend, "score_threshold": float(score_threshold),
+                           "calibration_file": str(cal), "capture_enabled": True, "capture_dir": str(out / "capture"),
+                           "robot_id": "demo_robot", "capture_quota_mb": 200.0, "capture_mode": "top_fraction",
+                           "capture_top_fraction": 0.05, "capture_window": 100, "capture_min_interval_s": 1.0})
+    card, writer = pipe.engine.card, pipe.writer
     if card.notes:
         print(f"      model card: {card.notes}")
-    writer = CaptureWriter(out / "capture", robot_id="demo_robot", model_hash=card.graph_sha256[:16],
-                           quota_bytes=200 << 20)
-    policy = CapturePolicy(CapturePolicyConfig(mode="top_fraction", top_fraction=0.05, window=100,
-                                               min_interval_s=1.0))
-    pipe = Pipeline(engine, PipelineConfig(score_threshold=score_threshold, calibration=str(cal)), policy, writer)
     overlays = out / "overlays"
     overlays.mkdir()
     count = {"n": 0}
@@ -90,7 +87,7 @@ def run_demo(out: Path, pairs: int = 200, seed: int = 0, model: Path | None = No
         count["n"] += 1
 
     summary, results = replay_bag(bag, pipe, VISIBLE_TOPIC, THERMAL_TOPIC, slop_s=0.02, queue_size=10,
-                                  on_result=on_result)
+                                  on_result=on_result, keep=True)
     print(f"      pairs {summary.pairs}, unpaired {summary.pairing['unpaired']} "
           f"(dropped visible {summary.pairing['dropped']['visible']}, thermal {summary.pairing['dropped']['thermal']}), "
           f"detections {summary.detections}")
@@ -99,9 +96,9 @@ def run_demo(out: Path, pairs: int = 200, seed: int = 0, model: Path | None = No
     if summary.inconsistency:
         i = summary.inconsistency
         print(f"      inconsistency: min {i['min']:.4f}, median {i['p50']:.4f}, p95 {i['p95']:.4f}, max {i['max']:.4f}")
-    print(f"      captured {summary.capture.get('written', 0)} uncertain pairs -> {writer.dir} "
-          f"(queue drops {summary.capture.get('dropped_queue_full', 0)}, write errors "
-          f"{summary.capture.get('write_errors', 0)})")
+    print(f"      {writer.summary_line()}")
+    for w in summary.warnings:
+        print(f"      warning: {w}")
 
     print("[3/3] accuracy: KAIST log-average miss rate of 'person' (height >= 55 px, occlusion none/partial)")
     from ms_perception.replay.run import load_annotations
@@ -110,9 +107,9 @@ def run_demo(out: Path, pairs: int = 200, seed: int = 0, model: Path | None = No
         print(f"      {k:>5}: {v:6.2f}%")
     report = {"miss_rate": mr, **summary.to_dict(), "model": card.name, "model_notes": card.notes,
               "total_s": round(time.perf_counter() - t0, 1)}
-    (out / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "summary.json").write_text(jsonio.dumps(report, indent=2) + "\n")
     print(f"wrote {out}/summary.json, {overlays}/*.jpg, {out}/capture/")
-    print(json.dumps({"pairs": summary.pairs, "unpaired": summary.pairing["unpaired"],
+    print(jsonio.dumps({"pairs": summary.pairs, "unpaired": summary.pairing["unpaired"],
                       "detections": summary.detections, "captured": summary.capture.get("written", 0),
                       "latency_total_p50_ms": lat["total"]["p50"], "miss_rate": mr}))
     return 0

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ms_perception.core import jsonio
 from ms_perception_training.config import ConfigError, from_dict, load_yaml
 from ms_perception_training.fit import EvalConfig, FitConfig
 from ms_perception_training.models.config import load_model_config
@@ -171,7 +172,7 @@ def run_active(cfg: ActiveConfig, out: Path, log=print, fit_fn=None) -> dict:
             log(f"[{strategy}] cycle {cycle}: {len(labeled)} labeled pairs -> {name} {value}")
             if len(labeled) >= cfg.budget:
                 state["pending"], state["done"] = labeled, True
-                atomic_write(state_path, json.dumps(state, indent=1))
+                atomic_write(state_path, jsonio.dumps(state, indent=1))
                 break
             unlabeled = [i for i in range(len(pool)) if i not in set(labeled)]
             k = min(cfg.step, cfg.budget - len(labeled))
@@ -183,9 +184,9 @@ def run_active(cfg: ActiveConfig, out: Path, log=print, fit_fn=None) -> dict:
                 load_weights(model, cdir / "last.pt")
                 new = select(strategy, score_pool(model, mcfg, pool, unlabeled, strategy), unlabeled, k, rng)
             state["pending"] = sorted(labeled + new)
-            atomic_write(state_path, json.dumps(state, indent=1))
+            atomic_write(state_path, jsonio.dumps(state, indent=1))
         curves[strategy] = state["curve"]
-    atomic_write(out / "curves.json", json.dumps(curves, indent=1))
+    atomic_write(out / "curves.json", jsonio.dumps(curves, indent=1))
     plot = plot_curves(curves, out / "curve.png", mcfg.name)
     return {"curves": {s: [(c["labeled"], _metric(c["eval"] or {})[1]) for c in v] for s, v in curves.items()},
             "plot": plot}

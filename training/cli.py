@@ -6,7 +6,8 @@ subcommand) or ``python -m ms_perception_training.cli``. Errors print one line a
 from __future__ import annotations
 
 import argparse
-import json
+
+from ms_perception.core import jsonio
 import sys
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def cmd_info(args) -> int:
         if "cpu_latency" in info:
             lat = info["cpu_latency"]
             print(f"  CPU latency (batch 1, {lat['threads']} threads): median {lat['median_ms']} ms over {lat['runs']} runs")
-    print(json.dumps(info))
+    print(jsonio.dumps(info))
     return 0
 
 
@@ -74,7 +75,7 @@ def cmd_export(args) -> int:
         print(f"  ONNX Runtime vs PyTorch max |diff|: {res.parity_max_abs}")
         print("  TensorRT ONNX parser: " + ("all operators supported" if not res.unsupported_ops else
                                              f"UNSUPPORTED {res.unsupported_ops}"))
-    print(json.dumps(summary))
+    print(jsonio.dumps(summary))
     return 1 if res.unsupported_ops and args.strict_tensorrt else 0
 
 
@@ -98,7 +99,7 @@ def cmd_fit(args) -> int:
     if not args.json:
         print(f"loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f} over {summary['iterations']} "
               f"iterations in {summary['seconds']} s; checkpoint {summary['checkpoint']}")
-    print(json.dumps(summary))
+    print(jsonio.dumps(summary))
     return 0
 
 
@@ -126,7 +127,7 @@ def cmd_eval(args) -> int:
         for k, v in res.items():
             if k not in ("model", "pairs"):
                 print(f"  {k}: {v}")
-    print(json.dumps(res))
+    print(jsonio.dumps(res))
     return 0
 
 
@@ -140,7 +141,7 @@ def cmd_active(args) -> int:
         res = run_active(acfg, Path(args.out), log=log)
     except RuntimeError as exc:
         raise TrainCliError(str(exc)) from None
-    print(json.dumps(res))
+    print(jsonio.dumps(res))
     return 0
 
 

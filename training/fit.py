@@ -21,7 +21,6 @@
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ms_perception.core import jsonio
 from ms_perception_training.config import ConfigError, from_dict, load_yaml
 from ms_perception_training.models.config import ModelConfig, load_model_config
 from ms_perception_training.models.multispectral import build_model
@@ -294,7 +294,7 @@ class Logger:
         if not self.enabled:
             return
         flat = _flatten(values)
-        self.jsonl.write(json.dumps({"iteration": it, "kind": prefix, **flat}) + "\n")
+        self.jsonl.write(jsonio.dumps({"iteration": it, "kind": prefix, **flat}) + "\n")
         self.jsonl.flush()
         if self.writer is not None:
             for k, v in flat.items():
@@ -465,7 +465,7 @@ def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print, resume: boo
                 r = evaluate(core, mcfg, val_pool, device=device)
                 evals.append({"iteration": it + 1, **r})
                 logger.scalars(it + 1, r, "eval")
-                log(f"eval at {it + 1}: {json.dumps(r)}")
+                log(f"eval at {it + 1}: {jsonio.dumps(r)}")
             stopping = stop_after is not None and it + 1 - start >= stop_after
             if d.main and ((it + 1) % cfg.checkpoint_every == 0 or last or stopping):
                 _save_checkpoint(ckpt, core, opt, scaler, dist_core, it + 1, history, cfg)
@@ -480,7 +480,7 @@ def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print, resume: boo
     if evals:
         summary["eval"] = evals[-1]
     if d.main:
-        (out_dir / "history.json").write_text(json.dumps(history))
+        (out_dir / "history.json").write_text(jsonio.dumps(history))
     if d.world > 1:
         torch.distributed.barrier()
     return summary

@@ -17,7 +17,10 @@ pipeline never stops.
 """
 from __future__ import annotations
 
+import errno
 import json
+
+from ms_perception.core import jsonio
 import os
 import queue
 import re
@@ -177,6 +180,7 @@ class CaptureStats:
     recovered: int = 0            # complete records on disk the manifest lacked (a kill -9), added back at start
     manifest_bad_lines: int = 0   # manifest lines that are not a record entry ({} , null, torn): skipped
     unreadable_records: int = 0   # record folders without a valid record.json or with missing files: left alone
+    failed_by_errno: dict = field(default_factory=dict)   # write errors by errno name (ENOSPC, EACCES, ...)
     last_error: str = ""
 
     def to_dict(self) -> dict:
@@ -194,6 +198,12 @@ class CaptureWriter:
         self.robot_id = sanitize_id(robot_id)
         self.dir = self.root / self.robot_id
         self.dir.mkdir(parents=True, exist_ok=True)
+        probe = self.dir / f".tmp-probe-{uuid.uuid4().hex[:8]}"
+        try:   # a folder that cannot be written is an error now, not a count of failed records later
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise OSError(exc.errno, f"capture folder {self.dir} cannot be written ({exc.strerror})") from None
         self.model_hash = model_hash
         self.quota = int(quota_bytes)
         self.stats = CaptureStats()
@@ -225,9 +235,18 @@ class CaptureWriter:
         return self.queue.qsize()
 
     def close(self, timeout: float = 30.0) -> None:
-        """Drain the queue (clean shutdown) and stop the thread."""
-        self.queue.put(None)
-        self._thread.join(timeout)
+        """Drain the queue (clean shutdown) and stop the thread; a second call does nothing."""
+        if self._thread.is_alive():
+            self.queue.put(None)
+            self._thread.join(timeout)
+
+    def summary_line(self) -> str:
+        """decided / written / dropped / failed (by errno) / quota-skipped, for a report's one line."""
+        s = self.stats
+        failed = f"failed {s.write_errors}" + (f" ({', '.join(f'{k} {v}' for k, v in s.failed_by_errno.items())})"
+                                               if s.failed_by_errno else "")
+        return (f"capture: decided {s.submitted}, written {s.written}, dropped (queue full) {s.dropped_queue_full}, "
+                f"{failed}, quota-skipped {s.quota_skipped} -> {self.dir}")
 
     # ----------------------------------------------------------------- writer
     def _run(self):
@@ -238,8 +257,14 @@ class CaptureWriter:
             try:
                 self._write(rec)
             except Exception as exc:  # never let the writer thread die: count and continue
-                self.stats.write_errors += 1
-                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        self.stats.write_errors += 1
+        code = getattr(exc, "errno", None)
+        key = errno.errorcode.get(code, str(code)) if code is not None else type(exc).__name__
+        self.stats.failed_by_errno[key] = self.stats.failed_by_errno.get(key, 0) + 1
+        self.stats.last_error = f"{type(exc).__name__}: {exc}"
 
     def _encode(self, rec: CaptureRecord, name: str) -> dict[str, bytes]:
         files = {}
@@ -265,7 +290,7 @@ class CaptureWriter:
                 "thermal_hw": list(rec.thermal.shape[:2]) if rec.thermal is not None else None,
                 "predictions": rec.predictions, "extra": rec.extra, "files": sorted(files),
                 "written_unix": time.time()}
-        files["record.json"] = json.dumps(meta, indent=1).encode()
+        files["record.json"] = jsonio.dumps(meta, indent=1).encode()
         return files
 
     def _write(self, rec: CaptureRecord):
@@ -297,8 +322,7 @@ class CaptureWriter:
                 raise
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            self.stats.write_errors += 1
-            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            self._failed(exc)
             return
         self.stats.written += 1
         self.stats.bytes_used += size
@@ -333,7 +357,7 @@ class CaptureWriter:
         tmp = self.dir / (MANIFEST + ".tmp")
         with open(tmp, "w") as f:
             for e in self.entries:
-                f.write(json.dumps(e) + "\n")
+                f.write(jsonio.dumps(e) + "\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ms_perception.core.anchors import AnchorLevel
+from ms_perception.core import jsonio
 
 CARD_KEY = "ms_perception.card"
 CARD_VERSION = 1
@@ -75,7 +76,7 @@ class ModelCard:
         return d
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
+        return jsonio.dumps(self.to_dict(), sort_keys=True)
 
     @staticmethod
     def from_dict(d: dict, source: str = "card") -> "ModelCard":
@@ -176,3 +177,61 @@ def _onnx_metadata(p: Path) -> dict[str, str]:
     except Exception as exc:  # DecodeError and friends
         raise CardError(f"{p}: not a readable ONNX model ({exc})") from None
     return {e.key: e.value for e in m.metadata_props}
+
+
+# ------------------------------------------------------------------------- graph hash
+_METADATA_PROPS = 14   # onnx.ModelProto.metadata_props (repeated StringStringEntryProto)
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    shift = value = 0
+    while True:
+        if i >= len(buf):
+            raise CardError("truncated protobuf varint")
+        b = buf[i]
+        value |= (b & 0x7F) << shift
+        i += 1
+        if not b & 0x80:
+            return value, i
+        shift += 7
+
+
+def _fields(buf: bytes):
+    """Top-level protobuf fields of ``buf`` as (field number, raw bytes of the whole field, payload)."""
+    i = 0
+    while i < len(buf):
+        start = i
+        key, i = _varint(buf, i)
+        wire = key & 7
+        if wire == 0:
+            _, i = _varint(buf, i)
+            payload = b""
+        elif wire == 1:
+            i += 8
+            payload = b""
+        elif wire == 2:
+            n, i = _varint(buf, i)
+            payload = buf[i:i + n]
+            i += n
+        elif wire == 5:
+            i += 4
+            payload = b""
+        else:
+            raise CardError(f"unsupported protobuf wire type {wire}")
+        if i > len(buf):
+            raise CardError("truncated protobuf field")
+        yield key >> 3, buf[start:i], payload
+
+
+def onnx_graph_sha256(model_bytes: bytes) -> str:
+    """SHA-256 of the serialized ModelProto without the card's metadata entry: what export writes
+    into ``graph_sha256``. Computed on the wire format (protobuf serializes fields in field-number
+    order), so the runtime needs no ``onnx`` package; the test compares it with onnx's own result."""
+    kept = []
+    for num, raw, payload in _fields(model_bytes):
+        if num == _METADATA_PROPS:
+            key = next((p for n, _, p in _fields(payload) if n == 1), b"")
+            if key == CARD_KEY.encode():
+                continue
+        kept.append(raw)
+    return hashlib.sha256(b"".join(kept)).hexdigest()

@@ -13,7 +13,7 @@ from ms_perception.core.anchors import BoxCoder, grid_anchors
 from ms_perception.core.capture import AUTO, CapturePolicy, CaptureRecord, CaptureWriter
 from ms_perception.core.frames import FramePair
 from ms_perception.core.inconsistency import InconsistencyScore, detection_inconsistency, segmentation_inconsistency
-from ms_perception.core.postprocess import Detections, check_finite, select_detections
+from ms_perception.core.postprocess import Detections, check_boxes, check_finite, check_output, select_detections
 from ms_perception.core.preprocess import (
     InputError,
     Letterbox,
@@ -24,6 +24,9 @@ from ms_perception.core.preprocess import (
     visible_to_rgb,
     warp_thermal,
 )
+
+
+PROB_MAX = 1.0 + 1e-4   # probabilities may exceed 1 by rounding (softmax in FP16), not by more
 
 
 @dataclass
@@ -132,17 +135,28 @@ class Pipeline:
         t2 = time.perf_counter()
         res = Result(pair.stamp_ns, Detections())
         card = self.card
+        # one policy for every caller: a non-finite or out-of-range output raises ModelOutputError before
+        # anything of this frame is published or captured; the caller counts the frame and goes on
         if card.task == "detection":
+            for name in ("scores", *(f"scores_{b}" for b in self.mono)):
+                check_output(name, out[name][0], 0.0, PROB_MAX)
             scores = out["scores"][0]
-            boxes = out["boxes"][0] if "boxes" in out else self._coder.decode(self._anchors, out["deltas"][0])
+            if "boxes" in out:
+                check_finite("boxes", out["boxes"][0])
+                boxes = out["boxes"][0]
+            else:
+                check_finite("deltas", out["deltas"][0])
+                boxes = self._coder.decode(self._anchors, out["deltas"][0])
             det = select_detections(scores, boxes, self.cfg.score_threshold, self.cfg.nms_iou, self.cfg.max_detections)
+            check_boxes(det.boxes)
             det.boxes = lb.boxes_to_image(det.boxes)
             res.detections = det
             for b in self.mono:
                 res.branch_scores[b] = out[f"scores_{b}"][0][det.anchor_index, det.labels]
         else:
+            for name in ("probs", *(f"probs_{b}" for b in self.mono)):
+                check_output(name, out[name][0], 0.0, PROB_MAX)
             probs = out["probs"][0]
-            check_finite("probs", probs)
             res.mask = lb.mask_to_image(np.argmax(probs, 0).astype(np.uint8))
         t3 = time.perf_counter()
         if self.cfg.inconsistency and len(self.mono) == 2:

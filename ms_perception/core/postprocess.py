@@ -30,6 +30,22 @@ class Detections:
                 for b, s, c in zip(self.boxes, self.scores, self.labels)]
 
 
+def check_output(name: str, a: np.ndarray, lo: float | None = None, hi: float | None = None) -> None:
+    """Non-finite values, or values outside [lo, hi] (probabilities), make the whole output unusable."""
+    check_finite(name, a)
+    if a.size and ((lo is not None and float(a.min()) < lo) or (hi is not None and float(a.max()) > hi)):
+        raise ModelOutputError(f"model output {name!r} holds values in [{float(a.min()):.4g}, {float(a.max()):.4g}], "
+                               f"outside [{lo}, {hi}]; the card says these are probabilities (check the model's "
+                               "final activation and the card's score_activation)")
+
+
+def check_boxes(boxes: np.ndarray) -> None:
+    bad = int(((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).sum()) if len(boxes) else 0
+    if bad:
+        raise ModelOutputError(f"{bad} detection box(es) have x1 < x0 or y1 < y0; the model's box output is not xyxy "
+                               "or is broken (check the card's box_decoding)")
+
+
 def check_finite(name: str, a: np.ndarray) -> None:
     if not np.isfinite(a).all():
         bad = int((~np.isfinite(a)).sum())

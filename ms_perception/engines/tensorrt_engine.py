@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ms_perception.core.atomic import atomic_write
-from ms_perception.core.card import ModelCard, read_card
+from ms_perception.core.card import ModelCard, onnx_graph_sha256, read_card
 from ms_perception.engines.base import Engine, EngineError
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -84,13 +84,20 @@ def compute_capability(cudart, device: int = 0) -> tuple[int, int]:
 
 
 def build_engine(onnx_path: str | Path, cache_dir: str | Path, precision: str = "fp16",
-                 workspace_bytes: int = WORKSPACE_BYTES, rebuild: bool = True) -> tuple[Path, ModelCard]:
+                 workspace_bytes: int = WORKSPACE_BYTES, rebuild: bool = True,
+                 accept_edited_graph: bool = False) -> tuple[Path, ModelCard]:
     """Build (or reuse) the engine for ``onnx_path`` on this GPU; returns (engine path, card)."""
     trt, cudart = _import_trt()
     onnx_path, cache_dir = Path(onnx_path), Path(cache_dir)
     if not onnx_path.exists():
         raise EngineError(f"ONNX model not found: {onnx_path}")
     card = read_card(onnx_path)
+    actual = onnx_graph_sha256(onnx_path.read_bytes())
+    if actual != card.graph_sha256:
+        if not accept_edited_graph:
+            raise EngineError(f"{onnx_path}: the card's graph_sha256 is not the hash of this graph ({actual[:16]}...); "
+                              "re-export it, or accept the edited graph explicitly (accept_edited_graph)")
+        card.graph_sha256 = actual
     key = cache_key(onnx_sha256(onnx_path), trt.__version__, compute_capability(cudart), precision)
     engine_path, card_path = engine_paths(cache_dir, key)
     if engine_path.exists() and card_path.exists():
@@ -128,14 +135,16 @@ class TensorRTEngine(Engine):
     ``.onnx`` into ``cache_dir`` first."""
 
     def __init__(self, model_path: str | Path, cache_dir: str | Path | None = None, precision: str = "fp16",
-                 rebuild: bool = True, **_):
+                 rebuild: bool = True, accept_edited_graph: bool = False, **_):
         trt, cudart = _import_trt()
+        self.warnings: list[str] = []
         self.trt, self.cudart = trt, cudart
         p = Path(model_path)
         if not p.exists():
             raise EngineError(f"model file not found: {p}")
         if p.suffix == ".onnx":
-            p, self.card = build_engine(p, cache_dir or p.parent / "engines", precision, rebuild=rebuild)
+            p, self.card = build_engine(p, cache_dir or p.parent / "engines", precision, rebuild=rebuild,
+                                        accept_edited_graph=accept_edited_graph)
         else:
             self.card = read_card(p)
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
@@ -147,7 +156,7 @@ class TensorRTEngine(Engine):
         self.stream = _check(cudart.cudaStreamCreate(), "cudaStreamCreate")
         self.name = "tensorrt"
         self.buffers: dict[str, tuple[int, np.ndarray]] = {}
-        inputs, outputs = {}, []
+        inputs, outputs = {}, {}
         for i in range(self.engine.num_io_tensors):
             name = self.engine.get_tensor_name(i)
             shape = tuple(self.engine.get_tensor_shape(name))
@@ -161,8 +170,8 @@ class TensorRTEngine(Engine):
             if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
                 inputs[name] = (list(shape), dtype.name)
             else:
-                outputs.append(name)
-        self.input_names, self.output_names = list(inputs), outputs
+                outputs[name] = (list(shape), dtype.name)
+        self.input_names, self.output_names = list(inputs), list(outputs)
         self.check_against_card(inputs, outputs, str(p))
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

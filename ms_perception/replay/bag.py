@@ -7,12 +7,13 @@ jitter of the generator, log times equal to the stamps plus a small transport de
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ms_perception.core import jsonio
 from ms_perception.core.atomic import atomic_write
 from ms_perception.core.frames import Frame
 
@@ -86,45 +87,123 @@ def write_bag(path: str | Path, streams: Iterable[tuple[str, Frame, int]], stora
     return path
 
 
+@dataclass
+class ReadReport:
+    """What a replay read, skipped and could not read; filled in by :func:`read_frames` as it goes."""
+    messages: dict = field(default_factory=dict)     # topic -> messages read
+    malformed: dict = field(default_factory=dict)    # topic -> {"count", "examples": [{"stamp_ns", "reason"}]}
+    expected: dict = field(default_factory=dict)     # topic -> messages the bag's index lists
+    damage: str = ""                                 # where and how reading stopped early ("" = read to the end)
+
+    def skip(self, topic: str, stamp_ns: int | None, reason: str) -> None:
+        m = self.malformed.setdefault(topic, {"count": 0, "examples": []})
+        m["count"] += 1
+        if len(m["examples"]) < EXAMPLES:
+            m["examples"].append({"stamp_ns": stamp_ns, "reason": reason})
+
+    @property
+    def unread(self) -> dict:
+        """topic -> messages the index lists that were never read (a damaged region read silently short)."""
+        return {t: n - self.messages.get(t, 0) for t, n in self.expected.items() if n > self.messages.get(t, 0)}
+
+    def to_dict(self) -> dict:
+        return {"messages": self.messages, "malformed_frames": self.malformed, "unread_messages": self.unread,
+                "damage": self.damage}
+
+
+EXAMPLES = 5   # examples kept per skipped kind (the counts are exact)
+
+
 def _open(path):
     from rosbags.rosbag2 import Reader
     p = Path(path)
     if not p.exists():
         raise BagError(f"bag not found: {p}")
+    ros1 = p.is_file() and p.read_bytes()[:13] == b"#ROSBAG V2.0\n"
+    if ros1 or (p.suffix == ".bag" and p.is_file()):
+        raise BagError(f"{p}: this is a ROS 1 bag; convert it to rosbag2 first: `rosbags-convert --src {p} --dst "
+                       f"{p.with_suffix('')}` (rosbags-convert comes with the rosbags package), then replay the folder")
     try:
         r = Reader(p)
         r.open()
     except Exception as exc:  # rosbags raises ReaderError and storage-specific errors
+        text = str(exc)
+        if "end magic" in text.lower():   # the mcap footer magic is written last, when the recorder closes
+            raise BagError(f"{p}: the .mcap file is truncated ({text}): the recorder was stopped without closing it "
+                           "(killed, power loss, disk full). Salvage it with the mcap CLI: `mcap recover IN.mcap -o "
+                           "OUT.mcap`, then replay OUT.mcap") from None
         raise BagError(f"{p}: not a readable rosbag2 recording ({type(exc).__name__}: {exc}); a bag is the folder "
                        "with metadata.yaml (or a single .mcap/.db3 file)") from None
     return r
 
 
-def read_frames(path: str | Path, visible_topic: str, thermal_topic: str | None) -> Iterator[tuple[str, Frame]]:
-    """Yield ("visible"|"thermal", Frame) in recording (log time) order."""
+def _stamp(msg) -> int | None:
+    try:
+        return int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec)
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def read_frames(path: str | Path, visible_topic: str, thermal_topic: str | None,
+                report: ReadReport | None = None) -> Iterator[tuple[str, Frame]]:
+    """Yield ("visible"|"thermal", Frame) in recording (log time) order.
+
+    A malformed image (bad step, short data, zero size, unknown encoding, undecodable message) is
+    skipped and counted in ``report`` with its topic, stamp and reason. Damage that stops the reader
+    ends the iteration early with ``report.damage`` naming where; messages the bag's index lists but
+    the reader never returned are in ``report.unread``. Problems with the request itself (no such
+    bag or topic, the same topic twice, a ROS 1 bag) raise BagError before any frame.
+    """
+    report = report if report is not None else ReadReport()
+    if thermal_topic and thermal_topic == visible_topic:
+        raise BagError(f"the visible and thermal topics are the same ({visible_topic!r}); set --visible-topic and "
+                       "--thermal-topic to the two cameras' topics")
     ts = _typestore()
     r = _open(path)
     try:
         topics = {c.topic: c.msgtype for c in r.connections}
         wanted = {visible_topic: "visible"} | ({thermal_topic: "thermal"} if thermal_topic else {})
+        listing = ", ".join(f"{t} [{m}]" for t, m in sorted(topics.items())) or "none"
         for topic, stream in wanted.items():
             if topic not in topics:
-                raise BagError(f"{path}: no {stream} topic {topic!r} in the bag; its image topics are "
-                               f"{sorted(t for t, m in topics.items() if m == IMAGE)} (set --{stream}-topic)")
+                raise BagError(f"{path}: no {stream} topic {topic!r} in the bag (set --{stream}-topic); the bag's "
+                               f"topics: {listing}")
             if topics[topic] != IMAGE:
-                raise BagError(f"{path}: topic {topic!r} is {topics[topic]}, not {IMAGE}")
+                raise BagError(f"{path}: topic {topic!r} is {topics[topic]}, not {IMAGE}; the bag's topics: {listing}")
         conns = [c for c in r.connections if c.topic in wanted]
-        try:
-            for conn, _, raw in r.messages(connections=conns):
-                yield wanted[conn.topic], frame_from_msg(ts.deserialize_cdr(raw, conn.msgtype))
-        except BagError:
-            raise
-        except Exception as exc:
-            raise BagError(f"{path}: the recording is corrupt or truncated ({type(exc).__name__}: {exc}); "
-                           "frames before this point were replayed") from None
+        for c in conns:
+            report.expected[c.topic] = report.expected.get(c.topic, 0) + int(getattr(c, "msgcount", 0) or 0)
+            report.messages.setdefault(c.topic, 0)
+        last = "before the first message"
+        it = r.messages(connections=conns)
+        while True:
+            try:
+                item = next(it)
+            except StopIteration:
+                break
+            except Exception as exc:  # noqa: BLE001 - the storage plugin raises what its parser raises
+                n = sum(report.messages.values())
+                report.damage = (f"{path}: the recording is damaged after {n} message(s) ({last}): {type(exc).__name__}: "
+                                 f"{exc}; the results below cover the frames before it (salvage an .mcap with "
+                                 "`mcap recover IN.mcap -o OUT.mcap`)")
+                return
+            conn, log_ns, raw = item
+            report.messages[conn.topic] += 1
+            last = f"last read: {conn.topic} at log time {log_ns}"
+            try:
+                msg = ts.deserialize_cdr(raw, conn.msgtype)
+            except Exception as exc:  # noqa: BLE001 - a damaged message body
+                report.skip(conn.topic, None, f"undecodable message at log time {log_ns} ({type(exc).__name__})")
+                continue
+            try:
+                frame = frame_from_msg(msg)
+            except BagError as exc:
+                report.skip(conn.topic, _stamp(msg), str(exc))
+                continue
+            yield wanted[conn.topic], frame
     finally:
         r.close()
 
 
 def write_annotations(path: Path, records: list[dict]) -> None:
-    atomic_write(path, json.dumps(records))
+    atomic_write(path, jsonio.dumps(records))

@@ -12,17 +12,18 @@ import logging
 import weakref
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from ms_perception.build import build_pipeline, load_engine
 from ms_perception.core.capture import CapturePolicy, CaptureWriter
 from ms_perception.core.frames import Frame, FramePair
 from ms_perception.core.overlay import colored_mask, overlay
 from ms_perception.core.pipeline import Pipeline
+from ms_perception.core.postprocess import ModelOutputError
 from ms_perception.core.preprocess import InputError, visible_to_rgb
-from ms_perception.engines import EngineError, create_engine
+from ms_perception.engines import EngineError
 from ms_perception.ros import messages as M
 from ms_perception.ros.params import DEFAULTS, capture_config, check_all, check_value, pipeline_config
 
@@ -42,6 +43,9 @@ class _PythonLogger:
 
     def error(self, msg: str) -> None:
         self._log.error(msg)
+
+
+INVALID_RUN_ERROR = 3   # this many frames in a row with unusable model outputs: diagnostics ERROR
 
 
 class ConfigureError(RuntimeError):
@@ -66,6 +70,8 @@ class Counters:
     overlays: int = 0   # overlay images built (only while the overlay topic has a subscriber)
     errors: int = 0
     last_error: str = ""
+    invalid_outputs: int = 0       # frames whose model outputs were non-finite or out of range (results dropped)
+    invalid_run: int = 0           # ... of them in a row, now
 
 
 class DetectorLogic:
@@ -105,12 +111,9 @@ class DetectorLogic:
         if problems:
             raise ConfigureError("; ".join(problems))
         p = self.params
-        from ms_perception.demo import DEFAULT_MODEL
-        model = Path(p["model_path"]).expanduser() if p["model_path"] else DEFAULT_MODEL
         try:
-            engine = self._engine(model)
-            fallback_engine = self._engine(Path(p["fallback_model_path"]).expanduser()) \
-                if p["fallback_model_path"] else None
+            engine = load_engine(p)
+            fallback_engine = load_engine(p, p["fallback_model_path"]) if p["fallback_model_path"] else None
         except EngineError as exc:
             raise ConfigureError(f"{exc}; fix model_path / fallback_model_path") from None
         except Exception as exc:   # noqa: BLE001 - a corrupt file raises what its parser raises
@@ -131,28 +134,21 @@ class DetectorLogic:
                                      f"{card.class_names}")
         self.class_names, self.model_hash = names, card.graph_sha256[:16]
         self.policy, self.writer = None, None
-        if p["capture_enabled"]:
-            self.policy = CapturePolicy(capture_config(p))
-            try:
-                self.writer = CaptureWriter(Path(p["capture_dir"]).expanduser(), robot_id=p["robot_id"],
-                                            model_hash=self.model_hash,
-                                            quota_bytes=int(p["capture_quota_mb"] * (1 << 20)),
-                                            queue_size=int(p["capture_queue_size"]))
-            except OSError as exc:
-                raise ConfigureError(f"capture_dir {p['capture_dir']}: {exc}; choose a writable folder or set "
-                                     "capture_enabled false") from None
         try:
-            cfg = pipeline_config(p)
-            self.pipeline = Pipeline(engine, cfg, self.policy, self.writer)
-            self.fallback = Pipeline(fallback_engine, cfg) if fallback_engine is not None else None
-        except (InputError, ValueError, OSError) as exc:
+            self.pipeline = build_pipeline(p, engine)   # the same assembly as replay and the demo
+        except OSError as exc:
+            raise ConfigureError(f"capture_dir {p['capture_dir']}: {exc}; choose a writable folder or set "
+                                 "capture_enabled false") from None
+        except (InputError, ValueError) as exc:
             raise ConfigureError(str(exc)) from None
-
-    def _engine(self, path: Path):
-        p = self.params
-        if p["backend"] == "tensorrt":
-            return create_engine("tensorrt", path, cache_dir=p["engine_cache_dir"] or None, precision=p["precision"])
-        return create_engine(p["backend"], path)
+        self.policy, self.writer = self.pipeline.policy, self.pipeline.writer
+        if fallback_engine is not None:
+            self.fallback = build_pipeline({**p, "capture_enabled": False}, fallback_engine)
+        for pipe in (self.pipeline, self.fallback):   # load-time notes (an accepted edited graph) go out now
+            for w in pipe.warnings if pipe is not None else []:
+                self.log.warning(w)
+            if pipe is not None:
+                self._warned[pipe] = len(pipe.warnings)
 
     def activate(self, now_ns: int) -> None:
         if self.pipeline is None:
@@ -240,11 +236,16 @@ class DetectorLogic:
             vis = self.to_frame(vis_msg)
             th = self.to_frame(th_msg) if th_msg is not None else None
             res = pipe.process(FramePair(vis, th))
+        except ModelOutputError as exc:   # one policy: counted, this frame's results dropped, the node goes on
+            self.counters.invalid_outputs += 1
+            self.counters.invalid_run += 1
+            return Outputs(error=self.count_error(f"{self._topics(vis_msg, th_msg)}: {exc}"))
         except (InputError, ValueError, EngineError) as exc:
             # bad input is reported and counted; the node keeps running
             return Outputs(error=self.count_error(f"{self._topics(vis_msg, th_msg)}: {exc}"))
         except Exception as exc:   # noqa: BLE001 - e.g. OpenCV on a degenerate image: counted, never raised
             return Outputs(error=self.count_error(f"{self._topics(vis_msg, th_msg)}: {type(exc).__name__}: {exc}"))
+        self.counters.invalid_run = 0
         self.latency_ms.append(sum(res.timings_ms.values()))
         while len(pipe.warnings) > self._warned.get(pipe, 0):   # once-only pipeline warnings, to the log
             self.log.warning(pipe.warnings[self._warned.get(pipe, 0)])
@@ -306,7 +307,7 @@ class DetectorLogic:
         values = {"pairs": c.pairs, "rate_hz": round(rate, 2), "visible_received": c.visible,
                   "thermal_received": c.thermal, "unpaired_visible": max(0, c.visible - c.pairs - c.fallback_frames),
                   "unpaired_thermal": max(0, c.thermal - c.pairs), "fallback_frames": c.fallback_frames,
-                  "overlays": c.overlays, "errors": c.errors,
+                  "overlays": c.overlays, "errors": c.errors, "invalid_model_outputs": c.invalid_outputs,
                   "latency_p50_ms": round(float(np.percentile(lat, 50)), 2) if lat is not None else "",
                   "latency_p95_ms": round(float(np.percentile(lat, 95)), 2) if lat is not None else "",
                   "latency_p99_ms": round(float(np.percentile(lat, 99)), 2) if lat is not None else "",
@@ -332,6 +333,9 @@ class DetectorLogic:
                 values["thermal_warning"] = sat.warning
             if sat.run >= sat.frames and level == "ok":
                 level, message = "warn", sat.warning
+        if c.invalid_run >= INVALID_RUN_ERROR:
+            level, message = "error", (f"the last {c.invalid_run} frames had non-finite or out-of-range model outputs "
+                                       f"(results dropped): {c.last_error}")
         if c.errors:
             values["last_error"] = c.last_error
         waited = (now_ns - self.activated_ns) / 1e9 if self.activated_ns is not None else 0.0

@@ -79,6 +79,8 @@ PARAMS: list[Param] = [
           "('' = engines/ beside the model)"),
     Param("precision", "fp16", "backend tensorrt: fp32, fp16 or int8 (int8 needs a Q/DQ-quantized ONNX)",
           _choice("fp32", "fp16", "int8")),
+    Param("accept_edited_graph", False, "accept a model whose graph no longer matches the card's graph_sha256 (edited on "
+          "purpose); records then carry the graph's own hash"),
     Param("class_names", [], "override the card's class names (same count); [] = use the card", _names),
     Param("class_id_format", "name", "Detection2D results[].hypothesis.class_id: the class 'name' or its 'index'",
           _choice("name", "index"), live=True),

@@ -24,7 +24,6 @@ COCO      ``visible/######.png``, ``thermal/######.png`` (uint16 counts), ``anno
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from xml.sax.saxutils import escape
 import cv2
 import numpy as np
 
+from ms_perception.core import jsonio
 from ms_perception.formats.kaist import BBGtObject, format_bbgt
 from ms_perception.synth.generator import BICYCLE, CAR, PERSON, SynthPair
 
@@ -118,11 +118,11 @@ def write_kaist(pairs: Iterable[SynthPair], out: Path, thermal_factor: int = 1, 
         n += 1
     _write_text(out / "imageSets" / "train.txt", "".join(f"{x}\n" for x in train))
     _write_text(out / "imageSets" / "test.txt", "".join(f"{x}\n" for x in test))
-    _write_text(out / "annotations.json", json.dumps({
+    _write_text(out / "annotations.json", jsonio.dumps({
         "info": {"dataset": "ms_perception synthetic, KAIST layout"}, "images": images, "annotations": annotations,
         "categories": [{"id": 0, "name": "__ignore__"}, {"id": 1, "name": "person"}, {"id": 2, "name": "cyclist"},
                        {"id": 3, "name": "people"}, {"id": 4, "name": "person?"}]}))
-    _write_text(out / "synth_meta.jsonl", "".join(json.dumps(m) + "\n" for m in metas))
+    _write_text(out / "synth_meta.jsonl", "".join(jsonio.dumps(m) + "\n" for m in metas))
     return n
 
 
@@ -153,7 +153,7 @@ def write_mfnet(pairs: Iterable[SynthPair], out: Path, thermal_factor: int = 1, 
         n += 1
     for split, names in splits.items():
         _write_text(out / f"{split}.txt", "".join(f"{x}\n" for x in names))
-    _write_text(out / "synth_meta.jsonl", "".join(json.dumps(m) + "\n" for m in metas))
+    _write_text(out / "synth_meta.jsonl", "".join(jsonio.dumps(m) + "\n" for m in metas))
     return n
 
 
@@ -191,7 +191,7 @@ def write_flir(pairs: Iterable[SynthPair], out: Path, thermal_factor: int = 1, t
         n += 1
     _write_text(out / "align_train.txt", "".join(f"{x}\n" for x in train))
     _write_text(out / "align_validation.txt", "".join(f"{x}\n" for x in val))
-    _write_text(out / "synth_meta.jsonl", "".join(json.dumps(m) + "\n" for m in metas))
+    _write_text(out / "synth_meta.jsonl", "".join(jsonio.dumps(m) + "\n" for m in metas))
     return n
 
 
@@ -217,10 +217,10 @@ def write_coco(pairs: Iterable[SynthPair], out: Path, thermal_factor: int = 1, t
                          "occlusion": o.occlusion})
         metas.append(_meta(pair, f"{k:06d}", thermal_factor))
         n += 1
-    _write_text(out / "annotations.json", json.dumps({
+    _write_text(out / "annotations.json", jsonio.dumps({
         "info": {"description": "ms_perception synthetic multispectral pairs"},
         "images": images, "annotations": anns, "categories": COCO_CATEGORIES}))
-    _write_text(out / "synth_meta.jsonl", "".join(json.dumps(m) + "\n" for m in metas))
+    _write_text(out / "synth_meta.jsonl", "".join(jsonio.dumps(m) + "\n" for m in metas))
     return n
 
 

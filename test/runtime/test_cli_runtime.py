@@ -48,7 +48,7 @@ def test_replay_cli_errors_name_the_fix(demo_bag, tmp_path, capsys):
     assert main(["replay", str(bag), "--calibration", str(cal), "--slop", "1e-7"]) == 2
     assert "no frame pairs" in capsys.readouterr().err
     assert main(["replay", str(bag), "--assume-same-fov", "--model", str(tmp_path / "missing.onnx")]) == 2
-    assert "model file not found" in capsys.readouterr().err
+    assert "model_path file not found" in capsys.readouterr().err
     assert main(["replay", str(tmp_path / "no_bag")]) == 2
     assert "no_bag" in capsys.readouterr().err
 

@@ -123,7 +123,7 @@ def test_replay_bag_with_capture_and_eval(tmp_path, engine, storage):
     writer = CaptureWriter(tmp_path / "cap", model_hash=engine.card.graph_sha256[:16])
     policy = CapturePolicy(CapturePolicyConfig(threshold=0.0, min_interval_s=0.0, duplicate_threshold=0.0))
     pipe = Pipeline(engine, PipelineConfig(score_threshold=0.05, calibration=str(cal)), policy, writer)
-    summary, results = replay_bag(bag, pipe, VISIBLE_TOPIC, THERMAL_TOPIC, slop_s=0.02)
+    summary, results = replay_bag(bag, pipe, VISIBLE_TOPIC, THERMAL_TOPIC, slop_s=0.02, keep=True)
     assert summary.pairs == 12 and summary.pairing["unpaired"] == 0
     c = summary.capture
     # every capture decision is written or, when the writer falls behind, dropped and counted (never blocking)
@@ -145,7 +145,8 @@ def test_bag_errors(tmp_path):
     with pytest.raises(BagError, match="bag not found"):
         list(read_frames(tmp_path / "nope", "/a", "/b"))
     bag, _, _ = make_demo_bag(tmp_path, pairs=2, seed=0, sequence_length=2)
-    with pytest.raises(BagError, match=r"no thermal topic '/thermal' in the bag; its image topics are"):
+    with pytest.raises(BagError, match=r"no thermal topic '/thermal' in the bag \(set --thermal-topic\); the bag's "
+                                       r"topics: /camera/thermal/image_raw \[sensor_msgs/msg/Image\], /camera/visible"):
         list(read_frames(bag, VISIBLE_TOPIC, "/thermal"))
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -155,5 +156,5 @@ def test_bag_errors(tmp_path):
     mcap = next(Path(bag).glob("*.mcap"))
     data = mcap.read_bytes()
     mcap.write_bytes(data[: len(data) // 2])  # truncated recording
-    with pytest.raises(BagError):
+    with pytest.raises(BagError, match=r"the .mcap file is truncated .*mcap recover IN.mcap -o OUT.mcap"):
         list(read_frames(bag, VISIBLE_TOPIC, THERMAL_TOPIC))

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ms_perception.core import jsonio
 from ms_perception_training.models.bn_fold import fold_batchnorm
 from ms_perception_training.models.config import ModelConfig
 from ms_perception_training.models.heads import flatten_levels
@@ -240,4 +241,4 @@ def unsupported_ops(model) -> list[str]:
 
 
 def card_json(card: ModelCard) -> str:
-    return json.dumps(card.to_dict(), indent=2, sort_keys=True)
+    return jsonio.dumps(card.to_dict(), indent=2, sort_keys=True)

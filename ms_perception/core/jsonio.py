@@ -1,0 +1,31 @@
+"""Strict JSON for everything the project writes: NaN and infinities become null (Python's json
+writes the non-standard ``NaN``, which jq, JavaScript and most JSON readers reject), numpy
+scalars and arrays become plain numbers and lists, and ``allow_nan=False`` makes any value that
+slipped through an error instead of invalid output."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+
+def clean(obj):
+    """A copy of ``obj`` that strict JSON can hold (non-finite floats -> None)."""
+    if isinstance(obj, dict):
+        return {str(k): clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return clean(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
+def dumps(obj, **kw) -> str:
+    return json.dumps(clean(obj), allow_nan=False, **kw)

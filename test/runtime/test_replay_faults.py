@@ -1,0 +1,203 @@
+"""Replay against broken and unusual bags, written with rosbags itself (rosbag2 mcap and a real
+ROS 1 bag): malformed frames are skipped and counted, damage is reported with the partial
+results, the request is refused up front when it cannot work, and the capture writer stops on
+every exit path."""
+import json
+import struct
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ms_perception.build import build_pipeline
+from ms_perception.cli import main
+from ms_perception.core.frames import Frame
+from ms_perception.replay.bag import IMAGE, BagError, ReadReport, _typestore, image_msg, read_frames
+from ms_perception.replay.run import RunningStats, replay_bag
+
+V, T = "/camera/visible/image_raw", "/camera/thermal/image_raw"
+STEP = 100_000_000   # 10 Hz
+
+
+def _frames(i, vis_hw=(128, 160)):
+    h, w = vis_hw
+    rng = np.random.default_rng(i)
+    vis = Frame(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), i * STEP, "rgb8", "v")
+    th = Frame(np.full((h, w), 30000 + 10 * i, np.uint16), i * STEP + 1_000_000, "mono16", "t")
+    return vis, th
+
+
+def _write(path, n, bad=None, extra_topic=False, vis_hw=(128, 160)):
+    """A rosbag2 (mcap) of n pairs; ``bad`` maps a visible frame index to a function that spoils its message."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    ts = _typestore()
+    with Writer(path, version=8, storage_plugin=StoragePlugin.MCAP) as w:
+        cv = w.add_connection(V, IMAGE, typestore=ts)
+        ct = w.add_connection(T, IMAGE, typestore=ts)
+        if extra_topic:
+            cs = w.add_connection("/rosout_text", "std_msgs/msg/String", typestore=ts)
+            w.write(cs, 1, ts.serialize_cdr(ts.types["std_msgs/msg/String"](data="hello"), "std_msgs/msg/String"))
+        for i in range(1, n + 1):
+            vis, th = _frames(i, vis_hw)
+            mv = image_msg(ts, vis)
+            if bad and i in bad:
+                bad[i](mv)
+            w.write(cv, i * STEP + 3_000_000, ts.serialize_cdr(mv, IMAGE))
+            w.write(ct, i * STEP + 4_000_000, ts.serialize_cdr(image_msg(ts, th), IMAGE))
+    return path
+
+
+def _short(m):
+    m.data = m.data[: len(m.data) // 2]
+
+
+def _narrow_step(m):
+    m.step = m.width   # rgb8 rows need 3 * width bytes
+
+
+def _zero_height(m):
+    m.height = 0
+
+
+def _no_capture_thread():
+    return not any(t.name == "ms_perception-capture" and t.is_alive() for t in threading.enumerate())
+
+
+def test_malformed_frames_are_skipped_counted_and_named(tmp_path, capsys):
+    bag = _write(tmp_path / "bag", 8, bad={2: _short, 4: _narrow_step, 6: _zero_height})
+    rep = ReadReport()
+    got = [(s, f.stamp_ns) for s, f in read_frames(bag, V, T, rep)]
+    assert sum(s == "visible" for s, _ in got) == 5 and sum(s == "thermal" for s, _ in got) == 8
+    m = rep.malformed[V]
+    assert m["count"] == 3 and [e["stamp_ns"] for e in m["examples"]] == [2 * STEP, 4 * STEP, 6 * STEP]
+    assert "truncated or has a bad step" in m["examples"][0]["reason"] and "empty (160x0" in m["examples"][2]["reason"]
+    # through the CLI with capture on: the replay goes on, reports the skips, and leaves no temporary folder
+    out, cap = tmp_path / "report.json", tmp_path / "cap"
+    rc = main(["replay", str(bag), "--assume-same-fov", "--capture-dir", str(cap), "--capture-threshold", "0",
+               "--capture-min-interval", "0", "--out", str(out)])
+    io = capsys.readouterr()
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["pairs"] == 5 and report["read"]["malformed_frames"][V]["count"] == 3
+    assert f"{V}: skipped 3 malformed image(s); first at stamp {2 * STEP}" in io.err
+    assert not list(cap.rglob(".tmp-*")) and _no_capture_thread()
+    assert "capture: decided" in io.out and "written" in io.out
+
+
+def _damaged_bag(tmp_path, edit):
+    """Big frames, so that the recording has many chunks; ``edit`` spoils the 13th visible message's record."""
+    bag = _write(tmp_path / "bag", 20, vis_hw=(256, 320))
+    mcap = next(bag.glob("*.mcap"))
+    data = mcap.read_bytes()
+    pos = data.find(struct.pack("<Q", 13 * STEP + 3_000_000))   # the message record's log_time field
+    assert pos > 0
+    mcap.write_bytes(edit(data, pos))
+    return bag
+
+
+def test_damage_inside_an_mcap_reports_the_partial_results_and_where(tmp_path, capsys):
+    # the record's length field (just before channel id and sequence) made huge: the reader stops there
+    bag = _damaged_bag(tmp_path, lambda d, p: d[:p - 14] + struct.pack("<Q", 2**40) + d[p - 6:])
+    out = tmp_path / "r.json"
+    rc = main(["replay", str(bag), "--assume-same-fov", "--out", str(out)])
+    io = capsys.readouterr()
+    assert rc == 1
+    report = json.loads(out.read_text())
+    assert report["complete"] is False and 0 < report["pairs"] < 20
+    assert f"the recording is damaged after {report['read']['messages'][V] + report['read']['messages'][T]}" \
+        in report["read"]["damage"]
+    assert "log time" in report["read"]["damage"] and "mcap recover" in report["read"]["damage"]
+    assert "could not be read to the end" in io.err
+    assert json.loads(io.out.strip().splitlines()[-1])["pairs"] == report["pairs"]
+
+
+def test_a_message_lost_silently_is_warned_with_its_count(tmp_path, capsys):
+    # channel id 0xffff: the reader skips the record without an error (what lost 1 of 322 frames)
+    bag = _damaged_bag(tmp_path, lambda d, p: d[:p - 6] + b"\xff\xff" + d[p - 4:])
+    rc = main(["replay", str(bag), "--assume-same-fov"])
+    io = capsys.readouterr()
+    assert rc == 1
+    assert f"{V}: 1 of 20 message(s) listed in the bag's index were never read" in io.err
+    last = json.loads(io.out.strip().splitlines()[-1])
+    assert last["pairs"] == 19 and last["read"]["unread_messages"] == {V: 1}
+
+
+def test_request_errors_are_named_before_replaying(tmp_path, capsys):
+    bag = _write(tmp_path / "bag", 2, extra_topic=True)
+    with pytest.raises(BagError, match=r"no visible topic '/cam' in the bag \(set --visible-topic\); the bag's topics: "
+                                       r"/camera/thermal/image_raw \[sensor_msgs/msg/Image\], .*/rosout_text "
+                                       r"\[std_msgs/msg/String\]"):
+        list(read_frames(bag, "/cam", T))
+    with pytest.raises(BagError, match="the visible and thermal topics are the same"):
+        list(read_frames(bag, V, V))
+    assert main(["replay", str(bag), "--thermal-topic", V]) == 2
+    assert "the visible and thermal topics are the same ('/camera/visible/image_raw')" in capsys.readouterr().err
+    # a real ROS 1 bag (rosbags writes the format ROS 1 records)
+    from rosbags.rosbag1 import Writer as Writer1
+    from rosbags.typesys import Stores, get_typestore
+    ts1 = get_typestore(Stores.ROS1_NOETIC)
+    ros1 = tmp_path / "old.bag"
+    with Writer1(ros1) as w:
+        c = w.add_connection(V, "sensor_msgs/msg/Image", typestore=ts1)
+        Header = ts1.types["std_msgs/msg/Header"]
+        Time = ts1.types["builtin_interfaces/msg/Time"]
+        msg = ts1.types["sensor_msgs/msg/Image"](header=Header(seq=0, stamp=Time(sec=1, nanosec=0), frame_id="v"),
+                                                 height=1, width=1, encoding="rgb8", is_bigendian=0, step=3,
+                                                 data=np.zeros(3, np.uint8))
+        w.write(c, 10**9, ts1.serialize_ros1(msg, "sensor_msgs/msg/Image"))
+    assert main(["replay", str(ros1)]) == 2
+    assert f"this is a ROS 1 bag; convert it to rosbag2 first: `rosbags-convert --src {ros1}" in capsys.readouterr().err
+
+
+def test_the_capture_writer_stops_on_every_exit_path(tmp_path):
+    bag = _write(tmp_path / "bag", 4)
+    pipe = build_pipeline({"assume_same_fov": True, "capture_enabled": True, "capture_dir": str(tmp_path / "cap"),
+                           "capture_threshold": 0.0, "capture_min_interval_s": 0.0})
+
+    def interrupt(pair, res):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        replay_bag(bag, pipe, V, T, on_result=interrupt)
+    assert not pipe.writer._thread.is_alive() and _no_capture_thread()
+    pipe.writer.close()   # a second close does nothing (it used to block on a full queue)
+
+
+def test_running_stats_percentiles_match_numpy_within_half_a_bin():
+    rng = np.random.default_rng(0)
+    lat = rng.lognormal(3, 0.6, 20_000)
+    s = RunningStats(1e-3, 1e6, 4000, log=True)
+    for v in lat:
+        s.add(v)
+    for q in (50, 95, 99):
+        assert s.percentile(q) == pytest.approx(np.percentile(lat, q), rel=5e-3)
+    assert s.n == 20_000 and s.min == lat.min() and s.max == lat.max() and s.mean == pytest.approx(lat.mean())
+    inc = RunningStats(0.0, 1.0, 10000)
+    vals = rng.beta(2, 8, 5000)
+    for v in vals:
+        inc.add(v)
+    assert inc.percentile(50) == pytest.approx(np.median(vals), abs=1e-4)
+    assert inc.coarse(10) == np.histogram(vals, bins=10, range=(0, 1))[0].tolist()
+    assert s.counts.nbytes == 4000 * 8   # the memory is the histogram, whatever the number of values
+
+
+def test_replay_keeps_no_results_unless_asked(tmp_path):
+    bag = _write(tmp_path / "bag", 3)
+    pipe = build_pipeline({"assume_same_fov": True, "capture_enabled": False})
+    summary, kept = replay_bag(bag, pipe, V, T)
+    assert summary.pairs == 3 and kept == []
+    _, kept = replay_bag(bag, pipe, V, T, keep=lambda stamp: stamp == 2 * STEP)
+    assert [s for s, _ in kept] == [2 * STEP]
+
+
+def test_strict_json_everywhere():
+    from ms_perception.core.jsonio import dumps
+    assert json.loads(dumps({"a": float("nan"), "b": [np.float32(np.inf), np.int64(3)], "c": np.arange(2)})) == \
+        {"a": None, "b": [None, 3], "c": [0, 1]}
+    # every JSON the project writes goes through it (json.dumps writes NaN, which strict readers reject)
+    root = Path(__file__).resolve().parents[2]
+    direct = [f"{p.relative_to(root)}:{n}" for d in ("ms_perception", "training", "bench") for p in (root / d).rglob("*.py")
+              for n, line in enumerate(p.read_text().splitlines(), 1)
+              if "json.dump" in line and p.name != "jsonio.py" and "render_yaml" not in line and "p.default" not in line]
+    assert direct == []
