@@ -127,6 +127,8 @@ def cmd_eval_seg(args) -> int:
         raise CliError(f"no .png label maps in {gt_dir}")
     if args.names_file:
         names = [f"{n.strip()}.png" for n in Path(args.names_file).read_text().split() if n.strip()]
+    if args.num_classes < 1:
+        raise CliError(f"--num-classes must be >= 1, got {args.num_classes}")
     conf = {"all": np.zeros((args.num_classes,) * 2, np.int64)}
     ignore = None if args.ignore_index < 0 else args.ignore_index
     for n in names:
@@ -138,6 +140,15 @@ def cmd_eval_seg(args) -> int:
             raise CliError(f"missing or unreadable prediction {pred_dir / n} (every ground-truth map needs one)")
         if g.shape != p.shape:
             raise CliError(f"{n}: prediction is {p.shape[::-1]}, ground truth {g.shape[::-1]} (w, h); they must match")
+        if g.ndim != 2 or p.ndim != 2:
+            raise CliError(f"{n}: label maps must be single-channel class-id PNGs (got {g.ndim}-D / {p.ndim}-D)")
+        labelled = g[g != ignore] if ignore is not None else g
+        if labelled.size and int(labelled.max()) >= args.num_classes:
+            raise CliError(f"{gt_dir / n}: ground-truth label {int(labelled.max())} is >= --num-classes "
+                           f"{args.num_classes}; pass the dataset's class count (MFNet: 9)")
+        if p.size and int(p.max()) >= args.num_classes:
+            raise CliError(f"{pred_dir / n}: predicted label {int(p.max())} is out of range for --num-classes "
+                           f"{args.num_classes} (ids 0..{args.num_classes - 1})")
         c = confusion_matrix(g, p, args.num_classes, ignore)
         conf["all"] += c
         # MFNet names end in D (day) or N (night)

@@ -32,6 +32,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ms_perception.formats.errors import FormatError, read_json
+from ms_perception.formats.validate import check_coco_gt, check_coco_results
 
 BBGT_HEADER = "% bbGt version=3"
 KAIST_REGULAR_LABELS = ("person",)
@@ -159,9 +160,11 @@ def load_kaist_json(path: str | os.PathLike) -> list[ImageAnnotation]:
     """
     p = Path(path)
     data = read_json(p, "KAIST annotation JSON")
-    for key in ("images", "annotations"):
-        if key not in data:
-            raise FormatError(str(p), None, f"missing top-level key {key!r}; is this a KAIST/COCO annotation JSON?")
+    if isinstance(data, dict):
+        for key in ("images", "annotations"):
+            if key not in data:
+                raise FormatError(str(p), None, f"missing top-level key {key!r}; is this a KAIST/COCO annotation JSON?")
+    check_coco_gt(data, str(p), kaist=True)
     cats = {c["id"]: c["name"] for c in data.get("categories", [])}
     per_image: dict[int, list[dict]] = {}
     for a in data["annotations"]:
@@ -248,10 +251,14 @@ def load_detections_txt(path: str | os.PathLike) -> dict[int, np.ndarray]:
         try:
             idx = int(float(parts[0]))
             vals = [float(v) for v in parts[1:]]
-        except ValueError:
+        except (ValueError, OverflowError):
             raise FormatError(str(p), lineno, f"non-numeric field in {line!r}") from None
         if idx < 1:
             raise FormatError(str(p), lineno, f"image_index must be 1-based (>= 1), got {idx}")
+        if not all(np.isfinite(vals)):
+            raise FormatError(str(p), lineno, f"non-finite value (NaN/inf) in {line!r}")
+        if vals[2] < 0 or vals[3] < 0:
+            raise FormatError(str(p), lineno, f"negative width or height in {line!r}")
         rows.setdefault(idx - 1, []).append(vals)
     return {k: np.asarray(v, dtype=np.float64) for k, v in rows.items()}
 
@@ -259,9 +266,7 @@ def load_detections_txt(path: str | os.PathLike) -> dict[int, np.ndarray]:
 def load_detections_coco(path: str | os.PathLike) -> dict[int, np.ndarray]:
     """COCO results JSON ``[{image_id, bbox:[x,y,w,h], score, category_id}]`` -> {image_id: (N, 5)}."""
     p = Path(path)
-    data = read_json(p, "detection file")
-    if not isinstance(data, list):
-        raise FormatError(str(p), None, "a COCO results file is a JSON list of {image_id, bbox, score}")
+    data = check_coco_results(read_json(p, "detection file"), str(p))
     rows: dict[int, list[list[float]]] = {}
     for i, d in enumerate(data):
         try:

@@ -236,3 +236,38 @@ def test_saturated_thermal_is_logged_once_reported_and_fixed_live(ts, pairs, tmp
     st = roundtrip(ts, logic.diagnostics(8 * S)[0]).status[0]
     assert st.level == 0 and len(logged) == 1
     assert logic.set_param("thermal_kelvin_per_count", 0.0) is not None   # refused with the reason
+
+
+def test_unusable_model_outputs_are_counted_dropped_and_an_error_after_a_run(ts, pairs, tmp_path):
+    """NaN in a branch output used to escape on_pair (or, in a branch only, to publish a NaN score).
+    The real engine's outputs are spoiled on chosen calls: no graph produces NaN on demand."""
+    logic = make_logic(ts, tmp_path, capture_enabled=False)
+    inner = logic.pipeline.engine
+    spoil = {"on": True}
+
+    class Spoiling:
+        card, name, warnings = inner.card, "spoiling", []
+
+        def infer(self, feeds):
+            out = inner.infer(feeds)
+            if spoil["on"]:
+                out["scores_visible"][0, 3, 0] = np.inf
+            return out
+
+        def close(self):
+            pass
+    logic.pipeline.engine = Spoiling()
+    vis, th = msgs(ts, pairs[0])
+    for k in range(3):
+        logic.on_thermal(th, now_ns=(k + 1) * S)
+        out = logic.on_pair(vis, th, now_ns=(k + 1) * S)
+        assert out.messages == {} and "'scores_visible' holds 1 NaN/inf" in out.error
+        st = roundtrip(ts, logic.diagnostics((k + 1) * S)[0]).status[0]
+        assert st.level == (2 if k == 2 else 0)   # ERROR once a run of 3 frames is unusable
+    kv = {v.key: v.value for v in st.values}
+    assert kv["invalid_model_outputs"] == "3" and "the last 3 frames had non-finite" in st.message
+    spoil["on"] = False
+    logic.on_thermal(th, now_ns=4 * S)
+    out = logic.on_pair(vis, th, now_ns=4 * S)
+    assert out.error == "" and np.isfinite(roundtrip(ts, out.messages["inconsistency"]).score)
+    assert roundtrip(ts, logic.diagnostics(4 * S)[0]).status[0].level == 0

@@ -98,6 +98,8 @@ def test_full_disk_leaves_no_partial_record_and_keeps_going(tmp_path, monkeypatc
     dirs = [p.name for p in w.dir.iterdir() if p.is_dir()]
     assert len(dirs) == 1 and not any(d.startswith(".tmp") for d in dirs)
     assert w.stats.write_errors == 1 and "No space left" in w.stats.last_error and w.stats.written == 1
+    assert w.stats.failed_by_errno == {"ENOSPC": 1}
+    assert "decided 2, written 1, dropped (queue full) 0, failed 1 (ENOSPC 1), quota-skipped 0" in w.summary_line()
     assert [json.loads(x)["stamp_ns"] for x in (w.dir / "manifest.jsonl").read_text().splitlines()] == [2]
 
 
@@ -182,3 +184,21 @@ def test_bad_manifest_lines_are_skipped_counted_and_named(tmp_path):
 def test_invalid_capture_settings_are_refused(tmp_path, kw):
     with pytest.raises(ValueError, match="must be"):
         CaptureWriter(tmp_path, robot_id="r", **kw)
+
+
+def test_replay_cli_reports_every_capture_outcome_and_refuses_an_unwritable_folder(tmp_path, capsys):
+    from ms_perception.cli import main
+    from test_replay_faults import _write
+    bag = _write(tmp_path / "bag", 3, vis_hw=(600, 800))   # noise images: a record is over 1 MB
+    (tmp_path / "file").write_text("x")
+    rc = main(["replay", str(bag), "--assume-same-fov", "--capture-dir", str(tmp_path / "file" / "cap")])
+    io = capsys.readouterr()
+    assert rc == 2 and "--capture-dir" in io.err and "choose a writable folder" in io.err and io.out == ""
+    rc = main(["replay", str(bag), "--assume-same-fov", "--capture-dir", str(tmp_path / "cap"), "--capture-threshold",
+               "0", "--capture-min-interval", "0", "--capture-quota-mb", "1",
+               "--param", "capture_duplicate_threshold=0"])   # noise thumbnails all look alike
+    io = capsys.readouterr()
+    assert rc == 0
+    assert "capture: decided 3, written 0, dropped (queue full) 0, failed 0, quota-skipped 3" in io.out
+    c = json.loads(io.out.strip().splitlines()[-1])["capture"]
+    assert (c["submitted"], c["written"], c["quota_skipped"], c["write_errors"]) == (3, 0, 3, 0)

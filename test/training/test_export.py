@@ -211,3 +211,15 @@ def test_exported_models_run_end_to_end_in_the_runtime_pipeline(name, tmp_path):
     assert (res.inconsistency is not None) == three
     if three:
         assert 0 <= res.inconsistency.score <= 1
+
+
+def test_bench_runs_a_visible_only_student(tmp_path):
+    """`bench` with the RGB-only distilled student (no thermal input) used to end in a TypeError."""
+    from ms_perception.bench import run_bench
+    from ms_perception.demo import DEFAULT_MODEL
+    _, model = _model("rgb_only_student_r18_retinanet")
+    export_onnx(model, tmp_path / "rgb.onnx", check_parity=False)
+    r = run_bench({"teacher": DEFAULT_MODEL, "student": tmp_path / "rgb.onnx"}, size_wh=(320, 256), iterations=2,
+                  warmup=1)
+    assert r["student"]["thermal_hw"] is None and r["student"]["thermal_camera_hw"] is None
+    assert r["student"]["engine_ms"] > 0 and r["student_teacher_ratio"] > 0

@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
