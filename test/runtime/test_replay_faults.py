@@ -133,21 +133,34 @@ def test_request_errors_are_named_before_replaying(tmp_path, capsys):
         list(read_frames(bag, V, V))
     assert main(["replay", str(bag), "--thermal-topic", V]) == 2
     assert "the visible and thermal topics are the same ('/camera/visible/image_raw')" in capsys.readouterr().err
-    # a real ROS 1 bag (rosbags writes the format ROS 1 records)
+    # a real ROS 1 bag (rosbags writes the format ROS 1 records): refused with the conversion command,
+    # and the command works (the converted folder replays)
     from rosbags.rosbag1 import Writer as Writer1
     from rosbags.typesys import Stores, get_typestore
     ts1 = get_typestore(Stores.ROS1_NOETIC)
     ros1 = tmp_path / "old.bag"
     with Writer1(ros1) as w:
-        c = w.add_connection(V, "sensor_msgs/msg/Image", typestore=ts1)
-        Header = ts1.types["std_msgs/msg/Header"]
-        Time = ts1.types["builtin_interfaces/msg/Time"]
-        msg = ts1.types["sensor_msgs/msg/Image"](header=Header(seq=0, stamp=Time(sec=1, nanosec=0), frame_id="v"),
-                                                 height=1, width=1, encoding="rgb8", is_bigendian=0, step=3,
-                                                 data=np.zeros(3, np.uint8))
-        w.write(c, 10**9, ts1.serialize_ros1(msg, "sensor_msgs/msg/Image"))
+        conns = {V: w.add_connection(V, IMAGE, typestore=ts1), T: w.add_connection(T, IMAGE, typestore=ts1)}
+        Header, Time = ts1.types["std_msgs/msg/Header"], ts1.types["builtin_interfaces/msg/Time"]
+        for i in range(1, 4):
+            for topic, f, dt in zip((V, T), _frames(i), (3_000_000, 4_000_000)):
+                a = np.ascontiguousarray(f.data)
+                msg = ts1.types[IMAGE](header=Header(seq=i, stamp=Time(sec=f.stamp_ns // 10**9,
+                                                                       nanosec=f.stamp_ns % 10**9), frame_id="x"),
+                                       height=a.shape[0], width=a.shape[1], encoding=f.encoding, is_bigendian=0,
+                                       step=a.strides[0], data=np.frombuffer(a.tobytes(), np.uint8))
+                w.write(conns[topic], i * STEP + dt, ts1.serialize_ros1(msg, IMAGE))
     assert main(["replay", str(ros1)]) == 2
-    assert f"this is a ROS 1 bag; convert it to rosbag2 first: `rosbags-convert --src {ros1}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"this is a ROS 1 bag; convert it to rosbag2 first: `rosbags-convert --src {ros1}" in err
+    import re
+    import subprocess
+    import sys
+    cmd = re.search(r"`(rosbags-convert [^`]+)`", err).group(1).split()
+    conv = subprocess.run([str(Path(sys.executable).parent / cmd[0]), *cmd[1:]], capture_output=True, text=True)
+    assert conv.returncode == 0, conv.stderr
+    assert main(["replay", str(ros1.with_suffix("")), "--assume-same-fov", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["pairs"] == 3
 
 
 def test_the_capture_writer_stops_on_every_exit_path(tmp_path):
