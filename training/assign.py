@@ -37,18 +37,19 @@ class IoUAssigner:
 
     @torch.no_grad()
     def assign(self, anchors: torch.Tensor, gt_boxes: torch.Tensor) -> AssignResult:
-        a = anchors.shape[0]
+        a, dev = anchors.shape[0], anchors.device     # everything stays on the anchors' device
         if gt_boxes.numel() == 0:
-            z = torch.zeros(0, dtype=torch.long)
-            return AssignResult(torch.zeros(a, dtype=torch.long), torch.full((a,), -1, dtype=torch.long), z, z)
+            z = torch.zeros(0, dtype=torch.long, device=dev)
+            return AssignResult(torch.zeros(a, dtype=torch.long, device=dev),
+                                torch.full((a,), -1, dtype=torch.long, device=dev), z, z)
         iou = box_iou(anchors, gt_boxes)                 # (A, G)
         best, idx = iou.max(1)
-        labels = torch.full((a,), -1, dtype=torch.long)
+        labels = torch.full((a,), -1, dtype=torch.long, device=dev)
         labels[best < self.neg_iou] = 0
         labels[best >= self.pos_iou] = 1
         gt_best = iou.argmax(0)                          # (G,)
         labels[gt_best] = 1
-        idx[gt_best] = torch.arange(gt_boxes.shape[0])
+        idx[gt_best] = torch.arange(gt_boxes.shape[0], device=dev)
         gt_index = torch.where(labels >= 0, idx, idx)
         gt_index = torch.where(labels == 0, torch.full_like(idx, -1), gt_index)
         g = gt_boxes.shape[0]
@@ -92,7 +93,7 @@ class MutualGuidanceAssigner:
         a, g = values.shape
         order = values.argsort(0, descending=True)                       # (A, G)
         rank = torch.empty_like(order)
-        rank.scatter_(0, order, torch.arange(a).unsqueeze(1).expand(a, g))
+        rank.scatter_(0, order, torch.arange(a, device=values.device).unsqueeze(1).expand(a, g))
         lo = torch.zeros_like(counts) if offset is None else offset
         return (rank >= lo.unsqueeze(0)) & (rank < (lo + counts).unsqueeze(0))
 
@@ -101,19 +102,22 @@ class MutualGuidanceAssigner:
                pred_boxes: torch.Tensor, pred_scores: torch.Tensor) -> MutualGuidanceResult:
         """anchors, pred_boxes: (A, 4) xyxy; gt_boxes (G, 4); gt_labels (G,) class index into
         pred_scores (A, K) probabilities."""
-        a = anchors.shape[0]
-        none = torch.full((a,), -1, dtype=torch.long)
+        a, dev = anchors.shape[0], anchors.device
+        none = torch.full((a,), -1, dtype=torch.long, device=dev)
         if gt_boxes.numel() == 0:
-            return MutualGuidanceResult(torch.zeros(a, dtype=torch.long), none, none.clone())
+            return MutualGuidanceResult(torch.zeros(a, dtype=torch.long, device=dev), none, none.clone())
         static = self.static.assign(anchors, gt_boxes)
         np_, ni = static.num_pos, static.num_ignored
         # Localize to Classify
+        # only predictions that overlap the object may be chosen: with fewer than Np overlapping, the
+        # top-Np ranking would otherwise make anchors far from it positives (ties at IoU 0)
         iou_reg = box_iou(pred_boxes.float(), gt_boxes.float())                 # (A, G)
-        pos = self._top(iou_reg, np_)
-        ign = self._top(iou_reg, ni, np_)
+        overlap = iou_reg > 0
+        pos = self._top(iou_reg, np_) & overlap
+        ign = self._top(iou_reg, ni, np_) & overlap
         masked = torch.where(pos, iou_reg, torch.full_like(iou_reg, -1.0))
         best_val, best_g = masked.max(1)
-        cls_labels = torch.zeros(a, dtype=torch.long)
+        cls_labels = torch.zeros(a, dtype=torch.long, device=dev)
         cls_labels[ign.any(1)] = -1
         is_pos = best_val >= 0
         cls_labels[is_pos] = 1
@@ -122,7 +126,7 @@ class MutualGuidanceAssigner:
         iou_anchor = box_iou(anchors.float(), gt_boxes.float())
         p = pred_scores.float()[:, gt_labels.long()]                              # (A, G)
         amplified = iou_anchor.pow((self.sigma - p) / self.sigma)
-        reg = self._top(amplified, np_)
+        reg = self._top(amplified, np_) & (iou_anchor > 0)                        # anchors on the object only
         masked = torch.where(reg, amplified, torch.full_like(amplified, -1.0))
         rbest_val, rbest_g = masked.max(1)
         reg_gt = torch.where(rbest_val >= 0, rbest_g, none)

@@ -214,3 +214,27 @@ def test_strict_json_everywhere():
               for n, line in enumerate(p.read_text().splitlines(), 1)
               if "json.dump" in line and p.name != "jsonio.py" and "render_yaml" not in line and "p.default" not in line]
     assert direct == []
+
+
+def test_node_replay_and_demo_share_one_configuration(tmp_path):
+    """Replay used to build its own pipeline (capture quota 1024 MB against the node's 2048, thresholds
+    hard-coded); now its options are node parameters and the node's YAML can be replayed as it is."""
+    from ms_perception.build import resolve
+    from ms_perception.cli import build_parser, replay_params
+    from ms_perception.ros.params import DEFAULTS, pipeline_config
+    root = Path(__file__).resolve().parents[2]
+    plain = resolve(replay_params(build_parser().parse_args(["replay", "bag", "--capture-dir", str(tmp_path)])))
+    assert plain["capture_quota_mb"] == DEFAULTS["capture_quota_mb"] == 2048.0
+    assert plain["capture_threshold"] == DEFAULTS["capture_threshold"] and plain["sync_slop_s"] == DEFAULTS["sync_slop_s"]
+    assert pipeline_config(plain) == pipeline_config(DEFAULTS)
+    yaml_file = tmp_path / "node.yaml"
+    yaml_file.write_text((root / "config" / "detector.yaml").read_text().replace("score_threshold: 0.3",
+                                                                                  "score_threshold: 0.45"))
+    p = resolve(replay_params(build_parser().parse_args(["replay", "bag", "--params-file", str(yaml_file),
+                                                         "--param", "max_detections=7"])))
+    assert p["score_threshold"] == 0.45 and p["max_detections"] == 7 and p["capture_enabled"] is False
+    p = resolve(replay_params(build_parser().parse_args(["replay", "bag", "--params-file", str(yaml_file),
+                                                         "--score-threshold", "0.6"])))
+    assert p["score_threshold"] == 0.6   # a named option overrides the file
+    with pytest.raises(ValueError, match="max_detections must be in"):
+        resolve(replay_params(build_parser().parse_args(["replay", "bag", "--param", "max_detections=0"])))

@@ -135,3 +135,22 @@ def test_two_objects_competing_for_an_anchor():
     # each object keeps its own best anchor; the shared middle anchor follows static counts
     assert r.cls_gt_index[0].item() == 0 and r.cls_gt_index[1].item() == 1
     assert r.cls_labels[3].item() == 0
+
+
+def test_mutual_guidance_never_picks_anchors_that_do_not_overlap_the_object():
+    """Fewer overlapping predictions than Np: the top-Np ranking used to fill up with IoU-0 ties,
+    making an anchor 100+ px away a positive (and a regression target)."""
+    gt = boxes([0, 0, 10, 10])
+    # A exact, B IoU 0.6 (both static positives: Np = 2); C and D 100+ px away
+    anchors = boxes([0, 0, 10, 10], [0, 0, 10, 6], [120, 120, 130, 130], [200, 200, 210, 210])
+    static = IoUAssigner().assign(anchors, gt)
+    assert static.num_pos.tolist() == [2] and static.num_ignored.tolist() == [0]
+    # only A's prediction overlaps the object; B's drifted away, as far as C's and D's
+    pred = boxes([1, 1, 11, 11], [150, 150, 160, 160], [120, 120, 130, 130], [200, 200, 210, 210])
+    r = MutualGuidanceAssigner(sigma=2.0).assign(anchors, gt, torch.tensor([0]), pred, torch.full((4, 1), 0.5))
+    assert r.cls_labels.tolist() == [1, 0, 0, 0] and r.cls_gt_index.tolist() == [0, -1, -1, -1]
+    # Classify to Localize ranks anchors (A, B overlap): C and D are never regression targets
+    assert r.reg_gt_index.tolist() == [0, 0, -1, -1]
+    # a single anchor on the object and Np = 1 from the best-anchor rule: the far ones stay out
+    r = MutualGuidanceAssigner().assign(anchors[2:], gt, torch.tensor([0]), pred[2:], torch.zeros(2, 1))
+    assert r.cls_labels.tolist() == [0, 0] and r.reg_gt_index.tolist() == [-1, -1]

@@ -142,3 +142,18 @@ def test_default_pipeline_runs_and_is_deterministic():
     b = tf(s, np.random.default_rng(9))
     assert np.array_equal(a.visible, b.visible) and np.array_equal(a.boxes, b.boxes)
     assert a.size in ((96, 64), (128, 96))
+
+
+def test_ellipse_mask_follows_the_box_pixel_convention():
+    """Box [0, 0, 10, 10]: centre (5, 5), half-sizes 5. Pixel (row 5, col 0) has its centre at
+    (0.5, 5.5): (4.5/5)^2 + (0.5/5)^2 = 0.82 <= 1, inside; pixel (0, 0) at (0.5, 0.5): 2 * 0.81 > 1,
+    outside. Nothing outside the box's columns/rows 0..9, and the mask is symmetric (cv2.ellipse
+    put it half a pixel down-right and one pixel wider: column 10 and row 10 were set)."""
+    m = ellipse_mask(np.array([[0, 0, 10, 10]], np.float32), (12, 12))
+    assert m[5, 0] == 1 and m[0, 0] == 0 and m[0, 5] == 1
+    assert m[:, 10:].sum() == 0 and m[10:, :].sum() == 0
+    inner = m[:10, :10]
+    assert (inner == inner[::-1, :]).all() and (inner == inner[:, ::-1]).all() and (inner == inner.T).all()
+    # count by hand: per row i (centre i + 0.5), the columns j with (j + 0.5 - 5)^2 <= 25 - (i + 0.5 - 5)^2
+    want = sum(1 for i in range(10) for j in range(10) if (j + 0.5 - 5) ** 2 + (i + 0.5 - 5) ** 2 <= 25)
+    assert m.sum() == want == 80

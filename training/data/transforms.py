@@ -307,16 +307,27 @@ def sample_mixup_lambda(rng: np.random.Generator, alpha: float = 1.0, beta: floa
 
 
 def ellipse_mask(boxes: np.ndarray, size: tuple[int, int], ignore: np.ndarray | None = None) -> np.ndarray:
-    """GAFF's object mask: each (non-ignored) box drawn as a filled inscribed ellipse. (H, W) uint8."""
+    """GAFF's object mask: each (non-ignored) box as a filled inscribed ellipse, (H, W) uint8.
+
+    Same pixel convention as :func:`box_mask` (pixel-edge boxes; pixel (i, j) covers
+    [j, j+1) x [i, i+1)): a pixel is inside when its centre (j + ½, i + ½) lies in the ellipse
+    with the box's centre and half-sizes. Drawing it with cv2.ellipse at the box centre put the
+    ellipse half a pixel (at feature-map resolution: half a cell) down-right and one pixel wider
+    than the box, because OpenCV puts pixel centres at integer coordinates and draws both ends."""
     W, H = size
     m = np.zeros((H, W), np.uint8)
     for k, (x0, y0, x1, y1) in enumerate(np.asarray(boxes, np.float64)):
-        if ignore is not None and ignore[k]:
+        if (ignore is not None and ignore[k]) or x1 <= x0 or y1 <= y0:
             continue
-        sh = 4
-        c = (int(round((x0 + x1) / 2 * 16)), int(round((y0 + y1) / 2 * 16)))
-        ax = (max(1, int(round((x1 - x0) / 2 * 16))), max(1, int(round((y1 - y0) / 2 * 16))))
-        cv2.ellipse(m, c, ax, 0, 0, 360, 1, -1, cv2.LINE_8, sh)
+        c0, r0 = max(0, int(math.floor(x0))), max(0, int(math.floor(y0)))
+        c1, r1 = min(W, int(math.ceil(x1))), min(H, int(math.ceil(y1)))
+        if c1 <= c0 or r1 <= r0:
+            continue
+        cx, cy, ax, ay = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
+        dx = ((np.arange(c0, c1) + 0.5 - cx) / ax) ** 2
+        dy = ((np.arange(r0, r1) + 0.5 - cy) / ay) ** 2
+        inside = dy[:, None] + dx[None, :] <= 1.0
+        m[r0:r1, c0:c1] |= inside.astype(np.uint8)
     return m
 
 
