@@ -216,7 +216,9 @@ class Objective:
         fc = self.mcfg.fusion
         if fc.module == "gaff" and fc.scheme == "halfway" and (fc.gaff.intra or fc.gaff.inter):
             li, le = guidance_loss(out, targets, input_hw, fc.gaff.margin)
-            if fc.gaff.intra:
+            # the intra masks are predicted and supervised whenever GAFF has them (inter-only included:
+            # its labels come from them); they are applied to the features only when intra is on
+            if torch.is_tensor(li):
                 parts["intra"] = self.weights["guidance"] * li
             if fc.gaff.inter and torch.is_tensor(le):
                 parts["inter"] = self.weights["guidance"] * le

@@ -47,6 +47,33 @@ def test_gaff_residual_vs_direct():
     assert torch.allclose(fused, torch.full_like(f, 0.5))  # f * m with m = σ(0)
 
 
+def test_gaff_inter_only_still_predicts_the_intra_masks_without_applying_them():
+    """Same weights as the hand-computed case, intra off: the intra masks (0.5, 0.75) are still in the
+    outputs (the inter labels are built from them) but the features are weighted by the inter mask
+    only: f_fused = ln3 * (1 + .75) / 2. Before, no intra masks meant no inter labels and no guidance."""
+    from ms_perception_training.objectives import guidance_loss
+    from ms_perception_training.models.output import ModelOutput
+    g = GAFF(1, use_intra=False)
+    _center_kernel(g.intra_v, [1.0])
+    _center_kernel(g.intra_t, [1.0])
+    with torch.no_grad():
+        g.inter.weight.zero_()
+        g.inter.bias.zero_()
+        g.inter.weight[THERMAL, 0, 1, 1] = 1.0
+    f_v = torch.zeros(1, 1, 3, 3)
+    f_t = torch.full((1, 1, 3, 3), math.log(3.0))
+    fused, ex = g(f_v, f_t)
+    assert torch.allclose(ex["intra_v"], torch.full_like(f_v, 0.5)) and torch.allclose(ex["intra_t"],
+                                                                                          torch.full_like(f_v, 0.75))
+    assert torch.allclose(fused, torch.full_like(f_v, math.log(3.0) * 1.75 / 2))
+    # the guidance loss now has labels for the inter mask: the ellipse inscribed in a box over the whole
+    # 3x3 map covers all 9 pixel centres (corner: 2 * (1/1.5)^2 = 0.89 <= 1), so m_gt = 1; e_v = .5,
+    # e_t = .25, e_v - e_t > margin 0.1 -> label THERMAL everywhere; CE = -log softmax(ln3, 0)[0] = -log .75
+    out = ModelOutput(main_branch="fused", attention={f"fusion.{k}": v for k, v in ex.items()})
+    li, le = guidance_loss(out, [(torch.tensor([[0.0, 0.0, 3.0, 3.0]]), torch.tensor([0]))], (3, 3), 0.1)
+    assert torch.is_tensor(li) and le.item() == pytest.approx(-math.log(0.75), rel=1e-5)
+
+
 def test_gaff_parameter_overhead_matches_thesis_table_4_12():
     # 54C + 4: ResNet-18 (C=256) 23,751,725 -> 23,765,553; VGG-16 (C=512) 31,403,053 -> 31,430,705
     assert sum(p.numel() for p in GAFF(256).parameters()) == 23_765_553 - 23_751_725

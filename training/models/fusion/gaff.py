@@ -11,6 +11,11 @@ Three 3x3 convs give 2(9C + 1) + (18C·2 + 2) = 54C + 4 parameters: 13,828 at C 
 exactly the ResNet-18 difference of thesis Table 4.12 (23,751,725 -> 23,765,553), and 27,652
 at C = 512, the VGG-16 difference (31,403,053 -> 31,430,705). That fixes the kernel size.
 
+Inter-only ablation (``use_intra=False``): as in the thesis, the intra-modality masks are still
+predicted (and trained with L_intra) because the inter-modality labels (eq. 4.14) are built from
+them; they are only not multiplied into the features. Without them the inter mask had no labels
+and trained with no guidance at all.
+
 Residual form (1 + m): applying the masks directly (f ⊗ m) zeroes features where a mask is
 wrong early in training; the residual form was 1 point of miss rate better (Table 4.7).
 """
@@ -30,7 +35,7 @@ class GAFF(nn.Module):
         p = kernel_size // 2
         self.out_channels = channels
         self.use_intra, self.use_inter, self.residual = use_intra, use_inter, residual
-        if use_intra:
+        if use_intra or use_inter:   # the inter labels need the intra masks even when they are not applied
             self.intra_v = nn.Conv2d(channels, 1, kernel_size, padding=p)
             self.intra_t = nn.Conv2d(channels, 1, kernel_size, padding=p)
         if use_inter:
@@ -39,10 +44,11 @@ class GAFF(nn.Module):
     def forward(self, f_v: torch.Tensor, f_t: torch.Tensor):
         extras = {}
         g_v, g_t = 1.0, 1.0
-        if self.use_intra:
+        if self.use_intra or self.use_inter:
             m_v, m_t = torch.sigmoid(self.intra_v(f_v)), torch.sigmoid(self.intra_t(f_t))
             extras.update(intra_v=m_v, intra_t=m_t)
-            g_v, g_t = (1 + m_v, 1 + m_t) if self.residual else (m_v, m_t)
+            if self.use_intra:
+                g_v, g_t = (1 + m_v, 1 + m_t) if self.residual else (m_v, m_t)
         if self.use_inter:
             logits = self.inter(torch.cat([f_t, f_v], 1))            # (N, 2, H, W): [thermal, visible]
             m = torch.softmax(logits, 1)
