@@ -26,8 +26,9 @@ from ms_perception.core import jsonio
 from ms_perception_training.config import ConfigError, from_dict, load_yaml
 from ms_perception_training.fit import EvalConfig, FitConfig
 from ms_perception_training.models.config import load_model_config
-from ms_perception_training.models.heads import flatten_levels
-from ms_perception_training.synthdata import SynthDataConfig, make_batch, make_pool, thermal_for
+from ms_perception_training.models.heads import anchors_per_level, class_probabilities
+from ms_perception_training.data.sources import SynthDataConfig, make_pool
+from ms_perception_training.data.loader import make_batch, thermal_for
 
 from ms_perception.core.atomic import atomic_write
 from ms_perception.core.inconsistency import (
@@ -95,9 +96,9 @@ def score_pool(model, mcfg, pool, indices, strategy: str, batch_size: int = 16) 
                 else:
                     scores.append(float(categorical_entropy(pf[i], 0).mean()))
             continue
-        K = mcfg.num_classes
-        counts = [x.shape[1] // K * x.shape[2] * x.shape[3] for x in out.branches["fused"].cls_logits]
-        probs = {n: torch.sigmoid(flatten_levels(out.branches[n].cls_logits, K)).numpy()
+        K, act = mcfg.num_classes, model.score_activation      # SSD: softmax over K + 1, background dropped
+        counts = anchors_per_level(out.branches["fused"].cls_logits, K, act)
+        probs = {n: class_probabilities(out.branches[n].cls_logits, K, act).numpy()
                  for n in ("visible", "thermal", "fused")}
         for i in range(len(idx)):
             if strategy == "inconsistency":

@@ -43,6 +43,9 @@ def cmd_info(args) -> int:
         print(f"{info['name']}: {cfg.task}, scheme {cfg.fusion.scheme}, fusion {cfg.fusion.module}, "
               f"input {cfg.input.width}x{cfg.input.height}, thermal {info['thermal_input'][0]}x{info['thermal_input'][1]}")
         print(f"  parameters: {info['params']:,}")
+        if "paper_params" in info:
+            pp = info["paper_params"]
+            print(f"    the paper: {pp['params']:,} ({pp['source']}); this preset {pp['difference_percent']:+.2f} %")
         for k, v in info["params_by_part"].items():
             print(f"    {k:<12s} {v:>12,}")
         print(f"  multiply-accumulates: {info['macs'] / 1e9:.2f} G")
@@ -106,26 +109,50 @@ def cmd_fit(args) -> int:
 def cmd_eval(args) -> int:
     from dataclasses import replace
 
-    from ms_perception_training.evaluate import evaluate
-    from ms_perception_training.fit import load_experiment, load_weights
+    from ms_perception_training.checkpoints import load_weights
+    from ms_perception_training.data.sources import SOURCES, eval_split, open_source
+    from ms_perception_training.evaluate import _items, detection_scores, predict_pool, segmentation_scores, \
+        write_benchmark_files
+    from ms_perception_training.experiment import load_experiment
     from ms_perception_training.models.multispectral import build_model
-    from ms_perception_training.synthdata import make_pool
     cfg, mcfg, _ = load_experiment(args.config)
     model = build_model(mcfg)
     try:
         load_weights(model, args.checkpoint)
     except RuntimeError as exc:
         raise TrainCliError(str(exc)) from None
-    pairs = args.pairs or cfg.eval.pairs or 100
-    pool = make_pool(mcfg, replace(cfg.data, pairs=pairs, seed=cfg.eval.seed))
     if args.branch and args.branch not in model.branch_names + ["fused"]:
         raise TrainCliError(f"--branch {args.branch!r}: {mcfg.name} has branches {model.branch_names}")
-    res = {"model": mcfg.name, "pairs": pairs, "branch": args.branch or model.main_branch,
-           **evaluate(model, mcfg, pool, branch=args.branch)}
+    data = cfg.data
+    if args.data:
+        if args.data not in SOURCES:
+            raise TrainCliError(f"--data {args.data!r}: use one of {list(SOURCES)}")
+        data = replace(data, type=args.data, root=args.root or (data.root if data.type == args.data else ""))
+    elif args.root:
+        data = replace(data, root=args.root)
+    if data.type == "synthetic":
+        pairs = args.pairs or cfg.eval.pairs or 100
+        pool = open_source(mcfg, replace(data, pairs=pairs, seed=cfg.eval.seed))
+        where = f"{pairs} synthetic validation pairs (seed {cfg.eval.seed})"
+    else:
+        if not data.root and not data.annotation_file:
+            raise TrainCliError(f"--data {data.type}: give the dataset folder with --root")
+        split = args.split or cfg.eval.split or eval_split(data)
+        pool = open_source(mcfg, replace(data, limit=args.pairs or 0), split=split,
+                           log=(lambda *a: None) if args.json else print)
+        where = f"{len(pool)} pairs of {data.type} {split!r} ({data.root or data.annotation_file})"
+    items = _items(pool)
+    preds = predict_pool(model, mcfg, pool, branch=args.branch)
+    scores = segmentation_scores(items, preds, mcfg.num_classes) if mcfg.task == "segmentation" \
+        else detection_scores(items, preds, mcfg.class_names)
+    res = {"model": mcfg.name, "data": data.type, "pairs": len(items), "branch": args.branch or model.main_branch,
+           **scores}
+    if args.out and mcfg.task != "segmentation":
+        res["files"] = write_benchmark_files(items, preds, mcfg.class_names, args.out)
     if not args.json:
-        print(f"{mcfg.name} on {pairs} synthetic validation pairs (seed {cfg.eval.seed}):")
+        print(f"{mcfg.name} on {where}:")
         for k, v in res.items():
-            if k not in ("model", "pairs"):
+            if k not in ("model", "pairs", "data"):
                 print(f"  {k}: {v}")
     print(jsonio.dumps(res))
     return 0
@@ -158,10 +185,19 @@ def build_parser(prog: str = "ms-perception train") -> argparse.ArgumentParser:
     f.add_argument("--init-checkpoint", help="start from these weights (fine-tuning)")
     f.add_argument("--json", action="store_true")
     f.set_defaults(func=cmd_fit)
-    v = sub.add_parser("eval", help="evaluate a checkpoint on the experiment's validation pairs")
+    v = sub.add_parser("eval", help="evaluate a checkpoint on a dataset's test split (or the experiment's synthetic "
+                       "validation pairs) with the dataset's metric; --out writes the benchmark formats")
     v.add_argument("--config", required=True, help="experiment YAML (its model and data sections are used)")
     v.add_argument("--checkpoint", required=True)
-    v.add_argument("--pairs", type=int, help="validation pairs (default: the config's eval.pairs, else 100)")
+    v.add_argument("--data", help="data source (kaist, flir_aligned, llvip, mfnet, vedai, coco, captures, voc, "
+                   "synthetic); default: the experiment's data.type")
+    v.add_argument("--root", help="the dataset's folder (default: the experiment's data.root)")
+    v.add_argument("--split", help="the split to evaluate (default: eval.split, else the dataset's test split: "
+                   "KAIST test, FLIR validation, LLVIP test, MFNet test)")
+    v.add_argument("--out", help="folder for detections_kaist.txt (index,x,y,w,h,score), detections_coco.json "
+                   "and ground_truth_coco.json, for external evaluators")
+    v.add_argument("--pairs", type=int, help="synthetic: validation pairs (default: eval.pairs, else 100); "
+                   "datasets: evaluate only the first N")
     v.add_argument("--branch", help="evaluate this branch (visible/thermal/fused) instead of the main one")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_eval)

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from ms_perception_training.boxes import encode_boxes_torch
+from ms_perception_training.data.loader import thermal_for
 from ms_perception_training.losses import dice_loss, sigmoid_focal_loss
 from ms_perception_training.losses.distill import (
     conditional_regression_distill,
@@ -39,9 +41,8 @@ from ms_perception_training.losses.distill import (
     segmentation_distill,
 )
 from ms_perception_training.models.fusion.gaff import GAFF
-from ms_perception_training.models.heads import flatten_levels
+from ms_perception_training.models.heads import flatten_levels, level_class_probabilities
 from ms_perception_training.objectives import assign_image, seg_aux_target
-from ms_perception_training.synthdata import thermal_for
 from torch import nn
 
 
@@ -53,6 +54,28 @@ def sigmoid_classification_distill(student_logits: torch.Tensor, teacher_logits:
     p = torch.sigmoid(student_logits)
     soft = (q - p).abs().detach().pow(gamma) * F.binary_cross_entropy_with_logits(student_logits, q, reduction="none")
     return zeta * sigmoid_focal_loss(student_logits, hard).sum() + (1 - zeta) * soft.sum()
+
+
+def softmax_classification_distill_image(cls_s: torch.Tensor, cls_t: torch.Tensor, anchors, gt, lab, assigner,
+                                         zeta: float = 0.5, temperature: float = 1.0, neg_pos_ratio: int = 3):
+    """Eq. 16 for softmax (SSD) heads on one image, over the entries SSD's own loss trains: the
+    positives and the hardest 3× as many negatives (by the student's hard-label CE):
+    Σ ζ·CE(d_s, y_hard) + (1 − ζ)·(−Σ_c softmax(d_t / T)_c log softmax(d_s)_c), classes 0..K with
+    0 background. Returns (sum, positives mask, regression GT index (−1: none)); normalize outside."""
+    res = assigner.assign(anchors, gt)
+    pos = res.labels == 1
+    target = torch.zeros(cls_s.shape[0], dtype=torch.long, device=cls_s.device)
+    target[pos] = lab[res.gt_index[pos]] + 1
+    ce = F.cross_entropy(cls_s, target, reduction="none")
+    neg = res.labels == 0
+    k = min(int(neg.sum()), max(1, neg_pos_ratio * int(pos.sum())))
+    sel = pos.clone()
+    if k:
+        sel[torch.where(neg, ce.detach(), torch.full_like(ce, -1.0)).topk(k).indices] = True
+    soft = torch.softmax(cls_t[sel].detach() / temperature, -1)
+    soft_ce = -(soft * F.log_softmax(cls_s[sel], -1)).sum(-1)
+    reg_gt = torch.where(pos, res.gt_index, torch.full_like(res.gt_index, -1))
+    return zeta * ce[sel].sum() + (1 - zeta) * soft_ce.sum(), pos, reg_gt
 
 
 class ResidualBlock(nn.Module):
@@ -123,9 +146,14 @@ class PDFDistiller(Distiller):
         d = self.dcfg
         fs, ft = self._levels(s_out, s_out.main_branch), self._levels(t_out, t_out.main_branch)
         ps, pt = s_out.main.cls_logits, t_out.main.cls_logits
+        K = self.scfg.num_classes
         total = 0.0
         for lv, (a, xs, xt) in enumerate(zip(self.adapters, fs, ft)):
-            dm = disagreement_map(torch.sigmoid(pt[lv]), torch.sigmoid(ps[lv]), self.num_anchors, d.pdf_metric)
+            # class probabilities as each model's exported head computes them (SSD: softmax over K + 1,
+            # background dropped; RetinaNet: sigmoid)
+            dm = disagreement_map(level_class_probabilities(pt[lv], K, self.teacher[0].score_activation),
+                                  level_class_probabilities(ps[lv], K, student.score_activation),
+                                  self.num_anchors, d.pdf_metric)
             m = pdf_weights(dm, d.pdf_weights, d.pdf_top_fraction)
             total = total + pdf_distill_loss(a(xs), xt, m)
         return {"pdf_kd": d.pdf_weight * total}
@@ -196,24 +224,32 @@ class CrossModalDistiller(Distiller):
         et = torch.cat([t_out.features[k] for k in self.t_keys], 1)
         parts = {"cm_feature": d.rho * feature_distill(self.adapter(s_out.features[self.s_key]), et)}
         sb, tb = s_out.main, t_out.main
-        cls_s, cls_t = flatten_levels(sb.cls_logits, K), flatten_levels(tb.cls_logits, K)
+        softmax = student.score_activation == "softmax"          # SSD heads: K + 1 logits, class 0 background
+        kk = K + 1 if softmax else K
+        cls_s, cls_t = flatten_levels(sb.cls_logits, kk), flatten_levels(tb.cls_logits, kk)
         box_s, box_t = flatten_levels(sb.box_deltas, 4), flatten_levels(tb.box_deltas, 4)
         anchors = objective.anchors(sb)
         coder = objective.coder
         total_cls, reg_terms, npos = cls_s.sum() * 0.0, [], 0
         for i, (gt, lab, *_) in enumerate(batch.targets):
-            labels, cls_gt, reg_gt = assign_image(anchors, gt, lab, box_s[i], cls_s[i], coder, objective.assigner)
-            valid = labels >= 0
-            hard = torch.zeros_like(cls_s[i])
-            pos = labels == 1
-            if pos.any():
-                hard[pos, lab[cls_gt[pos]]] = 1.0
-            total_cls = total_cls + sigmoid_classification_distill(cls_s[i][valid], cls_t[i][valid], hard[valid],
-                                                                   d.zeta, d.temperature)
+            if softmax:
+                cls_term, pos, reg_gt = softmax_classification_distill_image(
+                    cls_s[i], cls_t[i], anchors, gt, lab, objective.assigner, d.zeta, d.temperature)
+                total_cls = total_cls + cls_term
+            else:
+                labels, cls_gt, reg_gt = assign_image(anchors, gt, lab, box_s[i], cls_s[i], coder,
+                                                      objective.assigner)
+                valid = labels >= 0
+                hard = torch.zeros_like(cls_s[i])
+                pos = labels == 1
+                if pos.any():
+                    hard[pos, lab[cls_gt[pos]]] = 1.0
+                total_cls = total_cls + sigmoid_classification_distill(cls_s[i][valid], cls_t[i][valid],
+                                                                       hard[valid], d.zeta, d.temperature)
             npos += int(pos.sum())
             reg = reg_gt >= 0
             if reg.any():
-                y = torch.from_numpy(coder.encode(anchors[reg].cpu().numpy(), gt[reg_gt[reg]].cpu().numpy())).to(box_s)
+                y = encode_boxes_torch(anchors[reg], gt[reg_gt[reg]], coder.weights).to(box_s)
                 reg_terms.append((box_s[i][reg], box_t[i][reg], y))
         norm = max(1, objective.reduce_sum(npos)) / objective.world
         parts["cm_cls"] = total_cls / norm

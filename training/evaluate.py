@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from ms_perception_training.export.onnx_export import decode_boxes_torch
 from ms_perception_training.models.heads import flatten_levels
-from ms_perception_training.synthdata import SEG_IGNORE, make_batch, thermal_for
+from ms_perception_training.data.sources import SEG_IGNORE
+from ms_perception_training.data.loader import make_batch, thermal_for
 
 from ms_perception.core.anchors import BoxCoder, grid_anchors
 from ms_perception.core.postprocess import select_detections
@@ -52,14 +53,28 @@ def predict(model, mcfg, pool, indices, branch: str | None = None, score_thresho
     return res
 
 
-def evaluate(model, mcfg, pool, branch: str | None = None, batch_size: int = 8, device="cpu") -> dict:
+def predict_pool(model, mcfg, pool, branch: str | None = None, batch_size: int = 8, device="cpu") -> list:
     idx = list(range(len(pool)))
     preds = []
     for s in range(0, len(idx), batch_size):
         preds.extend(predict(model, mcfg, pool, idx[s:s + batch_size], branch, device=device))
+    return preds
+
+
+def evaluate(model, mcfg, pool, branch: str | None = None, batch_size: int = 8, device="cpu",
+             items: list | None = None) -> dict:
+    """The source's metric on its items: KAIST reasonable miss rate (all/day/night) and COCO AP
+    for detection, mIoU for segmentation. ``items``: the pool's items already read (a disk
+    source is read once)."""
+    preds = predict_pool(model, mcfg, pool, branch, batch_size, device)
+    items = items if items is not None else _items(pool)
     if mcfg.task == "segmentation":
-        return segmentation_scores(pool, preds, mcfg.num_classes)
-    return detection_scores(pool, preds, mcfg.class_names)
+        return segmentation_scores(items, preds, mcfg.num_classes)
+    return detection_scores(items, preds, mcfg.class_names)
+
+
+def _items(pool) -> list:
+    return pool if isinstance(pool, list) else [pool[i] for i in range(len(pool))]
 
 
 def segmentation_scores(pool, preds, num_classes: int) -> dict:
@@ -89,7 +104,7 @@ def detection_scores(pool, preds, class_names: list[str]) -> dict:
             ds = d.labels == pid if len(d) else np.zeros(0, bool)
             rb = it.letterbox.boxes_to_image(d.boxes[ds]) if len(d) else np.zeros((0, 4), np.float32)
             images.append((it.rig_boxes[sel], it.occlusion[sel], it.condition, rb,
-                           d.scores[ds] if len(d) else np.zeros(0)))
+                           d.scores[ds] if len(d) else np.zeros(0), it.ignore[sel]))
         res = person_miss_rates(images, (rig_h, rig_w), height_floor=55.0 * rig_h / 512)
         out["miss_rate"] = {k: _pct(r.miss_rate) for k, r in res.items()}
     images, anns, results = [], [], []
@@ -98,7 +113,7 @@ def detection_scores(pool, preds, class_names: list[str]) -> dict:
         for k, (b, lab) in enumerate(zip(it.rig_boxes, it.labels)):
             w, h = float(b[2] - b[0]), float(b[3] - b[1])
             anns.append({"id": len(anns) + 1, "image_id": i, "category_id": int(lab) + 1, "area": w * h,
-                         "bbox": [float(b[0]), float(b[1]), w, h], "iscrowd": 0})
+                         "bbox": [float(b[0]), float(b[1]), w, h], "iscrowd": int(it.ignore[k])})
         if len(d):
             rb = it.letterbox.boxes_to_image(d.boxes)
             for b, s, lab in zip(rb, d.scores, d.labels):
@@ -115,3 +130,48 @@ def detection_scores(pool, preds, class_names: list[str]) -> dict:
     else:
         out["map"], out["ap50"] = 0.0, 0.0
     return out
+
+
+def write_benchmark_files(items, preds, class_names, out_dir) -> dict:
+    """The detections in the benchmarks' own formats, in the original image pixels, so external
+    evaluators score them too: ``detections_kaist.txt`` (persons, ``index,x,y,w,h,score``, index
+    1-based in the split list's order: the KAIST / MLPD evaluation format), and
+    ``detections_coco.json`` (COCO results) with ``ground_truth_coco.json`` (the same images'
+    annotations as COCO instances; image ids are positions in the split, category ids the model's
+    class index + 1). Returns the paths written (each written atomically)."""
+    import os
+    from pathlib import Path
+
+    from ms_perception.core import jsonio
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+
+    def put(name: str, text: str):
+        tmp = out / (name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
+        written[name] = str(out / name)
+    images, anns, results, kaist_rows = [], [], [], []
+    pid = class_names.index("person") if "person" in class_names else None
+    for i, (it, d) in enumerate(zip(items, preds)):
+        h, w = it.letterbox.src_hw
+        images.append({"id": i, "file_name": it.name or str(i), "width": int(w), "height": int(h)})
+        for k, (b, lab) in enumerate(zip(it.rig_boxes, it.labels)):
+            bw, bh = float(b[2] - b[0]), float(b[3] - b[1])
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": int(lab) + 1, "area": bw * bh,
+                         "bbox": [float(b[0]), float(b[1]), bw, bh], "iscrowd": int(it.ignore[k])})
+        if not len(d):
+            continue
+        for b, sc, lab in zip(it.letterbox.boxes_to_image(d.boxes), d.scores, d.labels):
+            x, y, bw, bh = float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])
+            results.append({"image_id": i, "category_id": int(lab) + 1, "score": float(sc), "bbox": [x, y, bw, bh]})
+            if pid is not None and int(lab) == pid:
+                kaist_rows.append(f"{i + 1},{x:.4f},{y:.4f},{bw:.4f},{bh:.4f},{float(sc):.6f}\n")
+    if pid is not None:
+        put("detections_kaist.txt", "".join(kaist_rows))
+    put("detections_coco.json", jsonio.dumps(results))
+    put("ground_truth_coco.json", jsonio.dumps({
+        "images": images, "annotations": anns,
+        "categories": [{"id": k + 1, "name": n} for k, n in enumerate(class_names)]}))
+    return written

@@ -1,133 +1,53 @@
-"""The trainer: every model and method of METHODS.md from one experiment YAML.
+"""The training loop: every model and method of METHODS.md from one experiment
+(``experiment.py``), on any data source (``data/sources.py``), one GPU, many, or the CPU.
 
-- SGD + momentum, linear warmup from 1e-6 then cosine decay (thesis §3.4.1), gradient
-  clipping, deterministic seeding, exact resume (model, optimizer, distiller modules, GradScaler,
-  RNG, iteration; the sample order and augmentation are functions of (seed, epoch, index)).
-- Switches (Table 3.2): ``mixup``, ``balanced_l1``, CEM (model config ``neck.cem``), warmup.
-  ``multi_scale``: per-iteration input size from a list (same on every process).
-  ``amp``: float16 autocast + GradScaler on CUDA (ignored on the CPU).
-- Losses: ``objectives.Objective`` (task + fusion-module losses) and, with ``distill:``, a
-  frozen teacher and the method's losses (``distillers``).
-- Multi-GPU / multi-node: run under ``torchrun``; DistributedDataParallel, a
-  DistributedSampler with ``set_epoch``, rank-0 logging/checkpoints/evaluation, SyncBatchNorm
-  only with NCCL. ``batch_size`` is the GLOBAL batch (split over the processes) and the
-  positive-count normalizers are summed over processes, so N processes train like one with
-  the combined batch (exactly so with ``bn: frozen``; with ``bn: train`` each process's
-  BatchNorm sees its own part, unless SyncBatchNorm).
-- Failure handling: a NaN/inf loss stops with the parts that went bad and the last good
-  checkpoint; checkpoints are written atomically and loaded with ``weights_only=True``.
-- Logs: console (a progress bar with ETA on a terminal, lines otherwise), ``metrics.jsonl``,
-  and TensorBoard event files when the ``tensorboard`` package is installed.
+One iteration: the DataLoader's workers read, preprocess and augment the samples of this
+process's part of the batch (``data/loader.py``); the model runs; ``objectives.Objective``
+(task + fusion-module losses) and, with ``distill:``, the method's losses against a frozen
+teacher (``distillers.py``) are summed; SGD steps with the warmup + cosine rate.
+
+Multi-GPU / multi-node: run under ``torchrun`` (``distributed.py``); DistributedDataParallel,
+rank-0 logging/checkpoints/evaluation, SyncBatchNorm only with NCCL. Exact resume
+(``checkpoints.py``): the sample order and augmentation are functions of (seed, epoch, index).
+A NaN/inf loss stops with the parts that went bad and the last good checkpoint. ``train fit``
+reports images/s and the time spent waiting for data against the time spent computing.
 """
 from __future__ import annotations
 
 import math
-import os
-import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from ms_perception.core import jsonio
-from ms_perception_training.config import ConfigError, from_dict, load_yaml
-from ms_perception_training.models.config import ModelConfig, load_model_config
+from ms_perception_training.checkpoints import (
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+)
+from ms_perception_training.config import ConfigError
+from ms_perception_training.data.loader import (
+    make_batch,
+    rescale_batch,
+    thermal_for,
+    to_batch,
+    train_loader,
+)
+from ms_perception_training.data.sources import open_source
+from ms_perception_training.distributed import Dist, EpochSampler, init_distributed
+from ms_perception_training.experiment import (  # noqa: F401 (re-exported: the experiment API)
+    DistillConfig,
+    EvalConfig,
+    FitConfig,
+    load_experiment,
+    load_fit_config,
+)
+from ms_perception_training.logs import Logger
+from ms_perception_training.models.config import ModelConfig
 from ms_perception_training.models.multispectral import build_model
 from ms_perception_training.objectives import Objective, detection_loss  # noqa: F401 (re-export)
-from ms_perception_training.synthdata import SynthDataConfig, make_batch, make_pool, rescale_batch, thermal_for
 
-
-@dataclass
-class DistillConfig:
-    method: str = ""                  # "" (none) | pdf | modality | crossmodal
-    teacher: str = ""                 # teacher model config YAML (relative to the experiment file)
-    teacher_checkpoint: str = ""      # its trained weights (relative to the experiment file)
-    # PDF-Distil (thesis §3.3)
-    pdf_weights: str = "soft"         # soft (PDF-Distil) | uniform (FitNets) | hard (top-k ablation)
-    pdf_metric: str = "l2"            # l2 (best) | l1 | kl
-    pdf_top_fraction: float = 0.25    # hard sampling: top 25% / 50%
-    pdf_weight: float = 1.0
-    # Modality Distillation (WACV 2022)
-    md_stage: str = ""                # default: the teacher's fusion stage
-    md_attention: bool = True
-    md_semantic: str = "f_mse"        # f_mse | mse (ablation) | none
-    md_attention_weight: float = 1.0
-    md_semantic_weight: float = 1.0
-    # Cross-modal distillation (Liu et al., eq. 14-18)
-    cm_stage: str = ""                # default: the student's last neck input stage
-    lam: float = 1.0                  # λ (regression)
-    eta: float = 1.0                  # η (segmentation)
-    rho: float = 0.5                  # ρ (feature)
-    zeta: float = 0.5                 # ζ (hard vs soft classification)
-    epsilon: float = 0.5              # ε (teacher-bounded regression term)
-    xi: float = 0.5                   # ξ (hard vs soft segmentation)
-    temperature: float = 1.0
-    delta: float = 0.0                # δ margin of eq. 17 (not given in the paper)
-
-    def __post_init__(self):
-        if self.method not in ("", "pdf", "modality", "crossmodal"):
-            raise ConfigError(f"distill.method must be one of '', 'pdf', 'modality', 'crossmodal'; got {self.method!r}")
-        if self.pdf_weights not in ("soft", "uniform", "hard"):
-            raise ConfigError(f"distill.pdf_weights must be soft, uniform or hard; got {self.pdf_weights!r}")
-        if self.pdf_metric not in ("l2", "l1", "kl"):
-            raise ConfigError(f"distill.pdf_metric must be l2, l1 or kl; got {self.pdf_metric!r}")
-        if self.md_semantic not in ("f_mse", "mse", "none"):
-            raise ConfigError(f"distill.md_semantic must be f_mse, mse or none; got {self.md_semantic!r}")
-
-
-@dataclass
-class EvalConfig:
-    pairs: int = 0                    # validation pairs (0: no evaluation)
-    seed: int = 1001                  # generator seed (distinct from the training pool's)
-    every: int = 0                    # iterations between evaluations (0: only at the end)
-
-
-@dataclass
-class FitConfig:
-    model: str = ""                   # model config YAML (relative to this file)
-    data: SynthDataConfig = field(default_factory=SynthDataConfig)
-    iterations: int = 300
-    batch_size: int = 8               # global batch (split over DDP processes)
-    lr: float = 0.01                  # thesis: SGD lr 1e-2, warmup from 1e-6, cosine decay
-    warmup_iterations: int = 100      # thesis: 500 (shortened for short CPU runs)
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    grad_clip: float = 10.0
-    guidance_weight: float = 1.0      # L_intra and L_inter weights (eq. 4.17: 1)
-    cfr_weight: float = 1.0           # CFR mask Dice weight
-    seg_aux_weight: float = 1.0       # segmentation auxiliary head (CFL paper: η = 1)
-    seed: int = 0
-    threads: int = 0
-    checkpoint_every: int = 100       # iterations between checkpoints (always one at the end)
-    assigner: str = "iou"             # "iou" (static 0.5/0.4) or "mutual_guidance" (thesis §3.2)
-    mg_sigma: float = 2.0             # Mutual Guidance σ (> 1; the thesis does not state its value)
-    balanced_l1: bool = True          # False: smooth L1 (the Table 3.2 switch)
-    mixup: float = 0.0                # probability that a sample is mixed (0: off)
-    multi_scale: list[list[int]] = field(default_factory=list)   # [[width, height], ...]
-    amp: bool = True                  # CUDA only
-    device: str = "auto"              # auto | cpu | cuda
-    bn: str = "train"                 # train | frozen (BatchNorm in eval mode, affine still trained)
-    sync_bn: bool = True              # SyncBatchNorm under DDP with NCCL
-    tensorboard: bool = True
-    init_checkpoint: str = ""         # start from these weights (fine-tuning; not a resume)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
-
-    def __post_init__(self):
-        if self.assigner not in ("iou", "mutual_guidance"):
-            raise ConfigError(f"fit.assigner must be 'iou' or 'mutual_guidance', got {self.assigner!r}")
-        if self.bn not in ("train", "frozen"):
-            raise ConfigError(f"fit.bn must be 'train' or 'frozen', got {self.bn!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"fit.device must be auto, cpu or cuda, got {self.device!r}")
-        if not 0.0 <= self.mixup <= 1.0:
-            raise ConfigError(f"fit.mixup is a probability in [0, 1], got {self.mixup}")
-        for s in self.multi_scale:
-            if len(s) != 2 or min(s) <= 0:
-                raise ConfigError(f"fit.multi_scale entries are [width, height], got {s}")
-        if self.iterations <= 0 or self.batch_size <= 0:
-            raise ConfigError("fit.iterations and fit.batch_size must be positive")
+from ms_perception.core import jsonio
 
 
 def lr_at(it: int, cfg: FitConfig) -> float:
@@ -136,203 +56,6 @@ def lr_at(it: int, cfg: FitConfig) -> float:
     t = (it - cfg.warmup_iterations) / max(1, cfg.iterations - cfg.warmup_iterations)
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * min(1.0, t)))
 
-
-# ----------------------------------------------------------------------------- distributed
-
-@dataclass
-class Dist:
-    world: int = 1
-    rank: int = 0
-    local_rank: int = 0
-    backend: str = ""
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def sum_int(self, n: int) -> int:
-        if self.world == 1:
-            return n
-        t = torch.tensor([n], dtype=torch.float64)
-        torch.distributed.all_reduce(t)
-        return int(t.item())
-
-    def mean_float(self, x: float) -> float:
-        if self.world == 1:
-            return x
-        t = torch.tensor([x], dtype=torch.float64)
-        torch.distributed.all_reduce(t)
-        return float(t.item()) / self.world
-
-
-def init_distributed(device: str) -> Dist:
-    """From torchrun's environment (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR/PORT)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    import torch.distributed as dist
-    backend = "nccl" if device.startswith("cuda") else "gloo"
-    if not dist.is_initialized():
-        dist.init_process_group(backend)
-    return Dist(world, dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), backend)
-
-
-class EpochSampler:
-    """Iteration → the indices of this process: a DistributedSampler (shuffle, drop_last) per
-    epoch, ``set_epoch`` at each epoch boundary, ``per_rank`` indices per iteration."""
-
-    def __init__(self, n: int, batch_size: int, d: Dist, seed: int):
-        from torch.utils.data import DistributedSampler
-        if batch_size % d.world:
-            raise ConfigError(f"fit.batch_size {batch_size} must divide evenly over {d.world} processes")
-        self.per_rank = batch_size // d.world
-        if n < batch_size:
-            raise ConfigError(f"fit.batch_size {batch_size} is larger than the pool of {n} pairs (data.pairs)")
-        self.sampler = DistributedSampler(range(n), num_replicas=d.world, rank=d.rank, shuffle=True, seed=seed,
-                                          drop_last=True)
-        self.per_epoch = len(self.sampler) // self.per_rank
-        self._epoch, self._order = None, None
-
-    def indices(self, it: int) -> tuple[int, list[int]]:
-        epoch, k = divmod(it, self.per_epoch)
-        if epoch != self._epoch:
-            self.sampler.set_epoch(epoch)
-            self._epoch, self._order = epoch, list(self.sampler)
-        return epoch, self._order[k * self.per_rank:(k + 1) * self.per_rank]
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-def _save_checkpoint(path: Path, model, opt, scaler, distiller, it: int, history: list, cfg: FitConfig):
-    """Everything exact resume needs: weights, optimizer (momentum), AMP scaler, the distiller's
-    student-side modules, iteration, the torch RNG state. Written atomically."""
-    tmp = path.with_suffix(".pt.tmp")
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "iteration": it,
-             "torch_rng": torch.get_rng_state(), "history": torch.tensor(history, dtype=torch.float64),
-             "seed": cfg.seed, "total_iterations": cfg.iterations}
-    if scaler is not None:
-        state["scaler"] = scaler.state_dict()
-    if distiller is not None:
-        state["distill"] = distiller.state_dict()
-    torch.save(state, tmp)
-    tmp.replace(path)
-
-
-def _load_checkpoint(path: Path, model, opt, scaler, distiller, cfg: FitConfig) -> tuple[int, list]:
-    if not path.exists():
-        raise RuntimeError(f"--resume: no checkpoint at {path}; start without --resume")
-    ck = _read(path)
-    if "optimizer" not in ck:
-        raise RuntimeError(f"{path} holds weights only (no optimizer/RNG state); it cannot be resumed exactly")
-    if int(ck["total_iterations"]) != cfg.iterations or int(ck["seed"]) != cfg.seed:
-        raise RuntimeError(f"{path} was written by a run of {int(ck['total_iterations'])} iterations with seed "
-                           f"{int(ck['seed'])}; this config has {cfg.iterations} and {cfg.seed} (the schedule would "
-                           "differ): use the same config to resume")
-    _load_state(model, ck["model"], path)
-    if distiller is not None:
-        if "distill" not in ck:
-            raise RuntimeError(f"{path} has no distillation modules; it was not written by this distillation config")
-        _load_state(distiller, ck["distill"], path)
-    opt.load_state_dict(ck["optimizer"])
-    if scaler is not None and "scaler" in ck:
-        scaler.load_state_dict(ck["scaler"])
-    torch.set_rng_state(ck["torch_rng"])
-    return int(ck["iteration"]), ck["history"].tolist()
-
-
-def _read(path: Path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)   # never unpickles code
-    except Exception as exc:  # pickle/zip errors come in many types
-        raise RuntimeError(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
-
-
-def _load_state(module, state: dict, path) -> None:
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or shape:
-        detail = [f"{len(missing)} missing (e.g. {missing[:3]})" if missing else "",
-                  f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})" if unexpected else "",
-                  (f"{len(shape)} with other shapes (e.g. {shape[0]}: checkpoint {tuple(state[shape[0]].shape)}, "
-                   f"config {tuple(own[shape[0]].shape)})") if shape else ""]
-        raise RuntimeError(f"{path} does not match the model config: " + "; ".join(x for x in detail if x))
-    module.load_state_dict(state)
-
-
-def load_weights(model, path: str | Path) -> None:
-    p = Path(path)
-    if not p.exists():
-        raise RuntimeError(f"checkpoint not found: {p}")
-    ck = _read(p)
-    _load_state(model, ck["model"] if isinstance(ck, dict) and isinstance(ck.get("model"), dict) else ck, p)
-
-
-# ----------------------------------------------------------------------------- logging
-
-class Logger:
-    """Console + metrics.jsonl + TensorBoard (when installed) on the main process."""
-
-    def __init__(self, out_dir: Path, enabled: bool, log, tensorboard: bool, total: int):
-        self.enabled, self.log, self.total = enabled, log, total
-        self.tty = enabled and log is print and sys.stdout.isatty()
-        self.writer = None
-        self.jsonl = None
-        if not enabled:
-            return
-        self.jsonl = open(out_dir / "metrics.jsonl", "a")
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self.writer = SummaryWriter(str(out_dir / "tensorboard"))
-            except ImportError:
-                log("TensorBoard logs off: the 'tensorboard' package is not installed (pip install tensorboard); "
-                    "the scalars are in metrics.jsonl")
-
-    def scalars(self, it: int, values: dict, prefix: str = "train") -> None:
-        if not self.enabled:
-            return
-        flat = _flatten(values)
-        self.jsonl.write(jsonio.dumps({"iteration": it, "kind": prefix, **flat}) + "\n")
-        self.jsonl.flush()
-        if self.writer is not None:
-            for k, v in flat.items():
-                if isinstance(v, (int, float)) and math.isfinite(v):
-                    self.writer.add_scalar(f"{prefix}/{k}", v, it)
-
-    def progress(self, it: int, loss: float, lr: float, elapsed: float, done: int) -> None:
-        if not self.enabled:
-            return
-        eta = elapsed / max(1, done) * (self.total - it - 1)
-        if self.tty:
-            n = int(30 * (it + 1) / self.total)
-            sys.stdout.write(f"\r[{'#' * n}{'.' * (30 - n)}] {it + 1}/{self.total} loss {loss:.4f} lr {lr:.2e} "
-                             f"ETA {eta:.0f}s ")
-            sys.stdout.flush()
-            if it + 1 == self.total:
-                sys.stdout.write("\n")
-        elif it % 20 == 0 or it == self.total - 1:
-            self.log(f"it {it:5d}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  {elapsed:.0f}s elapsed, ETA {eta:.0f}s")
-
-    def close(self):
-        if self.writer is not None:
-            self.writer.close()
-        if self.jsonl is not None:
-            self.jsonl.close()
-
-
-def _flatten(d: dict, pre: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{pre}{k}/"))
-        else:
-            out[f"{pre}{k}"] = v
-    return out
-
-
-# ----------------------------------------------------------------------------- fit
 
 def resolve_device(cfg: FitConfig, d: Dist | None = None) -> str:
     if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
@@ -376,11 +99,11 @@ def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print, resume: boo
         load_weights(model, cfg.init_checkpoint)
     t0 = time.perf_counter()
     if pool is None:
-        pool = make_pool(mcfg, cfg.data)
-        log(f"generated and preprocessed {len(pool)} pairs in {time.perf_counter() - t0:.1f} s")
-    if val_pool is None and cfg.eval.pairs:
-        from dataclasses import replace
-        val_pool = make_pool(mcfg, replace(cfg.data, pairs=cfg.eval.pairs, seed=cfg.eval.seed))
+        pool = open_source(mcfg, cfg.data, log=log)
+        log(f"data: {cfg.data.type}, {len(pool)} pairs" + (f" (generated and preprocessed in "
+            f"{time.perf_counter() - t0:.1f} s)" if cfg.data.type == "synthetic" else f" from {cfg.data.root}"))
+    if val_pool is None:
+        val_pool = validation_source(cfg, mcfg, log)
     sampler = EpochSampler(len(pool), cfg.batch_size, d, cfg.seed)
 
     distiller = None
@@ -418,19 +141,26 @@ def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print, resume: boo
     history, start = [], 0
     ckpt = out_dir / "last.pt"
     if resume:
-        start, history = _load_checkpoint(ckpt, core, opt, scaler, dist_core, cfg)
+        start, history = load_checkpoint(ckpt, core, opt, scaler, dist_core, cfg)
         log(f"resumed from {ckpt} at iteration {start}")
     logger = Logger(out_dir, d.main, log, cfg.tensorboard, cfg.iterations)
     evals = []
+    loader = train_loader(pool, mcfg, sampler, start, cfg.iterations, cfg.seed, cfg.mixup, cfg.data.workers,
+                          pin_memory=device.startswith("cuda"))
+    batches = iter(loader)
     t0 = time.perf_counter()
+    wait = compute = 0.0
+    images = 0
     try:
         for it in range(start, cfg.iterations):
+            t_wait = time.perf_counter()
+            batch = to_batch(next(batches), mcfg, device)
+            t_compute = time.perf_counter()
+            wait += t_compute - t_wait
             _train_mode(cfg, core, distiller)     # every iteration: evaluation switches to eval and back
             lr = lr_at(it, cfg)
             for g in opt.param_groups:
                 g["lr"] = lr
-            epoch, idx = sampler.indices(it)
-            batch = make_batch(pool, idx, mcfg, cfg.seed, epoch, augment=True, mixup=cfg.mixup, device=device)
             if cfg.multi_scale:
                 w, h = cfg.multi_scale[int(np.random.default_rng([cfg.seed, it]).integers(len(cfg.multi_scale)))]
                 batch = rescale_batch(batch, (h, w))
@@ -454,7 +184,9 @@ def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print, resume: boo
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 opt.step()
-            value = d.mean_float(loss.item())
+            value = d.mean_float(loss.item())      # .item() waits for the device: compute ends here
+            compute += time.perf_counter() - t_compute
+            images += batch.visible.shape[0] * d.world
             history.append(value)
             logger.progress(it, value, lr, time.perf_counter() - t0, it + 1 - start)
             if it % 20 == 0 or it == cfg.iterations - 1:
@@ -468,15 +200,22 @@ def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print, resume: boo
                 log(f"eval at {it + 1}: {jsonio.dumps(r)}")
             stopping = stop_after is not None and it + 1 - start >= stop_after
             if d.main and ((it + 1) % cfg.checkpoint_every == 0 or last or stopping):
-                _save_checkpoint(ckpt, core, opt, scaler, dist_core, it + 1, history, cfg)
+                save_checkpoint(ckpt, core, opt, scaler, dist_core, it + 1, history, cfg)
             if stopping:
                 break
     finally:
         logger.close()
+        del batches, loader                      # stops the workers
+    speed = {"images_per_second": round(images / max(1e-9, wait + compute), 2),
+             "data_wait_seconds": round(wait, 2), "compute_seconds": round(compute, 2),
+             "data_wait_fraction": round(wait / max(1e-9, wait + compute), 3), "workers": cfg.data.workers}
+    log(f"throughput: {speed['images_per_second']} images/s; waited {speed['data_wait_seconds']} s for data "
+        f"against {speed['compute_seconds']} s of compute ({100 * speed['data_wait_fraction']:.1f} % waiting, "
+        f"{cfg.data.workers} loader workers)")
     k = max(1, min(20, len(history) // 5))
     summary = {"first_loss": float(np.mean(history[:k])), "last_loss": float(np.mean(history[-k:])),
                "iterations": len(history), "checkpoint": str(ckpt), "seconds": round(time.perf_counter() - t0, 1),
-               "world_size": d.world, "device": device}
+               "world_size": d.world, "device": device, **speed}
     if evals:
         summary["eval"] = evals[-1]
     if d.main:
@@ -484,6 +223,18 @@ def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print, resume: boo
     if d.world > 1:
         torch.distributed.barrier()
     return summary
+
+
+def validation_source(cfg: FitConfig, mcfg: ModelConfig, log=print):
+    """The held-out items evaluated during training: synthetic ``eval.pairs`` from ``eval.seed``,
+    or a disk dataset's ``eval.split``; None when evaluation is off."""
+    from dataclasses import replace
+    if cfg.data.type == "synthetic":
+        return open_source(mcfg, replace(cfg.data, pairs=cfg.eval.pairs, seed=cfg.eval.seed)) if cfg.eval.pairs \
+            else None
+    if not cfg.eval.split:
+        return None
+    return open_source(mcfg, replace(cfg.data, limit=cfg.eval.pairs), split=cfg.eval.split, log=log)
 
 
 def compute_losses(model, core, mcfg, distiller, dist_core, objective, batch) -> dict:
@@ -504,28 +255,3 @@ def compute_losses(model, core, mcfg, distiller, dist_core, objective, batch) ->
     return parts
 
 
-def load_fit_config(path: str | Path) -> tuple[FitConfig, ModelConfig]:
-    cfg, mcfg, _ = load_experiment(path)
-    return cfg, mcfg
-
-
-def load_experiment(path: str | Path) -> tuple[FitConfig, ModelConfig, ModelConfig | None]:
-    """The fit config, its model config and (with ``distill``) the teacher's; relative paths in
-    the file are resolved against its folder."""
-    p = Path(path)
-    data = load_yaml(p)
-    cfg = from_dict(FitConfig, data, "fit")
-    if not cfg.model:
-        raise ConfigError(f"{p}: 'model' must name a model config YAML")
-
-    def rel(x: str) -> str:
-        return str(p.parent / x) if x and not Path(x).is_absolute() else x
-    mcfg = load_model_config(rel(cfg.model))
-    tcfg = None
-    if cfg.distill.method:
-        if not cfg.distill.teacher:
-            raise ConfigError(f"{p}: distill.method {cfg.distill.method!r} needs distill.teacher (a model config)")
-        tcfg = load_model_config(rel(cfg.distill.teacher))
-        cfg.distill.teacher_checkpoint = rel(cfg.distill.teacher_checkpoint)
-    cfg.init_checkpoint = rel(cfg.init_checkpoint)
-    return cfg, mcfg, tcfg

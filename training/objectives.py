@@ -19,13 +19,21 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from ms_perception_training.assign import IoUAssigner, MutualGuidanceAssigner
-from ms_perception_training.data.transforms import box_mask, ellipse_mask
-from ms_perception_training.export.onnx_export import decode_boxes_torch
-from ms_perception_training.losses import balanced_l1_loss, dice_loss, sigmoid_focal_loss, smooth_l1_loss
+from ms_perception_training.boxes import (
+    box_mask_torch,
+    decode_boxes_torch,
+    ellipse_mask_torch,
+    encode_boxes_torch,
+)
+from ms_perception_training.losses import (
+    balanced_l1_loss,
+    dice_loss,
+    sigmoid_focal_loss,
+    smooth_l1_loss,
+)
 from ms_perception_training.losses.distill import cross_entropy_ignore
 from ms_perception_training.models.fusion.gaff import IGNORE, gaff_inter_labels
 from ms_perception_training.models.heads import flatten_levels
@@ -70,7 +78,7 @@ def detection_loss_sums(branch, anchors, targets, num_classes, coder: BoxCoder, 
             weight[pos] = wt[cls_gt[pos]]
         reg = reg_gt >= 0
         if reg.any():
-            deltas = torch.from_numpy(coder.encode(anchors[reg].cpu().numpy(), gt[reg_gt[reg]].cpu().numpy())).to(box)
+            deltas = encode_boxes_torch(anchors[reg], gt[reg_gt[reg]], coder.weights).to(box)
             total_box = total_box + (reg_loss(box[i][reg], deltas).sum(1) * wt[reg_gt[reg]]).sum()
         total_cls = total_cls + (sigmoid_focal_loss(cls[i][valid], tgt[valid]).sum(1) * weight[valid]).sum()
         npos += int(pos.sum())
@@ -105,8 +113,7 @@ def multibox_loss_sums(branch, anchors, targets, num_classes, coder: BoxCoder, a
         w = torch.ones_like(ce)
         if n_pos:
             w[pos] = wt[res.gt_index[pos]]
-            deltas = torch.from_numpy(coder.encode(anchors[pos].cpu().numpy(),
-                                                   gt[res.gt_index[pos]].cpu().numpy())).to(box)
+            deltas = encode_boxes_torch(anchors[pos], gt[res.gt_index[pos]], coder.weights).to(box)
             total_box = total_box + (smooth_l1_loss(box[i][pos], deltas, beta=1.0).sum(1) * w[pos]).sum()
         total_cls = total_cls + (ce * w)[pos | hard].sum()
         npos += n_pos
@@ -136,10 +143,9 @@ def object_masks(targets, like: torch.Tensor, input_hw, ellipse: bool) -> torch.
     GAFF, filled boxes otherwise)."""
     n, _, h, w = like.shape
     H, W = input_hw
-    s = np.array([w / W, h / H] * 2)
-    draw = ellipse_mask if ellipse else (lambda b, size: box_mask(b, size).astype(np.uint8))
-    return torch.stack([torch.from_numpy(draw(t[0].detach().cpu().numpy() * s, (w, h)))
-                        for t in targets]).float()[:, None].to(like.device)
+    s = torch.tensor([w / W, h / H] * 2, dtype=torch.float64, device=like.device)
+    draw = ellipse_mask_torch if ellipse else box_mask_torch
+    return torch.stack([draw(t[0].to(like.device) * s, (w, h)) for t in targets]).float()[:, None]
 
 
 def cfr_mask_loss(out, targets, input_hw) -> torch.Tensor:
@@ -163,9 +169,9 @@ def seg_aux_loss(out, targets, input_hw) -> torch.Tensor | None:
 def seg_aux_target(targets, logits, input_hw) -> torch.Tensor:
     n, _, h, w = logits.shape
     H, W = input_hw
-    s = np.array([w / W, h / H] * 2)
-    return torch.stack([torch.from_numpy(box_mask(t[0].detach().cpu().numpy() * s, (w, h),
-                                                  t[1].cpu().numpy() + 1)) for t in targets]).to(logits.device)
+    s = torch.tensor([w / W, h / H] * 2, dtype=torch.float64, device=logits.device)
+    return torch.stack([box_mask_torch(t[0].to(logits.device) * s, (w, h), t[1].to(logits.device) + 1)
+                        for t in targets])
 
 
 class Objective:

@@ -182,16 +182,18 @@ def person_miss_rates(images, image_hw: tuple[int, int], height_floor: float = 5
     """Miss rate (all/day/night) of one class from plain arrays, boxes in image pixels.
 
     ``images``: iterable of ``(gt_xyxy (G, 4), gt_occlusion (G,), condition, det_xyxy (D, 4),
-    det_scores (D,))``; a "fog" condition counts as day. ``height_floor``: the reasonable-subset
+    det_scores (D,)[, gt_ignore (G,)])``; a "fog" condition counts as day; ignore regions
+    (KAIST people/cyclist/person?) neither count as misses nor make their detections false alarms. ``height_floor``: the reasonable-subset
     height (55 px at 512 rows in the MD/AL papers); boundary 5 px inside the image.
     """
     h, w = image_hw
     gts, dets = [], {}
-    for i, (gt, occ, cond, db, ds) in enumerate(images):
+    for i, (gt, occ, cond, db, ds, *rest) in enumerate(images):
         b = np.asarray(gt, np.float64).reshape(-1, 4)
         xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], 1)
+        ign = np.asarray(rest[0], bool).reshape(-1) if rest else np.zeros(len(b), bool)
         gts.append(ImageAnnotation(i, str(i), xywh, xywh[:, 3].copy(), np.asarray(occ, np.int64).reshape(-1),
-                                   np.zeros(len(b), bool), "day" if cond in ("day", "fog") else "night", w, h))
+                                   ign, "day" if cond in ("day", "fog") else "night", w, h))
         d = np.asarray(db, np.float64).reshape(-1, 4)
         dets[i] = np.concatenate([d[:, :2], d[:, 2:] - d[:, :2], np.asarray(ds, np.float64).reshape(-1, 1)], 1)
     cfg = KaistEvalConfig(height_range=(height_floor, math.inf), boundary=(5.0, 5.0, w - 5.0, h - 5.0))

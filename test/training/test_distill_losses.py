@@ -154,3 +154,39 @@ def test_mutual_guidance_never_picks_anchors_that_do_not_overlap_the_object():
     # a single anchor on the object and Np = 1 from the best-anchor rule: the far ones stay out
     r = MutualGuidanceAssigner().assign(anchors[2:], gt, torch.tensor([0]), pred[2:], torch.zeros(2, 1))
     assert r.cls_labels.tolist() == [0, 0] and r.reg_gt_index.tolist() == [-1, -1]
+
+
+# ----------------------------------------------------------------------------- SSD (softmax) heads
+
+
+def test_ssd_class_probabilities_are_the_softmax_over_k_plus_1_without_background():
+    from ms_perception_training.models.heads import anchors_per_level, class_probabilities, level_class_probabilities
+    # one level, 1x1 map, A = 2 anchors, K = 1: logits per anchor [background, person]
+    x = torch.tensor([0.0, math.log(3.0), math.log(4.0), 0.0]).view(1, 4, 1, 1)
+    p = level_class_probabilities(x, 1, "softmax")
+    assert p.flatten().tolist() == pytest.approx([0.75, 0.2])            # e^ln3/(1+3), 1/(4+1)
+    assert class_probabilities([x], 1, "softmax").flatten().tolist() == pytest.approx([0.75, 0.2])
+    assert anchors_per_level([x], 1, "softmax") == [2] and anchors_per_level([x], 1, "sigmoid") == [4]
+    # a sigmoid of every logit (the old scoring) would give sigmoid(ln 3) = 0.75 for the first but
+    # 0.5 / 0.8 / 0.5 for the rest: four "anchors", background logits included
+    assert torch.sigmoid(x).flatten().tolist() != pytest.approx([0.75, 0.2])
+
+
+def test_softmax_classification_distill_by_hand():
+    """Eq. 16 on an SSD head: positives + hardest 3x negatives, ζ·CE(hard) + (1−ζ)·CE(teacher soft)."""
+    from ms_perception_training.assign import IoUAssigner
+    from ms_perception_training.distillers import softmax_classification_distill_image
+    anchors = torch.tensor([[0., 0, 10, 10], [50, 50, 60, 60], [100, 100, 110, 110]])
+    gt, lab = torch.tensor([[0., 0, 10, 10]]), torch.tensor([0])
+    s = torch.tensor([[0.0, 1.0], [2.0, 0.0], [0.0, 0.0]])          # [background, person] logits
+    t = torch.tensor([[0.0, math.log(3.0)], [math.log(9.0), 0.0], [0.0, 0.0]])
+    total, pos, reg_gt = softmax_classification_distill_image(s, t, anchors, gt, lab, IoUAssigner(), zeta=0.5)
+    assert pos.tolist() == [True, False, False] and reg_gt.tolist() == [0, -1, -1]
+
+    def lsm(a, b):                    # log softmax of two logits
+        m = math.log(math.exp(a) + math.exp(b))
+        return a - m, b - m
+    hard = -lsm(0, 1)[1] - lsm(2, 0)[0] - lsm(0, 0)[0]              # person, background, background
+    soft = -(0.25 * lsm(0, 1)[0] + 0.75 * lsm(0, 1)[1]) - (0.9 * lsm(2, 0)[0] + 0.1 * lsm(2, 0)[1]) \
+        - (0.5 * lsm(0, 0)[0] + 0.5 * lsm(0, 0)[1])
+    assert total.item() == pytest.approx(0.5 * hard + 0.5 * soft, rel=1e-6)

@@ -124,7 +124,8 @@ def test_sigmoid_classification_distill_by_hand():
 def _probe(name):
     from ms_perception_training.fit import load_experiment
     from ms_perception_training.models.multispectral import build_model
-    from ms_perception_training.synthdata import make_batch, make_pool
+    from ms_perception_training.data.sources import make_pool
+    from ms_perception_training.data.loader import make_batch
     cfg, mcfg, tcfg = load_experiment(EXP / f"{name}.yaml")
     cfg.data.pairs = 24
     pool = make_pool(mcfg, cfg.data)
@@ -137,7 +138,7 @@ def test_modality_distiller_losses_are_the_papers_formulas():
     from ms_perception_training.losses import dice_loss
     from ms_perception_training.losses.distill import f_mse
     from ms_perception_training.objectives import Objective
-    from ms_perception_training.synthdata import thermal_for
+    from ms_perception_training.data.loader import thermal_for
     cfg, mcfg, tcfg, student, teacher, b = _probe("md_student_smoke")
     dist = build_distiller(cfg.distill, teacher, tcfg, student, mcfg, b)
     assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
@@ -176,7 +177,8 @@ def test_pdf_distiller_sums_the_weighted_imitation_over_pyramid_levels():
 
 def test_mixup_mixes_images_and_weights_boxes():
     from ms_perception_training.fit import load_experiment
-    from ms_perception_training.synthdata import make_batch, make_pool, sample_rng
+    from ms_perception_training.data.sources import make_pool
+    from ms_perception_training.data.loader import make_batch, sample_rng
     cfg, mcfg, _ = load_experiment(EXP / "synthetic_smoke.yaml")
     cfg.data.pairs = 24
     pool = make_pool(mcfg, cfg.data)
@@ -190,7 +192,7 @@ def test_mixup_mixes_images_and_weights_boxes():
     n_a, n_b = len(pool[i].boxes), len(pool[j].boxes)
     assert len(boxes) == n_a + n_b
     assert torch.allclose(weights, torch.tensor([lam] * n_a + [1 - lam] * n_b, dtype=torch.float32))
-    mixed = lam * pool[i].visible.astype(np.float32) + (1 - lam) * pool[j].visible.astype(np.float32)
+    mixed = np.rint(lam * pool[i].visible.astype(np.float32) + (1 - lam) * pool[j].visible.astype(np.float32))
     if flip:
         mixed = mixed[:, ::-1]
     mean, std = np.array(mcfg.input.visible_mean), np.array(mcfg.input.visible_std)
@@ -226,7 +228,7 @@ def test_mixup_weights_scale_the_loss_of_their_objects():
 
 
 def test_multi_scale_rescales_images_boxes_and_anchors(tmp_path, capsys):
-    from ms_perception_training.synthdata import Batch, rescale_batch
+    from ms_perception_training.data.loader import Batch, rescale_batch
     b = Batch(torch.zeros(1, 3, 96, 128), torch.zeros(1, 1, 96, 128),
               [(torch.tensor([[10., 20, 50, 60]]), torch.tensor([0]), torch.tensor([1.]))], None)
     r = rescale_batch(b, (64, 96))
@@ -239,7 +241,7 @@ def test_multi_scale_rescales_images_boxes_and_anchors(tmp_path, capsys):
 def test_detection_scores_are_perfect_for_perfect_predictions():
     from ms_perception_training.evaluate import detection_scores
     from ms_perception_training.fit import load_experiment
-    from ms_perception_training.synthdata import make_pool
+    from ms_perception_training.data.sources import make_pool
 
     from ms_perception.core.postprocess import Detections
     cfg, mcfg, _ = load_experiment(EXP / "synthetic_smoke.yaml")
@@ -385,11 +387,12 @@ def test_active_scores_come_from_the_runtime_implementation():
     from ms_perception_training.fit import load_experiment
     from ms_perception_training.models.heads import flatten_levels
     from ms_perception_training.models.multispectral import build_model
-    from ms_perception_training.synthdata import make_batch, make_pool, thermal_for
+    from ms_perception_training.data.sources import make_pool
+    from ms_perception_training.data.loader import make_batch, thermal_for
 
     from ms_perception.core.inconsistency import detection_inconsistency
     _, mcfg, _ = load_experiment(EXP / "synthetic_smoke.yaml")
-    pool = make_pool(mcfg, __import__("ms_perception_training.synthdata", fromlist=["x"]).SynthDataConfig(
+    pool = make_pool(mcfg, __import__("ms_perception_training.data.sources", fromlist=["x"]).SynthDataConfig(
         pairs=6, width=256, height=192, seed=4))
     torch.manual_seed(1)
     model = build_model(mcfg).eval()
@@ -434,7 +437,8 @@ def test_segmentation_active_loop_scores_pixels_with_the_runtime_and_tracks_miou
     from ms_perception_training import active
     from ms_perception_training.models.config import load_model_config
     from ms_perception_training.models.multispectral import build_model
-    from ms_perception_training.synthdata import make_batch, make_pool, thermal_for
+    from ms_perception_training.data.sources import make_pool
+    from ms_perception_training.data.loader import make_batch, thermal_for
 
     from ms_perception.core.inconsistency import categorical_entropy, segmentation_inconsistency
     cfg = active.load_active_config(EXP / "active_segmentation_smoke.yaml")
@@ -471,7 +475,7 @@ def test_thermal_only_and_visible_only_models_train_one_step():
     from ms_perception_training.models.config import load_model_config
     from ms_perception_training.models.multispectral import build_model
     from ms_perception_training.objectives import Objective
-    from ms_perception_training.synthdata import Batch
+    from ms_perception_training.data.loader import Batch
     base = load_model_config(REPO / "config/models/tiny/twostream_add_r18_retinanet.yaml")
     for scheme in ("thermal_only", "visible_only"):
         from dataclasses import replace
@@ -494,3 +498,47 @@ def test_train_active_cli_refuses_a_model_without_mono_branches(tmp_path, capsys
     cfg.write_text(f"base: {EXP / 'active_smoke.yaml'}\nbudget: 1000\n")
     assert main(["active", "--config", str(cfg), "--out", str(tmp_path / "o"), "--json"]) == 2
     assert "exceeds the pool" in capsys.readouterr().err
+
+
+def test_active_scores_of_an_ssd_model_use_the_exported_models_softmax_scores():
+    """The AL paper's detector is an SSD: informativeness comes from the softmax over K + 1 with the
+    background dropped, exactly the scores the exported model gives the runtime."""
+    from ms_perception_training.active import score_pool
+    from ms_perception_training.data.sources import DataConfig, make_pool
+    from ms_perception_training.export.onnx_export import ExportWrapper
+    from ms_perception_training.models.config import load_model_config
+    from ms_perception_training.models.heads import anchors_per_level
+    from ms_perception_training.models.multispectral import build_model
+
+    from ms_perception.core.inconsistency import binary_entropy, detection_inconsistency
+    mcfg = load_model_config(REPO / "config/models/tiny/gaff_three_branch_vgg16_ssd.yaml")
+    assert mcfg.head.type == "ssd" and mcfg.fusion.three_branch
+    pool = make_pool(mcfg, DataConfig(pairs=3, width=256, height=192, seed=4))
+    torch.manual_seed(1)
+    model = build_model(mcfg).eval()
+    with torch.no_grad():
+        for p in model.heads["thermal"].parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    got = score_pool(model, mcfg, pool, [0, 1, 2], "inconsistency")
+    ent = score_pool(model, mcfg, pool, [0, 1, 2], "entropy")
+    wrapper = ExportWrapper(model, decode=False).eval()   # the graph export_onnx writes (parity tested there)
+    for i in range(3):
+        v = torch.from_numpy(pool[i].visible).permute(2, 0, 1)[None]
+        t = torch.from_numpy(pool[i].thermal)[None, None]
+        with torch.no_grad():
+            outs = dict(zip(wrapper.output_names(), wrapper(v, t)))
+            counts = anchors_per_level(model(wrapper_norm_v(wrapper, v), wrapper_norm_t(wrapper, t))
+                                       .branches["fused"].cls_logits, 1, "softmax")
+        pv, pt, pf = (outs[k][0].numpy() for k in ("scores_visible", "scores_thermal", "scores"))
+        assert got[i] == pytest.approx(detection_inconsistency(pv, pt, counts).score, rel=1e-6)
+        h, b = binary_entropy(pf), np.cumsum([0] + counts)
+        assert ent[i] == pytest.approx(float(np.mean([h[b[j]:b[j + 1]].mean() for j in range(len(counts))])), rel=1e-6)
+    assert (got > 1e-5).all() and len(set(np.round(got, 9))) == 3
+
+
+def wrapper_norm_v(w, v):
+    return (v.float() / 255.0 - w.v_mean) / w.v_std
+
+
+def wrapper_norm_t(w, t):
+    return (t.float() / 255.0 - w.t_mean) / w.t_std

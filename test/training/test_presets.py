@@ -164,3 +164,31 @@ def test_train_info_json_last_line(capsys):
     assert isinstance(info["params"], int) and isinstance(info["macs"], int)
     assert info["params"] == count_params(build_model(tiny("gaff_r18_retinanet")))
     assert info["params_by_part"]["fusion"] > 0 and info["cpu_latency"]["median_ms"] > 0
+
+
+PAPER_TABLE_5_4 = {"md_paper_visible_only_r18_retinanet": 12.44e6, "md_paper_image_r18_retinanet": 12.45e6,
+                   "md_paper_gaff_teacher_r18_retinanet": 23.77e6, "md_paper_decision_r18_retinanet": 24.88e6,
+                   "md_paper_student_r18_retinanet": 12.45e6}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_TABLE_5_4))
+def test_md_paper_presets_match_the_thesis_parameter_table_within_2_percent(name):
+    """Thesis Table 5.4 (KAIST, ResNet-18 + RetinaNet): 1.244e7, 1.245e7, 2.377e7, 2.488e7."""
+    cfg = load_model_config(REPO / "config/models" / f"{name}.yaml")
+    n = count_params(build_model(cfg))
+    assert abs(n / PAPER_TABLE_5_4[name] - 1) <= 0.02, f"{name}: {n:,} vs the paper's {PAPER_TABLE_5_4[name]:,.0f}"
+    assert cfg.paper_params_m * 1e6 == PAPER_TABLE_5_4[name]
+    if name == "md_paper_gaff_teacher_r18_retinanet":        # two complete streams: layer4 in each
+        m = build_model(cfg)
+        assert count_params(m.backbone_v) == count_params(m.backbone_t) == 11_689_512 - 513_000
+
+
+def test_train_info_shows_the_paper_count_next_to_the_preset(capsys):
+    from ms_perception_training.cli import main
+    assert main(["info", "--config", str(REPO / "config/models/md_paper_image_r18_retinanet.yaml"),
+                 "--latency-runs", "0"]) == 0
+    out = capsys.readouterr().out
+    info = json.loads(out.strip().splitlines()[-1])
+    assert info["paper_params"]["params"] == 12_450_000
+    assert info["paper_params"]["difference_percent"] == pytest.approx(100 * (info["params"] / 12.45e6 - 1), abs=0.01)
+    assert "the paper: 12,450,000" in out

@@ -109,8 +109,9 @@ def _read_list(path: Path) -> list[str]:
 
 def _kaist_image(root: Path, name: str, modality: str) -> Path:
     s, v, i = name.split("/")
-    return _first_existing([root / s / v / modality / f"{i}{ext}" for ext in (".jpg", ".png")],
-                           f"KAIST {modality} image for {name}")
+    # setXX/VYYY/<modality>/I.jpg (KAIST), or <modality>/setXX/VYYY/I.png (the synthetic writer's lwir16)
+    return _first_existing([root / s / v / modality / f"{i}{ext}" for ext in (".jpg", ".png")]
+                           + [root / modality / s / v / f"{i}.png"], f"KAIST {modality} image for {name}")
 
 
 def _kaist_objects(objs):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ms_perception_training.boxes import decode_boxes_torch  # noqa: F401 (re-exported)
 from ms_perception.core import jsonio
 from ms_perception_training.models.bn_fold import fold_batchnorm
 from ms_perception_training.models.config import ModelConfig
@@ -36,19 +37,6 @@ from ms_perception.core.card import CARD_KEY, ModelCard, Normalization, TensorSp
 
 OPSET = 17
 OPS_FILE = Path(__file__).with_name("tensorrt_onnx_ops.txt")
-
-
-def decode_boxes_torch(anchors: torch.Tensor, deltas: torch.Tensor, weights, clip: float) -> torch.Tensor:
-    """Torch mirror of ``ms_perception.core.anchors.BoxCoder.decode`` (equality tested)."""
-    aw, ah = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
-    ax, ay = anchors[:, 0] + 0.5 * aw, anchors[:, 1] + 0.5 * ah
-    wx, wy, ww, wh = weights
-    dx, dy = deltas[..., 0] / wx, deltas[..., 1] / wy
-    dw = torch.clamp(deltas[..., 2] / ww, max=clip)
-    dh = torch.clamp(deltas[..., 3] / wh, max=clip)
-    cx, cy = dx * aw + ax, dy * ah + ay
-    w, h = torch.exp(dw) * aw, torch.exp(dh) * ah
-    return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], -1)
 
 
 class ExportWrapper(nn.Module):

@@ -133,6 +133,9 @@ class ModelConfig:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     neck: NeckConfig = field(default_factory=NeckConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
+    # the parameter count the source paper reports for this configuration (millions), and where
+    paper_params_m: float | None = None
+    paper_source: str = ""
 
     @property
     def num_classes(self) -> int:

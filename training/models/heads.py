@@ -73,6 +73,28 @@ def flatten_levels(per_level: list[torch.Tensor], k: int) -> torch.Tensor:
     return torch.cat(out, 1)
 
 
+def class_probabilities(per_level: list[torch.Tensor], k: int, activation: str) -> torch.Tensor:
+    """Per-anchor class probabilities (N, A, K) as the exported model computes them: a sigmoid
+    per class (RetinaNet heads), or a softmax over the K + 1 classes with the background
+    (class 0) dropped (SSD heads)."""
+    if activation == "sigmoid":
+        return torch.sigmoid(flatten_levels(per_level, k))
+    return torch.softmax(flatten_levels(per_level, k + 1), -1)[..., 1:]
+
+
+def level_class_probabilities(x: torch.Tensor, k: int, activation: str) -> torch.Tensor:
+    """One level's (N, A*K[+1], H, W) logits -> (N, A*K, H, W) class probabilities (as above)."""
+    if activation == "sigmoid":
+        return torch.sigmoid(x)
+    n, _, h, w = x.shape
+    return torch.softmax(x.view(n, -1, k + 1, h, w), 2)[:, :, 1:].reshape(n, -1, h, w)
+
+
+def anchors_per_level(per_level: list[torch.Tensor], k: int, activation: str) -> list[int]:
+    kk = k if activation == "sigmoid" else k + 1
+    return [x.shape[1] // kk * x.shape[2] * x.shape[3] for x in per_level]
+
+
 class PSPHead(nn.Module):
     """PSPNet pyramid pooling (Zhao et al. 2017): bins (1, 2, 3, 6), each avg-pool -> 1x1
     conv (C/4) + BN + ReLU -> bilinear up; concat with the input -> 3x3 conv+BN+ReLU ->

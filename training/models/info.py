@@ -54,6 +54,9 @@ def model_info(model: MultispectralModel, latency_runs: int = 5) -> dict:
     info = {"name": cfg.name, "task": cfg.task, "scheme": cfg.fusion.scheme, "fusion": cfg.fusion.module,
             "input": [cfg.input.width, cfg.input.height], "thermal_input": list(cfg.input.thermal_hw[::-1]),
             "params": count_params(model), "macs": count_macs(model)}
+    if cfg.paper_params_m:
+        info["paper_params"] = {"params": int(round(cfg.paper_params_m * 1e6)), "source": cfg.paper_source,
+                                "difference_percent": round(100 * (info["params"] / (cfg.paper_params_m * 1e6) - 1), 2)}
     parts = {}
     for name, mod in model.named_children():
         parts[name] = count_params(mod)
