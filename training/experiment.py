@@ -23,7 +23,7 @@ class DistillConfig:
     teacher: str = ""                 # teacher model config YAML (relative to the experiment file)
     teacher_checkpoint: str = ""      # its trained weights (relative to the experiment file)
     # PDF-Distil (thesis §3.3)
-    pdf_weights: str = "soft"         # soft (PDF-Distil) | uniform (FitNets) | hard (top-k ablation)
+    pdf_weights: str = "soft"         # soft (PDF-Distil) | uniform (FitNets) | hard / similar (top / bottom-k ablations)
     pdf_metric: str = "l2"            # l2 (best) | l1 | kl
     pdf_top_fraction: float = 0.25    # hard sampling: top 25% / 50%
     pdf_weight: float = 1.0
@@ -47,8 +47,8 @@ class DistillConfig:
     def __post_init__(self):
         if self.method not in ("", "pdf", "modality", "crossmodal"):
             raise ConfigError(f"distill.method must be one of '', 'pdf', 'modality', 'crossmodal'; got {self.method!r}")
-        if self.pdf_weights not in ("soft", "uniform", "hard"):
-            raise ConfigError(f"distill.pdf_weights must be soft, uniform or hard; got {self.pdf_weights!r}")
+        if self.pdf_weights not in ("soft", "uniform", "hard", "similar"):
+            raise ConfigError(f"distill.pdf_weights must be soft, uniform, hard or similar; got {self.pdf_weights!r}")
         if self.pdf_metric not in ("l2", "l1", "kl"):
             raise ConfigError(f"distill.pdf_metric must be l2, l1 or kl; got {self.pdf_metric!r}")
         if self.md_semantic not in ("f_mse", "mse", "none"):

@@ -26,16 +26,17 @@ def test_f_mse_by_hand():
 
 
 def test_classification_distill_by_hand():
-    ds = torch.tensor([[0.0, 0.0]])            # student: uniform -> log p = log 0.5
-    dt = torch.tensor([[2.0, 0.0]])
+    ds = torch.tensor([[math.log(3.0), 0.0]])  # student p = [0.75, 0.25]
+    dt = torch.tensor([[0.0, 0.0]])            # teacher: uniform at any T
     hard = torch.tensor([0])
-    # ζ g(y^h, φ(d^s)) = 0.5 * log 2; soft term: −Σ φ(dt/T) log 0.5 = log 2 (any T)
-    assert classification_distill(ds, dt, hard, zeta=0.5, temperature=4.0).item() == pytest.approx(math.log(2))
-    # student matching the softened teacher reaches the soft term's minimum (its entropy)
-    T = 2.0
-    soft = torch.softmax(dt / T, 1)
-    ent = -(soft * soft.log()).sum().item()
-    assert classification_distill(torch.log(soft), dt, hard, zeta=0.0, temperature=T).item() == pytest.approx(ent)
+    hard_ce = -math.log(0.75)
+    soft_ce = -(0.5 * math.log(0.75) + 0.5 * math.log(0.25))
+    for zeta in (0.5, 0.2, 1.0):               # ζ·g(y^h, φ(d^s)) + (1 − ζ)·g(φ(d^t/T), φ(d^s))
+        got = classification_distill(ds, dt, hard, zeta=zeta, temperature=4.0).item()
+        assert got == pytest.approx(zeta * hard_ce + (1 - zeta) * soft_ce)
+    # the teacher is softened by T, the student is not: dt = [ln 9, 0] at T = 2 gives [0.75, 0.25]
+    got = classification_distill(ds, torch.tensor([[math.log(9.0), 0.0]]), hard, zeta=0.0, temperature=2.0).item()
+    assert got == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
 
 
 def test_conditional_regression_is_bounded_by_the_teacher():
@@ -54,10 +55,15 @@ def test_conditional_regression_is_bounded_by_the_teacher():
 
 
 def test_segmentation_distill_and_ignore():
-    logits = torch.zeros(1, 2, 1, 2)          # uniform student: CE = log 2 everywhere
+    # pixel 0: student [ln 3, 0] -> p [.75, .25], gt 0, teacher uniform; pixel 1: gt ignored,
+    # student uniform, teacher [ln 4, 0] -> [.8, .2]
+    logits = torch.tensor([[[[math.log(3.0), 0.0]], [[0.0, 0.0]]]])
+    teacher = torch.tensor([[[[0.0, math.log(4.0)]], [[0.0, 0.0]]]])
     gt = torch.tensor([[[0, 255]]])
-    teacher = torch.tensor([[[[5.0, -5.0]], [[-5.0, 5.0]]]])
-    assert segmentation_distill(logits, gt, teacher, xi=0.5).item() == pytest.approx(math.log(2))
+    hard = -math.log(0.75)                                             # mean over labeled pixels
+    soft = (-(0.5 * math.log(0.75) + 0.5 * math.log(0.25)) + math.log(2)) / 2   # mean over all pixels
+    for xi in (0.5, 0.3):
+        assert segmentation_distill(logits, gt, teacher, xi=xi).item() == pytest.approx(xi * hard + (1 - xi) * soft)
     assert cross_entropy_ignore(logits, torch.full((1, 1, 2), 255)).item() == 0
 
 
@@ -76,6 +82,8 @@ def test_pdf_distil_weights_and_loss_by_hand():
     assert pdf_distill_loss(xs, xt, pdf_weights(d, "uniform")).item() == pytest.approx(1.0)   # FitNets: MSE
     hard = pdf_weights(torch.tensor([[[3.0, 1.0, 2.0, 0.0]]]), "hard", top_fraction=0.5)
     assert hard.tolist() == [[[2.0, 0.0, 2.0, 0.0]]]
+    similar = pdf_weights(torch.tensor([[[3.0, 1.0, 2.0, 0.0]]]), "similar", top_fraction=0.25)
+    assert similar.tolist() == [[[0.0, 0.0, 0.0, 4.0]]]          # the most similar quarter, mean 1
     assert disagreement_map(pt, ps, 1, "l1").flatten().tolist() == pytest.approx([0.4, 0.0])
     kl = 0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)
     assert disagreement_map(pt, ps, 1, "kl")[0, 0, 0].item() == pytest.approx(kl, rel=1e-5)

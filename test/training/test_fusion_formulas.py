@@ -175,15 +175,33 @@ def test_psfuse_schedules():
 
 def test_psfuse_level_equations():
     torch.manual_seed(0)
-    m = PSFuse(4, 8, "A", levels=1).eval()
+    m = PSFuse(4, 8, "A", levels=2).eval()               # mono 4, 2; fused 4, 8
     f_v, f_t = torch.randn(1, 4, 5, 5), torch.randn(1, 4, 5, 5)
     fused, ex = m(f_v, f_t)
     f0 = (f_t + f_v) / 2
     tf, vf = torch.cat([f_t, f0], 1), torch.cat([f_v, f0], 1)
-    assert torch.allclose(ex["mono_t"], m.f1[0](tf))
-    assert torch.allclose(ex["mono_v"], m.f2[0](vf))
-    assert torch.allclose(fused, torch.relu((m.f3[0](tf) + m.f4[0](vf)) / 2))
+    t1, v1, f1 = m.f1[0](tf), m.f2[0](vf), torch.relu((m.f3[0](tf) + m.f4[0](vf)) / 2)
+    assert torch.allclose(ex["mono_t"], t1) and torch.allclose(ex["mono_v"], v1)
+    tf2, vf2 = torch.cat([t1, f1], 1), torch.cat([v1, f1], 1)
+    assert torch.allclose(fused, torch.relu((m.f3[1](tf2) + m.f4[1](vf2)) / 2))
     assert fused.shape == (1, 8, 5, 5) and ex["mono_t"].shape == (1, 4, 5, 5)
+
+
+@pytest.mark.parametrize("setting", ["A", "B"])
+def test_psfuse_builds_no_parameter_that_feeds_nothing(setting):
+    """Every parameter gets a gradient from the fused output; the last level has no mono convs
+    (A at C = 512: 2 x (384·64·9 + BN) = 0.44 M not built; B: 2.36 M)."""
+    torch.manual_seed(0)
+    m = PSFuse(16, 32, setting, levels=3)
+    fused, _ = m(torch.randn(2, 16, 6, 6), torch.randn(2, 16, 6, 6))
+    fused.sum().backward()
+    assert all(p.grad is not None for p in m.parameters())
+    assert len(m.f1) == len(m.f2) == 2 and len(m.f3) == 3
+    if setting == "A":   # VGG conv3 (256) -> conv4 (512), by hand: conv k*k*cin*cout + BN 2*cout
+        level0 = 2 * (512 * 256 * 9 + 512) + 2 * (512 * 128 * 9 + 256)      # mono 256, fused 128; cin 256+256
+        level1 = 2 * (384 * 128 * 9 + 256) + 2 * (384 * 256 * 9 + 512)      # cin 256+128
+        level2 = 2 * (384 * 512 * 9 + 1024)                                 # cin 128+256; fused only
+        assert sum(p.numel() for p in PSFuse(256, 512, "A").parameters()) == level0 + level1 + level2
 
 
 def test_simple_fusions():

@@ -61,6 +61,7 @@ def test_method_trains_through_the_cli(name, tmp_path, capsys):
 @pytest.mark.parametrize("name,part", [("md_student_smoke", "md_semantic"), ("md_no_thermal_student_smoke", "md_semantic"),
                                        ("pdf_distil_smoke", "pdf_kd"),
                                        ("pdf_fitnets_smoke", "pdf_kd"), ("pdf_hard25_smoke", "pdf_kd"),
+                                       ("pdf_similar25_smoke", "pdf_kd"),
                                        ("crossmodal_smoke", "cm_feature")])
 def test_distillation_trains_through_the_cli(name, part, teachers, tmp_path, capsys):
     teacher = {"md": "gaff_teacher_smoke", "pd": "pdf_teacher_smoke", "cr": "cfl_maf_smoke"}[name[:2]]

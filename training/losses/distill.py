@@ -98,20 +98,27 @@ def disagreement_map(p_teacher: torch.Tensor, p_student: torch.Tensor, num_ancho
 
 def pdf_weights(d: torch.Tensor, mode: str = "soft", top_fraction: float = 0.25) -> torch.Tensor:
     """M[h,w] = H·W·D[h,w] / Σ D (mean 1) per image ("soft", PDF-Distil); "hard": 1 on the top
-    fraction of locations by D, 0 elsewhere, rescaled to mean 1 (the top-25%/50% ablation);
-    "uniform": all ones (FitNets)."""
+    fraction of locations by D (the most different teacher-student predictions), 0 elsewhere,
+    rescaled to mean 1; "similar": the same on the bottom fraction (the most similar
+    predictions); "uniform": all ones (FitNets). Thesis Table 3.5: hard and similar at 25 % and
+    50 % are its strategies 2-5.
+
+    Normalization: per image and pyramid level (each level's map has mean 1), as eq. 3.4 is
+    written. The authors' code normalizes over the whole batch and all levels at once; the two
+    agree exactly for one image and one level, and otherwise differ only in how the total weight
+    is shared between images and levels."""
     b, h, w = d.shape
     flat = d.flatten(1)
     if mode == "uniform":
         m = torch.ones_like(flat)
     elif mode == "soft":
         m = h * w * flat / flat.sum(1, keepdim=True).clamp(min=1e-12)
-    elif mode == "hard":
+    elif mode in ("hard", "similar"):
         k = max(1, int(round(top_fraction * h * w)))
-        idx = flat.topk(k, dim=1).indices
+        idx = flat.topk(k, dim=1, largest=mode == "hard").indices
         m = torch.zeros_like(flat).scatter_(1, idx, 1.0) * (h * w / k)
     else:
-        raise ValueError(f"weight mode must be soft, hard or uniform, got {mode!r}")
+        raise ValueError(f"weight mode must be soft, hard, similar or uniform, got {mode!r}")
     return m.view(b, h, w)
 
 

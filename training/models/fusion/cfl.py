@@ -6,7 +6,9 @@ Per modality m, input x^m (N, C, H, W) split into the first αC and the last (1-
                                           modality-specific, (1-α)C -> C, summed
     s = GAP(S^m), r = GAP(R^m);  β_c = e^{s_c} / (e^{s_c} + e^{r_c}),  γ = 1 - β
     o^m = β ⊙ S^m + γ ⊙ R^m               (parameter-free aggregation)
-Defaults α = 0.5, G = 2 (§IV-A). The paper inserts CFL after conv1..conv5 of VGG-16.
+Defaults α = 0.5, G = 2 (§IV-A). The paper inserts CFL after conv1..conv5 of VGG-16; on our
+SSD-style VGG-16 the fifth stage ends with fc6/fc7, so the fifth CFL (and MAF, and the
+cross-modal L_F) sit after fc7, not conv5_3 (config/models/cfl_vgg16_retinanet.yaml says why).
 α = 0 or 1 (the ablations of Table II) drop the specific or shared part.
 """
 from __future__ import annotations

@@ -12,7 +12,9 @@ The thesis states the rule ("monospectral features halved" / "fused features dou
 a convolution level") but not the widths or the level-0 fused feature. Our reading: start
 from f_f^0 = (f_t^0 + f_v^0) / 2 (the baseline average fusion of the incoming conv3
 features) and output f_f^L (C channels) so the next stage is unchanged. With it setting A
-is cheaper than the two conv4 stages it replaces and B is dearer (the thesis has both
+is cheaper than the two conv4 stages it replaces and B is dearer. The last level computes only
+the fused feature: its mono convolutions F1, F2 would produce features nothing uses (0.44 M
+parameters in A, 2.36 M in B at C = 512), so they are not built (the thesis has both
 cheaper, Table 4.4; its absolute counts come from a smaller VGG than torchvision's).
 """
 from __future__ import annotations
@@ -45,16 +47,20 @@ class PSFuse(nn.Module):
         self.setting, self.out_channels, self.mono_channels = setting, out_channels, mono
         self.f1, self.f2, self.f3, self.f4 = (nn.ModuleList() for _ in range(4))
         cm, cf = in_channels, in_channels
-        for m, f in zip(mono, fused):
-            self.f1.append(_conv(cm + cf, m))
-            self.f2.append(_conv(cm + cf, m))
+        for i, (m, f) in enumerate(zip(mono, fused)):
+            if i < levels - 1:        # the last level's mono features would feed nothing: no F1/F2 there
+                self.f1.append(_conv(cm + cf, m))
+                self.f2.append(_conv(cm + cf, m))
             self.f3.append(_conv(cm + cf, f, relu=False))
             self.f4.append(_conv(cm + cf, f, relu=False))
             cm, cf = m, f
 
     def forward(self, f_v: torch.Tensor, f_t: torch.Tensor):
+        """-> (f_f^L, {"mono_t": f_t^{L-1}, "mono_v": f_v^{L-1}}: the mono inputs of the last level)."""
         f_f = (f_t + f_v) / 2
-        for f1, f2, f3, f4 in zip(self.f1, self.f2, self.f3, self.f4):
+        for i, (f3, f4) in enumerate(zip(self.f3, self.f4)):
             tf, vf = torch.cat([f_t, f_f], 1), torch.cat([f_v, f_f], 1)
-            f_t, f_v, f_f = f1(tf), f2(vf), torch.relu((f3(tf) + f4(vf)) / 2)
+            if i < len(self.f1):
+                f_t, f_v = self.f1[i](tf), self.f2[i](vf)
+            f_f = torch.relu((f3(tf) + f4(vf)) / 2)
         return f_f, {"mono_t": f_t, "mono_v": f_v}
