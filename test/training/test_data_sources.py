@@ -262,3 +262,11 @@ def test_bad_data_config_is_one_clear_line(tmp_path, capsys):
     exp = experiment(tmp_path, GAFF, {"type": "kaist", "root": str(tmp_path / "none")})
     assert main(["fit", "--config", str(exp), "--out", str(tmp_path / "o")]) == 2
     assert "KAIST image list" in capsys.readouterr().err
+
+
+def test_active_learning_refuses_a_disk_source_instead_of_generating_data(tmp_path):
+    """train active still reads the synthetic pool only: a KAIST config must not silently train
+    on generated pairs."""
+    mcfg = load_model_config(GAFF)
+    with pytest.raises(ValueError, match="synthetic source only"):
+        make_pool(mcfg, DataConfig(type="kaist", root=str(tmp_path)))

@@ -167,6 +167,9 @@ def preprocess(mcfg, visible: np.ndarray, thermal: np.ndarray | None, thermal_to
 
 def make_pool(mcfg, d: DataConfig) -> list[PoolItem]:
     """The synthetic source: ``d.pairs`` generated pairs, preprocessed, in memory."""
+    if d.type != "synthetic":
+        raise ValueError(f"data.type {d.type!r}: this command reads the synthetic source only (train active does "
+                         "not read datasets on disk yet); use data.type: synthetic")
     gen = SyntheticGenerator(SynthConfig(width=d.width, height=d.height, thermal_factor=d.thermal_factor,
                                          night_fraction=d.night_fraction, misregistration_px=0.0), d.seed)
     seg = mcfg.task == "segmentation"
