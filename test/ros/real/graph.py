@@ -97,24 +97,6 @@ class Process:
             self.proc.wait()
             raise AssertionError(f"the node did not exit within {timeout} s of {sig!r}:\n{self.output()[-4000:]}")
 
-    def stop_launch(self, timeout: float = 15.0) -> int:
-        """Stop a `ros2 launch` process with SIGINT, as a terminal's Ctrl-C does. Seen in 2 of 3 fresh
-        CI runs of this suite: launch never handled the first SIGINT. Its own log had no "user
-        interrupted with ctrl-c" line; launch_ros starts rclpy, whose signal handler races launch's,
-        in a thread. When that line is missing, the signal is sent again, as a user presses Ctrl-C
-        again. A second SIGINT after launch handled the first is ignored by launch, so a node that
-        does not stop still fails here. The node's own SIGINT/SIGTERM handling is tested directly,
-        without launch, in test_node_graph.py."""
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGINT)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            if "user interrupted with ctrl-c" in self.output():
-                return self.stop(signal.SIGINT, timeout)      # launch has it: the node is the one hanging
-            print(f"launch lost the first SIGINT (pid {self.proc.pid}); sending it again", file=sys.stderr)
-            return self.stop(signal.SIGINT, timeout)
-
     def kill(self):
         if self.proc.poll() is None:
             try:

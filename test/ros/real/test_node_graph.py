@@ -208,7 +208,7 @@ def test_parameter_precedence_yaml_then_explicit_launch_arguments(processes, pro
     assert values == robot
     assert probe.node.count_publishers("/rig/visible") == 0
     probe.spin_until(lambda: probe.node.count_subscribers("/rig/visible") == 1, 10, "a subscription to /rig/visible")
-    node.stop_launch()
+    node.stop()
 
     node = processes(ros_launch([f"config_file:={cfg}", "thermal_topic:=/cli/thermal", "backend:=onnxruntime"]),
                      name="cli-override")
@@ -216,7 +216,7 @@ def test_parameter_precedence_yaml_then_explicit_launch_arguments(processes, pro
     values = probe.get_params(*names)
     assert values == {**robot, "thermal_topic": "/cli/thermal", "backend": "onnxruntime"}
     probe.spin_until(lambda: probe.node.count_subscribers("/cli/thermal") == 1, 10, "a subscription to /cli/thermal")
-    node.stop_launch()
+    node.stop()
 
 
 # ------------------------------------------------------------------------------------------- 3
