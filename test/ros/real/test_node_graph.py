@@ -356,18 +356,22 @@ def test_malformed_images_are_counted_and_the_node_keeps_running(processes, prob
     vis0, th0 = demo_pairs[0]
     feed(probe, [(vis0, th0)], lambda i: probe.got["det"], what="detections")
     cases = malformed(vis0)
+    sent = 0
     for k, (name, bad) in enumerate(cases.items()):
         bad.header.stamp.sec = vis0.header.stamp.sec + 100 + k
         th = Image(header=th0.header, height=th0.height, width=th0.width, encoding=th0.encoding, step=th0.step,
                    data=bytes(th0.data))
         th.header.stamp = bad.header.stamp
-        target = k + 1
+        # resent until counted; the target comes from the count so far, because a pair resent while the
+        # diagnostics lagged is counted again (seen under load: 5 errors for 4 cases)
+        target = int(fresh_diag(probe, 0.3)[2]["errors"]) + 1
         deadline = time.monotonic() + 15
         while int(fresh_diag(probe, 0.3)[2]["errors"]) < target:
             assert time.monotonic() < deadline, f"{name}: not counted"
             probe.publish_pair(bad, th)
+            sent += 1
     level, message, values = fresh_diag(probe)
-    assert int(values["errors"]) == len(cases) and "last_error" in values
+    assert len(cases) <= int(values["errors"]) <= sent and "last_error" in values
     # still running and still detecting
     n = len(probe.got["det"])
     vis1, th1 = demo_pairs[1]
