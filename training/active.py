@@ -128,7 +128,7 @@ def _metric(r: dict) -> tuple[str, float | None]:
 
 def run_active(cfg: ActiveConfig, out: Path, log=print, fit_fn=None) -> dict:
     from ms_perception_training.fit import fit
-    from ms_perception_training.models.multispectral import build_model
+    from ms_perception_training.models.build import build_model
     fit_fn = fit_fn or fit
     mcfg = load_model_config(cfg.model)
     if not mcfg.fusion.three_branch:

@@ -18,7 +18,7 @@ class TrainCliError(Exception):
 
 def _load(config: str):
     from ms_perception_training.models.config import load_model_config
-    from ms_perception_training.models.multispectral import build_model
+    from ms_perception_training.models.build import build_model
     cfg = load_model_config(config)
     return cfg, build_model(cfg)
 
@@ -114,7 +114,7 @@ def cmd_eval(args) -> int:
     from ms_perception_training.evaluate import _items, detection_scores, predict_pool, segmentation_scores, \
         write_benchmark_files
     from ms_perception_training.experiment import load_experiment
-    from ms_perception_training.models.multispectral import build_model
+    from ms_perception_training.models.build import build_model
     cfg, mcfg, _ = load_experiment(args.config)
     model = build_model(mcfg)
     try:

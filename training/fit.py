@@ -44,7 +44,7 @@ from ms_perception_training.experiment import (  # noqa: F401 (re-exported: the 
 )
 from ms_perception_training.logs import Logger
 from ms_perception_training.models.config import ModelConfig
-from ms_perception_training.models.multispectral import build_model
+from ms_perception_training.models.build import build_model
 from ms_perception_training.objectives import Objective, detection_loss  # noqa: F401 (re-export)
 
 from ms_perception.core import jsonio

@@ -28,7 +28,7 @@ def _batch(mcfg, n=2, device="cuda"):
 def test_every_preset_forward_backward_on_cuda(name):
     from ms_perception_training.data.loader import thermal_for
     from ms_perception_training.models.config import load_model_config
-    from ms_perception_training.models.multispectral import build_model
+    from ms_perception_training.models.build import build_model
     from ms_perception_training.objectives import Objective
     mcfg = load_model_config(TINY / f"{name}.yaml")
     model = build_model(mcfg).cuda().train()
@@ -45,7 +45,7 @@ def test_every_preset_forward_backward_on_cuda(name):
 def test_mutual_guidance_and_amp_with_gradscaler_on_cuda():
     from ms_perception_training.data.loader import thermal_for
     from ms_perception_training.models.config import load_model_config
-    from ms_perception_training.models.multispectral import build_model
+    from ms_perception_training.models.build import build_model
     from ms_perception_training.objectives import Objective
     mcfg = load_model_config(TINY / "gaff_r18_retinanet.yaml")
     model = build_model(mcfg).cuda().train()

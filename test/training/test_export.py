@@ -9,7 +9,7 @@ import pytest
 import torch
 from ms_perception_training.export.onnx_export import export_onnx, supported_ops, unsupported_ops
 from ms_perception_training.models.config import load_model_config
-from ms_perception_training.models.multispectral import build_model
+from ms_perception_training.models.build import build_model
 
 from ms_perception.core.anchors import BoxCoder, grid_anchors
 from ms_perception.core.card import CARD_KEY, read_card

@@ -77,7 +77,7 @@ def test_distillation_trains_through_the_cli(name, part, teachers, tmp_path, cap
     # the student's weights alone load into the student model (what export uses)
     from ms_perception_training.cli import load_checkpoint_into
     from ms_perception_training.fit import load_experiment
-    from ms_perception_training.models.multispectral import build_model
+    from ms_perception_training.models.build import build_model
     _, mcfg, _ = load_experiment(EXP / f"{name}.yaml")
     load_checkpoint_into(build_model(mcfg), str(tmp_path / "run" / "last.pt"))
     if name == "crossmodal_smoke":
@@ -124,7 +124,7 @@ def test_sigmoid_classification_distill_by_hand():
 
 def _probe(name):
     from ms_perception_training.fit import load_experiment
-    from ms_perception_training.models.multispectral import build_model
+    from ms_perception_training.models.build import build_model
     from ms_perception_training.data.sources import make_pool
     from ms_perception_training.data.loader import make_batch
     cfg, mcfg, tcfg = load_experiment(EXP / f"{name}.yaml")
@@ -375,7 +375,7 @@ def test_two_process_ddp_distillation_equals_one_process(teachers, tmp_path):
 
 
 def build_initial(mcfg):
-    from ms_perception_training.models.multispectral import build_model
+    from ms_perception_training.models.build import build_model
     torch.manual_seed(0)
     return build_model(mcfg).state_dict()
 
@@ -387,7 +387,7 @@ def test_active_scores_come_from_the_runtime_implementation():
     from ms_perception_training.active import score_pool
     from ms_perception_training.fit import load_experiment
     from ms_perception_training.models.heads import flatten_levels
-    from ms_perception_training.models.multispectral import build_model
+    from ms_perception_training.models.build import build_model
     from ms_perception_training.data.sources import make_pool
     from ms_perception_training.data.loader import make_batch, thermal_for
 
@@ -437,7 +437,7 @@ def test_segmentation_active_loop_scores_pixels_with_the_runtime_and_tracks_miou
 
     from ms_perception_training import active
     from ms_perception_training.models.config import load_model_config
-    from ms_perception_training.models.multispectral import build_model
+    from ms_perception_training.models.build import build_model
     from ms_perception_training.data.sources import make_pool
     from ms_perception_training.data.loader import make_batch, thermal_for
 
@@ -474,7 +474,7 @@ def test_segmentation_active_loop_scores_pixels_with_the_runtime_and_tracks_miou
 def test_thermal_only_and_visible_only_models_train_one_step():
     # regression: the one-stream forward built the 6-channel stack even for thermal-only models
     from ms_perception_training.models.config import load_model_config
-    from ms_perception_training.models.multispectral import build_model
+    from ms_perception_training.models.build import build_model
     from ms_perception_training.objectives import Objective
     from ms_perception_training.data.loader import Batch
     base = load_model_config(REPO / "config/models/tiny/twostream_add_r18_retinanet.yaml")
@@ -509,7 +509,7 @@ def test_active_scores_of_an_ssd_model_use_the_exported_models_softmax_scores():
     from ms_perception_training.export.onnx_export import ExportWrapper
     from ms_perception_training.models.config import load_model_config
     from ms_perception_training.models.heads import anchors_per_level
-    from ms_perception_training.models.multispectral import build_model
+    from ms_perception_training.models.build import build_model
 
     from ms_perception.core.inconsistency import binary_entropy, detection_inconsistency
     mcfg = load_model_config(REPO / "config/models/tiny/gaff_three_branch_vgg16_ssd.yaml")

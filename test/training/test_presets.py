@@ -9,7 +9,7 @@ from ms_perception_training.models.bn_fold import fold_batchnorm
 from ms_perception_training.models.config import ModelConfig, load_model_config
 from ms_perception_training.models.heads import flatten_levels
 from ms_perception_training.models.info import count_macs, count_params
-from ms_perception_training.models.multispectral import build_model
+from ms_perception_training.models.build import build_model
 
 REPO = Path(__file__).resolve().parents[2]
 PRESETS = sorted(p.stem for p in (REPO / "config/models").glob("*.yaml"))
@@ -109,7 +109,7 @@ def test_md_student_needs_less_compute_than_teacher_and_takes_16x_fewer_thermal_
     assert count_macs(student) < 0.85 * count_macs(teacher)
     assert count_params(student) < count_params(teacher)
     # the student's first conv sees RGB + thermal x3
-    assert student.backbone.conv1.weight.shape[1] == 6
+    assert student.encoder.backbone.conv1.weight.shape[1] == 6
 
 
 def test_md_student_thermal_upsampling_is_bilinear():
@@ -180,7 +180,7 @@ def test_md_paper_presets_match_the_thesis_parameter_table_within_2_percent(name
     assert cfg.paper_params_m * 1e6 == PAPER_TABLE_5_4[name]
     if name == "md_paper_gaff_teacher_r18_retinanet":        # two complete streams: layer4 in each
         m = build_model(cfg)
-        assert count_params(m.backbone_v) == count_params(m.backbone_t) == 11_689_512 - 513_000
+        assert count_params(m.encoder.backbone_v) == count_params(m.encoder.backbone_t) == 11_689_512 - 513_000
 
 
 def test_train_info_shows_the_paper_count_next_to_the_preset(capsys):

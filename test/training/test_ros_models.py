@@ -7,7 +7,7 @@ import pytest
 import torch
 from ms_perception_training.export.onnx_export import export_onnx
 from ms_perception_training.models.config import load_model_config
-from ms_perception_training.models.multispectral import build_model
+from ms_perception_training.models.build import build_model
 
 from ms_perception.core.frames import Frame
 from ms_perception.replay.bag import frame_from_msg, image_msg

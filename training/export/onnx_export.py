@@ -49,9 +49,7 @@ class ExportWrapper(nn.Module):
         self.model, self.uint8, self.decode = model, uint8_input, decode
         self.task, self.act = cfg.task, model.score_activation
         self.k = cfg.num_classes
-        self.branches = [model.main_branch] + [b for b in model.branch_names if b != model.main_branch]
-        if model.scheme in ("decision", "cfl"):
-            self.branches = ["fused", "visible", "thermal"]
+        self.branches = model.output_branches
         self.register_buffer("v_mean", torch.tensor(cfg.input.visible_mean).view(1, 3, 1, 1))
         self.register_buffer("v_std", torch.tensor(cfg.input.visible_std).view(1, 3, 1, 1))
         self.t_mean, self.t_std = cfg.input.thermal_mean, cfg.input.thermal_std

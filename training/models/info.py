@@ -57,9 +57,8 @@ def model_info(model: MultispectralModel, latency_runs: int = 5) -> dict:
     if cfg.paper_params_m:
         info["paper_params"] = {"params": int(round(cfg.paper_params_m * 1e6)), "source": cfg.paper_source,
                                 "difference_percent": round(100 * (info["params"] / (cfg.paper_params_m * 1e6) - 1), 2)}
-    parts = {}
-    for name, mod in model.named_children():
-        parts[name] = count_params(mod)
+    parts = {name: count_params(mod) for name, mod in model.encoder.named_children()}  # backbones, fusion, cfl
+    parts.update({name: count_params(mod) for name, mod in model.named_children() if name != "encoder"})
     info["params_by_part"] = parts
     if latency_runs > 0:
         info["cpu_latency"] = cpu_latency_ms(model, latency_runs)

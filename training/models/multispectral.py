@@ -1,273 +1,147 @@
-"""Every multispectral architecture of METHODS.md §4-§7 from one typed config.
+"""A multispectral model assembled from injected parts, as torchvision's ``RetinaNet(backbone,
+num_classes, anchor_generator=None, head=None)`` is:
 
-Schemes (``FusionConfig.scheme``):
-  visible_only / thermal_only  one stream (RGB-only student of §6, mono baselines)
-  image        one stream on [RGB, thermal x3] (6 channels; MD student, §5). The thermal
-               input may be smaller (thermal_factor) and is upsampled bilinearly inside.
-  halfway      two streams fused at ``stage`` by add/avg/concat/GAFF/CFR/PS-Fuse, then one
-               stream; ``stage: all_levels`` fuses every neck input level separately.
-               ``three_branch`` adds visible and thermal heads (active learning, §7).
-  decision     two detectors; the fused output averages their probabilities and deltas.
-  cfl          two streams with CFL after each listed stage, one head per stream, MAF (or
-               average) decision fusion, optional box-mask segmentation auxiliary head.
-Inputs are normalized float tensors: visible (N, 3, H, W), thermal (N, 1, h, w).
+    MultispectralModel(encoder, heads, anchor_levels, decision=None, seg_aux=None)
+
+- ``encoder``: the streams and where they meet (METHODS.md §4-§7). One of
+    ``OneStream``   one backbone on visible, thermal, or both stacked (the MD student's 6 channels);
+    ``Halfway``     two backbones fused at one stage by a fusion module (add/avg/concat, GAFF,
+                    CFR, PS-Fuse), then the visible backbone's remaining stages;
+    ``AllLevels``   two full backbones with one fusion module per neck input level (the
+                    three-branch active-learning model keeps the mono features for its mono heads);
+    ``TwoStream``   two full backbones, optionally interacting through CFL after chosen stages.
+  Each returns, per branch ("fused", "visible", "thermal"), the features of every stage it ran.
+- ``heads``: per branch, a ``DetectionBranch`` (neck + head over the chosen stages) or a
+  ``SegmentationBranch``.
+- ``decision``: ``DecisionFusion`` combines the visible and thermal branches into "fused"
+  (decision-level fusion: an average, or MAF's learned weights).
+- ``seg_aux``: the box-mask segmentation auxiliary head of CFL (a ``SegAux``).
+
+``build.py`` maps a ``ModelConfig`` (the YAML presets) onto these constructors; nothing here
+reads a config. Inputs are normalized float tensors: visible (N, 3, H, W), thermal (N, 1, h, w).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from ms_perception_training.config import ConfigError
-from ms_perception_training.models.backbones import build_backbone, load_torchvision_weights
-from ms_perception_training.models.config import ModelConfig
-from ms_perception_training.models.fusion import CFL, CFR, GAFF, MAF, PSFuse, SimpleFusion
-from ms_perception_training.models.heads import Conv1x1SegHead, PSPHead, RetinaHead, SSDHead
-from ms_perception_training.models.necks import FPN, PAFPN, SSDNeck
+from ms_perception_training.models.fusion import MAF, PSFuse
 from ms_perception_training.models.output import BranchOutput, ModelOutput
 from torch import nn
 
 from ms_perception.core.anchors import AnchorLevel
 
-ONE_STREAM = ("visible_only", "thermal_only", "image")
+
+def run_stages(backbone: nn.Module, x: torch.Tensor, indices, stream: str, out: ModelOutput) -> dict[int, torch.Tensor]:
+    """Run ``backbone.stages[i]`` for i in ``indices`` in order; each output is tapped as
+    ``<stream>.<stage name>`` for distillation."""
+    res = {}
+    stages, names = backbone.stages, backbone.stage_names
+    for i in indices:
+        x = stages[i](x)
+        res[i] = x
+        out.features[f"{stream}.{names[i]}"] = x
+    return res
 
 
-class MultispectralModel(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+# ---------------------------------------------------------------------------------- encoders
+class OneStream(nn.Module):
+    """One backbone on ``inputs``: "visible", "thermal", or "image" (early fusion: visible and
+    thermal stacked channel-wise; its branch is "fused")."""
+    BRANCH = {"visible": "visible", "thermal": "thermal", "image": "fused"}
+
+    def __init__(self, backbone: nn.Module, inputs: str = "visible"):
         super().__init__()
-        self.cfg = cfg
-        fc, scheme = cfg.fusion, cfg.fusion.scheme
-        tc, arch, width = cfg.input.thermal_channels, cfg.backbone.arch, cfg.backbone.width
-        self.scheme = scheme
-        if scheme in ONE_STREAM:
-            in_ch = {"visible_only": 3, "thermal_only": tc, "image": 3 + tc}[scheme]
-            self.backbone = build_backbone(arch, in_ch, width)
-            ref = self.backbone
-            self.stream = {"visible_only": "visible", "thermal_only": "thermal", "image": "fused"}[scheme]
-        else:
-            self.backbone_v = build_backbone(arch, 3, width)
-            self.backbone_t = build_backbone(arch, tc, width)
-            ref = self.backbone_v
-        self.stage_names = list(ref.stage_names)
-        self.stage_channels = list(ref.stage_channels)
-        self.stage_strides = list(ref.stage_strides)
-        self.in_levels = [self._stage_index(n, "neck.in_levels") for n in cfg.neck.in_levels] \
-            if cfg.task == "detection" or cfg.neck.type != "none" else []
-        if cfg.task == "segmentation":
-            self.seg_index = self._stage_index(cfg.head.seg_level or self.stage_names[-1], "head.seg_level")
-            if not self.in_levels:
-                self.in_levels = [self.seg_index]
-        if cfg.backbone.pretrained:
-            for b in ([self.backbone] if scheme in ONE_STREAM else [self.backbone_v, self.backbone_t]):
-                load_torchvision_weights(b, cfg.backbone.pretrained)
+        if inputs not in self.BRANCH:
+            raise ValueError(f"OneStream inputs must be one of {list(self.BRANCH)}, got {inputs!r}")
+        self.backbone, self.inputs = backbone, inputs
+        self.branches = [self.BRANCH[inputs]]
+        self.uses_visible, self.uses_thermal = inputs != "thermal", inputs != "visible"
+        self.reference = backbone
 
-        # ---------------------------------------------------------------- fusion
-        self.fuse_index = None
-        if scheme == "halfway":
-            if fc.three_branch and fc.stage != "all_levels":
-                raise ConfigError("fusion.three_branch needs fusion.stage: all_levels (the mono heads need "
-                                  "mono features at every neck level)")
-            if fc.stage == "all_levels":
-                if fc.module == "psfuse":
-                    raise ConfigError("PS-Fuse replaces one backbone stage; use a stage name, not all_levels")
-                self.fusions = nn.ModuleDict({self.stage_names[i]: self._fusion(self.stage_channels[i])
-                                              for i in self.in_levels})
-            else:
-                k = self.fuse_index = self._stage_index(fc.stage, "fusion.stage")
-                if min(self.in_levels) < k:
-                    raise ConfigError(f"neck.in_levels {cfg.neck.in_levels} include stages before the fusion stage "
-                                      f"{fc.stage}; only fused stages can feed the neck")
-                if fc.module == "psfuse":
-                    if k == 0:
-                        raise ConfigError("PS-Fuse cannot replace the first stage")
-                    self.fusion = PSFuse(self.stage_channels[k - 1], self.stage_channels[k],
-                                         fc.psfuse.setting, fc.psfuse.levels)
-                    self.backbone_v.prune(k)
-                else:
-                    self.fusion = self._fusion(self.stage_channels[k])
-                for j in range(k if fc.module == "psfuse" else k + 1, len(self.stage_names)):
-                    self.backbone_t.prune(j)
-        elif scheme == "cfl":
-            names = fc.cfl.stages or self.stage_names
-            self.cfl_stages = [self._stage_index(n, "fusion.cfl.stages") for n in names]
-            self.cfl = nn.ModuleDict({self.stage_names[i]: CFL(self.stage_channels[i], fc.cfl.alpha, fc.cfl.groups)
-                                      for i in self.cfl_stages})
-            self.maf = MAF(self.stage_channels[-1], 2, fc.cfl.maf_grid) if fc.cfl.maf else None
+    def forward(self, visible, thermal, out: ModelOutput):
+        x = visible if self.inputs == "visible" else thermal if self.inputs == "thermal" \
+            else torch.cat([visible, thermal], 1)
+        return {self.branches[0]: run_stages(self.backbone, x, range(len(self.backbone.stages)), self.branches[0], out)}
 
-        # ---------------------------------------------------------------- branches
-        if scheme in ONE_STREAM:
-            self.branch_names = [self.stream]
-        elif scheme == "halfway":
-            self.branch_names = ["fused"] + (["visible", "thermal"] if fc.three_branch else [])
-        else:  # decision, cfl: one head per modality, combined
-            self.branch_names = ["visible", "thermal"]
-        self.main_branch = "fused" if scheme not in ("visible_only", "thermal_only") else self.stream
-        in_ch = [self.stage_channels[i] for i in self.in_levels]
-        self.heads = nn.ModuleDict({b: self._branch(in_ch) for b in self.branch_names})
-        self.seg_aux = None
-        if cfg.head.seg_aux:
-            c = in_ch[0] * (1 if scheme in ONE_STREAM else 2)
-            self.seg_aux = nn.Conv2d(c, cfg.num_classes + 1, 1)  # background + classes, box-filled masks
 
-    # ------------------------------------------------------------------ builders
-    def _stage_index(self, name: str, key: str) -> int:
-        if name not in self.stage_names:
-            raise ConfigError(f"{key}: {name!r} is not a stage of {self.cfg.backbone.arch}; "
-                              f"valid: {self.stage_names}")
-        return self.stage_names.index(name)
+class Halfway(nn.Module):
+    """Both streams run up to stage ``stage``, are fused there, and the fused feature runs the
+    visible backbone's remaining stages. A ``PSFuse`` module replaces stage ``stage`` itself
+    (it takes the outputs of ``stage - 1``); the stages no stream runs are pruned."""
+    uses_visible = uses_thermal = True
+    branches = ["fused"]
 
-    def _fusion(self, c: int) -> nn.Module:
-        fc = self.cfg.fusion
-        if fc.module in SimpleFusion.MODES:
-            return SimpleFusion(c, fc.module)
-        if fc.module == "gaff":
-            g = fc.gaff
-            return GAFF(c, g.kernel_size, g.intra, g.inter, g.residual)
-        if fc.module == "cfr":
-            return CFR(c, fc.cfr.loops, fc.cfr.shared)
-        raise ConfigError(f"fusion.module {fc.module!r} cannot be used here")
+    def __init__(self, backbone_v: nn.Module, backbone_t: nn.Module, fusion: nn.Module, stage: int):
+        super().__init__()
+        self.replaces = isinstance(fusion, PSFuse)
+        if self.replaces and stage == 0:
+            raise ValueError("PS-Fuse cannot replace the first stage")
+        self.backbone_v, self.backbone_t, self.fusion, self.stage = backbone_v, backbone_t, fusion, stage
+        if self.replaces:
+            backbone_v.prune(stage)
+        for j in range(stage if self.replaces else stage + 1, len(backbone_t.stage_names)):
+            backbone_t.prune(j)
+        self.reference = backbone_v
 
-    def _neck(self, in_ch: list[int]) -> tuple[nn.Module | None, list[int], list[int]]:
-        n = self.cfg.neck
-        strides = [self.stage_strides[i] for i in self.in_levels]
-        if n.type in ("fpn", "pafpn"):
-            cls = FPN if n.type == "fpn" else PAFPN
-            neck = cls(in_ch, n.channels, n.extra_levels, n.cem)
-            return neck, [n.channels] * neck.num_levels, strides + [strides[-1] * 2 ** (i + 1) for i in range(n.extra_levels)]
-        if n.type in ("ssd", "fssd"):
-            if len(in_ch) != 2:
-                raise ConfigError("SSD/FSSD necks take two VGG sources: neck.in_levels [conv4_3, fc7]")
-            neck = SSDNeck(in_ch, fssd=n.type == "fssd", width=self.cfg.backbone.width)
-            chans = neck.out_channels_list
-            return neck, chans, [strides[0] * 2 ** i for i in range(len(chans))]
-        return None, in_ch, strides
-
-    def _branch(self, in_ch: list[int]) -> nn.ModuleDict:
-        cfg, h = self.cfg, self.cfg.head
-        if cfg.task == "segmentation":
-            c = self.stage_channels[self.seg_index]
-            head = PSPHead(c, cfg.num_classes) if h.type == "pspnet" else Conv1x1SegHead(c, cfg.num_classes)
-            if h.type not in ("pspnet", "conv1x1"):
-                raise ConfigError(f"segmentation needs head.type pspnet or conv1x1, got {h.type!r}")
-            return nn.ModuleDict({"head": head})
-        neck, chans, strides = self._neck(in_ch)
-        self.out_strides = strides
-        levels = self.anchor_levels()
-        if h.type == "retinanet":
-            if len(set(chans)) != 1:
-                raise ConfigError(f"a RetinaNet head is shared across levels and needs equal channels, got {chans}")
-            head = RetinaHead(chans[0], levels[0].num_anchors, cfg.num_classes, h.channels, h.num_convs, h.prior_prob)
-        elif h.type == "ssd":
-            head = SSDHead(chans, [lv.num_anchors for lv in levels], cfg.num_classes)
-        else:
-            raise ConfigError(f"detection needs head.type retinanet or ssd, got {h.type!r}")
-        return nn.ModuleDict({"neck": neck if neck is not None else nn.Identity(), "head": head})
-
-    def anchor_levels(self) -> list[AnchorLevel]:
-        a = self.cfg.head.anchors
-        sizes = [a.base_scale * s for s in self.out_strides]
-        out = []
-        for i, (stride, s) in enumerate(zip(self.out_strides, sizes)):
-            if a.ssd_style:
-                nxt = sizes[i + 1] if i + 1 < len(sizes) else s * 2
-                lv_sizes = (s, (s * nxt) ** 0.5)
-            else:
-                lv_sizes = tuple(s * k for k in a.scales)
-            out.append(AnchorLevel(int(stride), tuple(float(x) for x in lv_sizes), tuple(a.aspect_ratios)))
-        return out
-
-    @property
-    def score_activation(self) -> str:
-        return "softmax" if self.cfg.head.type == "ssd" or self.cfg.task == "segmentation" else "sigmoid"
-
-    # ------------------------------------------------------------------ forward
-    def prepare_thermal(self, thermal: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        """(N, 1, h, w) -> (N, C_t, H, W): bilinear upsampling to the visible size (the MD
-        student's low-resolution path), then gray repeated to 3 channels if configured."""
-        if thermal.shape[1] != 1:
-            raise ValueError(f"thermal input must have 1 channel (N, 1, h, w), got {tuple(thermal.shape)}")
-        if tuple(thermal.shape[-2:]) != tuple(hw):
-            thermal = F.interpolate(thermal, size=hw, mode="bilinear", align_corners=False)
-        return thermal.repeat(1, 3, 1, 1) if self.cfg.input.thermal_channels == 3 else thermal
-
-    def forward(self, visible: torch.Tensor | None = None, thermal: torch.Tensor | None = None) -> ModelOutput:
-        cfg = self.cfg
-        if cfg.uses_visible and visible is None:
-            raise ValueError(f"{cfg.name}: this model needs a visible image")
-        if cfg.uses_thermal and thermal is None:
-            raise ValueError(f"{cfg.name}: this model needs a thermal image (scheme {self.scheme!r})")
-        hw = tuple(visible.shape[-2:]) if visible is not None else (cfg.input.height, cfg.input.width)
-        if thermal is not None:
-            thermal = self.prepare_thermal(thermal, hw)
-        out = ModelOutput(main_branch=self.main_branch)
-        feats = {}  # branch -> {stage index: feature}
-        if self.scheme in ONE_STREAM:
-            x = visible if self.scheme == "visible_only" else thermal if self.scheme == "thermal_only" \
-                else torch.cat([visible, thermal], 1)
-            feats[self.stream] = self._run(self.backbone, x, range(len(self.stage_names)), self.stream, out)
-        elif self.scheme == "halfway":
-            feats = self._halfway(visible, thermal, out)
-        elif self.scheme == "decision":
-            feats["visible"] = self._run(self.backbone_v, visible, range(len(self.stage_names)), "visible", out)
-            feats["thermal"] = self._run(self.backbone_t, thermal, range(len(self.stage_names)), "thermal", out)
-        else:
-            feats = self._cfl(visible, thermal, out)
-
-        for b in self.branch_names:
-            out.branches[b] = self._predict(b, feats[b], hw, out)
-        if self.scheme in ("decision", "cfl"):
-            w = None
-            if self.scheme == "cfl" and self.maf is not None:
-                last = len(self.stage_names) - 1
-                w = self.maf.weights([feats["visible"][last], feats["thermal"][last]])
-                out.aux["maf_weights"] = w
-            out.branches["fused"] = self._combine([out.branches["visible"], out.branches["thermal"]], w)
-        if self.seg_aux is not None:
-            i = self.in_levels[0]
-            x = feats[self.main_branch][i] if self.scheme in ONE_STREAM else \
-                torch.cat([feats["visible"][i], feats["thermal"][i]], 1) if "visible" in feats else feats["fused"][i]
-            out.aux["seg_logits"] = self.seg_aux(x)
-        return out
-
-    def _run(self, backbone, x, indices, stream: str, out: ModelOutput) -> dict[int, torch.Tensor]:
-        res = {}
-        stages = backbone.stages
-        for i in indices:
-            x = stages[i](x)
-            res[i] = x
-            out.features[f"{stream}.{self.stage_names[i]}"] = x
-        return res
-
-    def _halfway(self, visible, thermal, out: ModelOutput) -> dict[str, dict[int, torch.Tensor]]:
-        n = len(self.stage_names)
-        if self.fuse_index is None:  # all_levels
-            fv = self._run(self.backbone_v, visible, range(n), "visible", out)
-            ft = self._run(self.backbone_t, thermal, range(n), "thermal", out)
-            fused = {}
-            for i in self.in_levels:
-                name = self.stage_names[i]
-                fused[i], extras = self.fusions[name](fv[i], ft[i])
-                out.features[f"fused.{name}"] = fused[i]
-                out.attention.update({f"{name}.{k}": v for k, v in extras.items()})
-                if len(self.in_levels) == 1:
-                    out.attention.update(extras)
-            return {"fused": fused, "visible": fv, "thermal": ft}
-        k = self.fuse_index
-        replaces = isinstance(self.fusion, PSFuse)
-        upto = range(k) if replaces else range(k + 1)
-        fv = self._run(self.backbone_v, visible, upto, "visible", out)
-        ft = self._run(self.backbone_t, thermal, upto, "thermal", out)
-        last = k - 1 if replaces else k
+    def forward(self, visible, thermal, out: ModelOutput):
+        k, n = self.stage, len(self.backbone_v.stage_names)
+        upto = range(k) if self.replaces else range(k + 1)
+        fv = run_stages(self.backbone_v, visible, upto, "visible", out)
+        ft = run_stages(self.backbone_t, thermal, upto, "thermal", out)
+        last = k - 1 if self.replaces else k
         x, extras = self.fusion(fv[last], ft[last])
         out.attention.update(extras)
+        out.features[f"fused.{self.backbone_v.stage_names[k]}"] = x
         fused = {k: x}
-        out.features[f"fused.{self.stage_names[k]}"] = x
-        fused.update(self._run(self.backbone_v, x, range(k + 1, n), "fused", out))
+        fused.update(run_stages(self.backbone_v, x, range(k + 1, n), "fused", out))
         return {"fused": fused}
 
-    def _cfl(self, visible, thermal, out: ModelOutput):
+
+class AllLevels(nn.Module):
+    """Two full backbones; each stage index in ``fusions`` (stage index -> module) is fused
+    separately. Returns the fused features and both mono streams (for mono heads)."""
+    uses_visible = uses_thermal = True
+    branches = ["fused", "visible", "thermal"]
+
+    def __init__(self, backbone_v: nn.Module, backbone_t: nn.Module, fusions: dict[int, nn.Module]):
+        super().__init__()
+        self.backbone_v, self.backbone_t = backbone_v, backbone_t
+        names = backbone_v.stage_names
+        self.levels = sorted(fusions)
+        self.fusions = nn.ModuleDict({names[i]: fusions[i] for i in self.levels})
+        self.reference = backbone_v
+
+    def forward(self, visible, thermal, out: ModelOutput):
+        names = self.backbone_v.stage_names
+        fv = run_stages(self.backbone_v, visible, range(len(names)), "visible", out)
+        ft = run_stages(self.backbone_t, thermal, range(len(names)), "thermal", out)
+        fused = {}
+        for i in self.levels:
+            fused[i], extras = self.fusions[names[i]](fv[i], ft[i])
+            out.features[f"fused.{names[i]}"] = fused[i]
+            out.attention.update({f"{names[i]}.{k}": v for k, v in extras.items()})
+            if len(self.levels) == 1:
+                out.attention.update(extras)
+        return {"fused": fused, "visible": fv, "thermal": ft}
+
+
+class TwoStream(nn.Module):
+    """Two full backbones (decision-level fusion), optionally exchanging features through a
+    CFL module after each stage named in ``cfl`` (stage name -> module)."""
+    uses_visible = uses_thermal = True
+    branches = ["visible", "thermal"]
+
+    def __init__(self, backbone_v: nn.Module, backbone_t: nn.Module, cfl: dict[str, nn.Module] | None = None):
+        super().__init__()
+        self.backbone_v, self.backbone_t = backbone_v, backbone_t
+        self.cfl = nn.ModuleDict(cfl or {})
+        self.reference = backbone_v
+
+    def forward(self, visible, thermal, out: ModelOutput):
         sv, st = self.backbone_v.stages, self.backbone_t.stages
         fv, ft = {}, {}
         xv, xt = visible, thermal
-        for i, name in enumerate(self.stage_names):
+        for i, name in enumerate(self.backbone_v.stage_names):
             xv, xt = sv[i](xv), st[i](xt)
             if name in self.cfl:
                 (xv, xt), extras = self.cfl[name](xv, xt)
@@ -276,46 +150,166 @@ class MultispectralModel(nn.Module):
             out.features[f"visible.{name}"], out.features[f"thermal.{name}"] = xv, xt
         return {"visible": fv, "thermal": ft}
 
-    def _predict(self, branch: str, feats: dict[int, torch.Tensor], hw, out: ModelOutput) -> BranchOutput:
-        mods = self.heads[branch]
-        if self.cfg.task == "segmentation":
-            logits = mods["head"](feats[self.seg_index])
-            return BranchOutput(mask_logits=F.interpolate(logits, size=hw, mode="bilinear", align_corners=False))
-        x = mods["neck"]([feats[i] for i in self.in_levels])
+
+# ---------------------------------------------------------------------------------- branches
+class DetectionBranch(nn.Module):
+    """neck(features of stages ``levels``) -> head: per-level class logits and box deltas.
+    ``neck=None`` feeds the stages to the head directly."""
+
+    def __init__(self, neck: nn.Module | None, head: nn.Module, levels: list[int]):
+        super().__init__()
+        self.neck = neck if neck is not None else nn.Identity()
+        self.head, self.levels = head, list(levels)
+
+    def forward(self, feats: dict[int, torch.Tensor], hw, out: ModelOutput, name: str) -> BranchOutput:
+        x = self.neck([feats[i] for i in self.levels])
         for j, f in enumerate(x):
-            out.features[f"neck.{branch}.{j}"] = f
-        cls, box = mods["head"](x)
+            out.features[f"neck.{name}.{j}"] = f
+        cls, box = self.head(x)
         return BranchOutput(cls_logits=cls, box_deltas=box)
 
-    def _combine(self, branches: list[BranchOutput], w: torch.Tensor | None) -> BranchOutput:
-        """Decision-level fusion: Σ_m μ_m p_m on probabilities (μ = 1/2 without MAF) and
-        Σ_m μ_m t_m on deltas; probabilities go back to logits so every branch looks alike."""
+
+class SegmentationBranch(nn.Module):
+    """head(features of stage ``level``), upsampled bilinearly to the input size."""
+
+    def __init__(self, head: nn.Module, level: int):
+        super().__init__()
+        self.head, self.level = head, level
+
+    def forward(self, feats: dict[int, torch.Tensor], hw, out: ModelOutput, name: str) -> BranchOutput:
+        logits = self.head(feats[self.level])
+        return BranchOutput(mask_logits=F.interpolate(logits, size=hw, mode="bilinear", align_corners=False))
+
+
+class SegAux(nn.Module):
+    """Box-mask segmentation auxiliary head (CFL, Liu et al. §III-E): a 1x1 conv to background +
+    K classes over the stage ``level`` features of ``sources`` (concatenated)."""
+
+    def __init__(self, in_channels: int, num_classes: int, level: int, sources: list[str]):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, num_classes + 1, 1)
+        self.level, self.sources = level, list(sources)
+
+    def forward(self, feats) -> torch.Tensor:
+        x = [feats[s][self.level] for s in self.sources]
+        return self.conv(x[0] if len(x) == 1 else torch.cat(x, 1))
+
+
+class DecisionFusion(nn.Module):
+    """Decision-level fusion: Σ_m μ_m p_m on probabilities and Σ_m μ_m t_m on deltas, with μ = 1/2
+    (average) or MAF's weights from the last-stage features of each stream (``maf_level``).
+    Probabilities go back to logits so the fused branch looks like the others.
+
+    ``activation``: "sigmoid" (RetinaNet heads), "softmax" (SSD heads, K + 1 logits per anchor,
+    and segmentation)."""
+
+    def __init__(self, activation: str, num_classes: int, maf: MAF | None = None, maf_level: int = -1):
+        super().__init__()
+        self.activation, self.k, self.maf, self.maf_level = activation, num_classes, maf, maf_level
+
+    def forward(self, branches: list[BranchOutput], feats, out: ModelOutput) -> BranchOutput:
         n = branches[0].cls_logits[0].shape[0] if branches[0].cls_logits else branches[0].mask_logits.shape[0]
-        if w is None:
-            w = torch.full((n, len(branches)), 1.0 / len(branches), device=self._device())
+        if self.maf is not None:
+            lv = self.maf_level
+            w = self.maf.weights([feats["visible"][lv], feats["thermal"][lv]])
+            out.aux["maf_weights"] = w
+        else:
+            ref = branches[0].cls_logits[0] if branches[0].cls_logits else branches[0].mask_logits
+            w = torch.full((n, len(branches)), 1.0 / len(branches), device=ref.device)
         comb = MAF.combine
-        if self.cfg.task == "segmentation":
+        if branches[0].mask_logits is not None:
             p = comb(w, [torch.softmax(b.mask_logits, 1) for b in branches])
             return BranchOutput(mask_logits=torch.log(p.clamp_min(1e-12)))
         cls = []
         for lv in range(len(branches[0].cls_logits)):
-            if self.score_activation == "sigmoid":
+            if self.activation == "sigmoid":
                 p = comb(w, [torch.sigmoid(b.cls_logits[lv]) for b in branches]).clamp(1e-7, 1 - 1e-7)
                 cls.append(torch.log(p) - torch.log1p(-p))
             else:
-                k = self.cfg.num_classes + 1
                 ps = []
                 for b in branches:
                     x = b.cls_logits[lv]
                     nn_, _, hh, ww = x.shape
-                    ps.append(torch.softmax(x.view(nn_, -1, k, hh, ww), 2).view_as(x))
+                    # (N, A*(K+1), H, W) -> (N, A, K+1, H, W): softmax over the classes of each anchor
+                    ps.append(torch.softmax(x.view(nn_, -1, self.k + 1, hh, ww), 2).view_as(x))
                 cls.append(torch.log(comb(w, ps).clamp_min(1e-12)))
         box = [comb(w, [b.box_deltas[lv] for b in branches]) for lv in range(len(branches[0].box_deltas))]
         return BranchOutput(cls_logits=cls, box_deltas=box)
 
-    def _device(self):
-        return next(self.parameters()).device
 
+# ---------------------------------------------------------------------------------- the model
+class MultispectralModel(nn.Module):
+    """encoder -> one head per branch -> (decision fusion) -> ``ModelOutput``.
 
-def build_model(cfg: ModelConfig) -> MultispectralModel:
-    return MultispectralModel(cfg)
+    anchor_levels: the anchors of each output level (detection), in the neck's level order.
+    score_activation: how class logits become scores ("sigmoid"; "softmax" for SSD heads and
+    segmentation, where index 0 is the background).
+    thermal_channels: the backbone's thermal input channels; a 1-channel gray thermal image is
+    repeated to 3 when the backbone takes 3 (ImageNet weights).
+    input_hw: (H, W) of the visible input (a thermal-only model's working size).
+    """
+
+    def __init__(self, encoder: nn.Module, heads: dict[str, nn.Module], anchor_levels: list[AnchorLevel] | None = None,
+                 *, decision: DecisionFusion | None = None, seg_aux: SegAux | None = None,
+                 score_activation: str = "sigmoid", thermal_channels: int = 1, input_hw: tuple[int, int] = (512, 640),
+                 name: str = "model"):
+        super().__init__()
+        missing = [b for b in heads if b not in encoder.branches]
+        if missing:
+            raise ValueError(f"heads {missing} have no features: the encoder gives {encoder.branches}")
+        if decision is not None and set(heads) != {"visible", "thermal"}:
+            raise ValueError(f"decision fusion combines a visible and a thermal head, got heads {list(heads)}")
+        self.encoder = encoder
+        self.heads = nn.ModuleDict(heads)
+        self.decision, self.seg_aux = decision, seg_aux
+        self._anchor_levels = list(anchor_levels or [])
+        self.score_activation, self.thermal_channels = score_activation, thermal_channels
+        self.input_hw, self.name = tuple(input_hw), name
+        self.uses_visible, self.uses_thermal = encoder.uses_visible, encoder.uses_thermal
+        self.branch_names = list(heads)
+        # the product output: "fused" for every model that sees both images (decision: the
+        # combined branch); the one stream of a visible- or thermal-only model
+        self.main_branch = "fused" if decision is not None or "fused" in heads else self.branch_names[0]
+        self.cfg = None          # the ModelConfig build_model made this from (export and cards need it)
+
+    # ------------------------------------------------------------------ the model's API
+    def anchor_levels(self) -> list[AnchorLevel]:
+        return list(self._anchor_levels)
+
+    @property
+    def output_branches(self) -> list[str]:
+        """Every branch of the output, the product output first."""
+        names = self.branch_names + (["fused"] if self.decision is not None else [])
+        return [self.main_branch] + [b for b in names if b != self.main_branch]
+
+    @property
+    def stage_names(self) -> list[str]:
+        return list(self.encoder.reference.stage_names)
+
+    def prepare_thermal(self, thermal: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """(N, 1, h, w) -> (N, C_t, H, W): bilinear upsampling to the visible size (the MD
+        student's low-resolution path), then gray repeated to 3 channels if configured."""
+        if thermal.shape[1] != 1:
+            raise ValueError(f"thermal input must have 1 channel (N, 1, h, w), got {tuple(thermal.shape)}")
+        if tuple(thermal.shape[-2:]) != tuple(hw):
+            thermal = F.interpolate(thermal, size=hw, mode="bilinear", align_corners=False)
+        return thermal.repeat(1, 3, 1, 1) if self.thermal_channels == 3 else thermal
+
+    def forward(self, visible: torch.Tensor | None = None, thermal: torch.Tensor | None = None) -> ModelOutput:
+        if self.uses_visible and visible is None:
+            raise ValueError(f"{self.name}: this model needs a visible image")
+        if self.uses_thermal and thermal is None:
+            raise ValueError(f"{self.name}: this model needs a thermal image")
+        hw = tuple(visible.shape[-2:]) if visible is not None else self.input_hw
+        if thermal is not None:
+            thermal = self.prepare_thermal(thermal, hw)
+        out = ModelOutput(main_branch=self.main_branch)
+        feats = self.encoder(visible, thermal, out)        # branch -> {stage index: (N, C, h, w)}
+        for b, head in self.heads.items():
+            out.branches[b] = head(feats[b], hw, out, b)
+        if self.decision is not None:
+            out.branches["fused"] = self.decision([out.branches["visible"], out.branches["thermal"]], feats, out)
+        if self.seg_aux is not None:
+            out.aux["seg_logits"] = self.seg_aux(feats)
+        return out
+
