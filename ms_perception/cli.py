@@ -319,12 +319,22 @@ def cmd_bench(args) -> int:
         if bool(args.teacher) != bool(args.student):
             raise CliError("pass both --teacher and --student, or neither (then the presets are exported)")
         if args.teacher:
-            models = {"teacher": Path(args.teacher), "student": Path(args.student)}
-            if args.three_branch:
-                models["three_branch"] = Path(args.three_branch)
+            from ms_perception.build import default_model
+            models = {"teacher": Path(args.teacher), "student": Path(args.student), "default": default_model()}
+            for role in ("paper_teacher", "paper_student", "three_branch"):
+                if getattr(args, role):
+                    models[role] = Path(getattr(args, role))
         else:
             models = ensure_models(Path(args.cache) if args.cache else default_cache())
-        r = run_bench(models, tuple(args.size), args.iterations, args.warmup, args.threads, args.backend)
+        peers = {}
+        for item in args.peer or []:
+            name, _, path = item.rpartition("=")
+            name = name or Path(path).stem
+            if name in peers:
+                raise CliError(f"--peer {item}: the name {name!r} is given twice; write NAME=PATH")
+            peers[name] = Path(path)
+        r = run_bench(models, tuple(args.size), args.iterations, args.warmup, args.threads, args.backend,
+                      peers=peers)
     except (BenchError, EngineError) as exc:
         raise CliError(str(exc)) from None
     if not args.json:
@@ -447,12 +457,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_replay)
 
-    b = sub.add_parser("bench", help="engine time of GAFF teacher vs MD student and the pipeline overhead, "
-                                     "side by side in one run")
+    b = sub.add_parser("bench", help="engine time of the GAFF teachers vs MD students, the pipeline overhead of "
+                                     "every shipped model, and any --peer ONNX detector, side by side in one run")
     b.add_argument("--teacher", help="teacher ONNX (default: export config/models/gaff_r18_retinanet.yaml)")
     b.add_argument("--student", help="student ONNX (default: export config/models/md_student_r18_retinanet.yaml)")
     b.add_argument("--three-branch", help="optional three-branch ONNX (default with the presets: "
                                           "gaff_three_branch_r18_retinanet); its pipeline computes inconsistency")
+    b.add_argument("--paper-teacher", help="optional ONNX of the MD paper's teacher (default with the presets: "
+                                           "md_paper_gaff_teacher_r18_retinanet)")
+    b.add_argument("--paper-student", help="optional ONNX of the MD paper's student (default with the presets: "
+                                           "md_paper_student_r18_retinanet)")
+    b.add_argument("--peer", action="append", metavar="[NAME=]MODEL.onnx",
+                   help="any ONNX detector to time beside ours (repeatable; nothing is downloaded): a bare ONNX "
+                        "Runtime session with the same settings, NCHW image inputs at --size; ratios ours / peer")
     b.add_argument("--cache", help="folder for the exported presets (default ~/.cache/ms_perception/bench)")
     b.add_argument("--size", type=_size, default=(640, 512), help="camera size WxH (default 640x512)")
     b.add_argument("--iterations", type=int, default=20)

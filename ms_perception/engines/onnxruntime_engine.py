@@ -15,6 +15,20 @@ _ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(flo
                "tensor(int64)": "int64", "tensor(int32)": "int32"}
 
 
+def session_options(threads: int = 0):
+    """The latency settings every ONNX Runtime session here uses (the engine's and ``bench --peer``'s):
+    full graph optimization, one request at a time, no thread spinning."""
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if threads:
+        so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
+
+
 class OnnxRuntimeEngine(Engine):
     def __init__(self, model_path: str | Path, provider: str = "cpu", threads: int = 0,
                  card: ModelCard | None = None, accept_edited_graph: bool = False):
@@ -33,14 +47,7 @@ class OnnxRuntimeEngine(Engine):
         if PROVIDERS[provider][0] not in available:
             raise EngineError(f"ONNX Runtime here has no {PROVIDERS[provider][0]} (available: {sorted(available)}); "
                               f"install the matching onnxruntime build or choose backend onnxruntime-cpu")
-        so = ort.SessionOptions()
-        # latency settings: full graph optimization, one request at a time, no thread spinning
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        if threads:
-            so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so = session_options(threads)
         try:
             self.session = ort.InferenceSession(str(p), so, providers=wanted)
         except Exception as exc:  # ORT raises several exception types

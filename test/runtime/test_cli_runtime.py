@@ -109,3 +109,39 @@ def test_inconsistency_is_never_negative_in_float32():
     v = np.full((5000, 3), 0.01, np.float32) + rng.normal(0, 1e-6, (5000, 3)).astype(np.float32)
     t = np.full((5000, 3), 0.01, np.float32) + rng.normal(0, 1e-6, (5000, 3)).astype(np.float32)
     assert prediction_inconsistency(v, t).min() >= 0
+
+
+def test_bench_times_peers_and_the_paper_pair_side_by_side(tmp_path):
+    """`bench --peer`: any ONNX detector (no card), timed bare beside ours; the paper pair's ratio
+    and the default model's overhead are reported when those models are in the run."""
+    from ms_perception.bench import BenchError
+    r = run_bench({"teacher": DEFAULT_MODEL, "student": DEFAULT_MODEL, "paper_teacher": DEFAULT_MODEL,
+                   "paper_student": DEFAULT_MODEL, "default": DEFAULT_MODEL}, size_wh=(320, 256), iterations=2,
+                  warmup=1, peers={"other": DEFAULT_MODEL})
+    peer = r["peers"]["other"]
+    assert peer["engine_ms"] > 0 and peer["inputs"] == {"visible": [1, 3, 256, 320], "thermal": [1, 1, 256, 320]}
+    assert set(r["peer_ratios"]["other"]) == {"student", "paper_student", "default"}
+    assert r["peer_ratios"]["other"]["default"] == pytest.approx(r["default"]["engine_ms"] / peer["engine_ms"], rel=1e-3)
+    assert r["paper_student_teacher_ratio"] == pytest.approx(
+        r["paper_student"]["engine_ms"] / r["paper_teacher"]["engine_ms"], rel=1e-3)
+    assert "default" in r["overhead_ratio_by_model"]
+    # a model whose input has a free dimension bench cannot choose gets one line naming it
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", "k"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "k"])])
+    bad = tmp_path / "free.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), bad)
+    with pytest.raises(BenchError, match=r"free.onnx: input 'x' has a free dimension 'k' at axis 1"):
+        run_bench({"teacher": DEFAULT_MODEL, "student": DEFAULT_MODEL}, size_wh=(320, 256), iterations=1, warmup=0,
+                  peers={"free": bad})
+    with pytest.raises(BenchError, match="--peer .*missing.onnx: file not found"):
+        run_bench({"teacher": DEFAULT_MODEL, "student": DEFAULT_MODEL}, iterations=1, warmup=0,
+                  peers={"m": tmp_path / "missing.onnx"})
+
+
+def test_bench_cli_peer_names(capsys):
+    assert main(["bench", "--teacher", str(DEFAULT_MODEL), "--student", str(DEFAULT_MODEL), "--peer", f"a={DEFAULT_MODEL}",
+                 "--peer", f"a={DEFAULT_MODEL}"]) == 2
+    assert "the name 'a' is given twice" in capsys.readouterr().err
