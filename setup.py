@@ -31,7 +31,8 @@ setup(
         # torch is NOT listed: install torch==2.13.0 first (a local CPU build here), see README
         "train": ["pyyaml>=6", "onnx>=1.15", "tensorboard>=2.14"],
         "test": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "pyyaml>=6", "onnx>=1.15", "catkin_pkg>=1.0",
-                 "colcon-common-extensions>=0.3", "vermin>=1.6"],
+                 "colcon-common-extensions>=0.3", "vermin>=1.6",
+                 "datumaro>=1.10"],
     },
     zip_safe=True,
     maintainer="ms_perception developers",

@@ -487,6 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8 needs an explicitly quantized (Q/DQ) ONNX; TensorRT 10 deprecates implicit calibration")
     t.add_argument("--workspace-mb", type=int, default=1024)
     t.set_defaults(func=cmd_build_engine)
+    from ms_perception.fleet.cli import add_parser as add_captures
+    add_captures(sub)
     sub.add_parser("train", help="training, info and export (needs torch; see `ms-perception train -h`)")
     return p
 

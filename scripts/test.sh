@@ -16,4 +16,6 @@ status=0
 "$VENV/bin/python" -m pytest -q -n "${PYTEST_WORKERS:-2}" test "$@" || status=$?
 # the graph tests export their torch models with the suite's environment
 MS_PERCEPTION_TORCH_PYTHON=$PWD/$VENV/bin/python bash scripts/test_ros_graph.sh || status=$?
+# the Label Studio round trip on a real server (its own environment, cached outside the repository)
+bash scripts/test_label_studio.sh || status=$?
 exit $status

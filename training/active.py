@@ -32,13 +32,14 @@ from ms_perception_training.data.loader import make_batch, thermal_for
 
 from ms_perception.core.atomic import atomic_write
 from ms_perception.core.inconsistency import (
-    binary_entropy,
-    categorical_entropy,
+    detection_entropy,
     detection_inconsistency,
+    segmentation_entropy,
     segmentation_inconsistency,
 )
+from ms_perception.core import selection
 
-STRATEGIES = ("inconsistency", "random", "entropy")
+STRATEGIES = ("inconsistency", "random", "entropy")   # the pool here is one sequence: no robots to spread over
 
 
 @dataclass
@@ -94,7 +95,7 @@ def score_pool(model, mcfg, pool, indices, strategy: str, batch_size: int = 16) 
                 if strategy == "inconsistency":
                     scores.append(segmentation_inconsistency(pv[i], pt[i]).score)
                 else:
-                    scores.append(float(categorical_entropy(pf[i], 0).mean()))
+                    scores.append(segmentation_entropy(pf[i]))
             continue
         K, act = mcfg.num_classes, model.score_activation      # SSD: softmax over K + 1, background dropped
         counts = anchors_per_level(out.branches["fused"].cls_logits, K, act)
@@ -104,18 +105,15 @@ def score_pool(model, mcfg, pool, indices, strategy: str, batch_size: int = 16) 
             if strategy == "inconsistency":
                 scores.append(detection_inconsistency(probs["visible"][i], probs["thermal"][i], counts).score)
             else:
-                h = binary_entropy(probs["fused"][i])
-                bounds = np.cumsum([0] + counts)
-                scores.append(float(np.mean([h[bounds[j]:bounds[j + 1]].mean() for j in range(len(counts))])))
+                scores.append(detection_entropy(probs["fused"][i], counts))
     model.train(was_training)
     return np.asarray(scores, np.float64)
 
 
 def select(strategy: str, scores: np.ndarray | None, unlabeled: list[int], k: int, rng) -> list[int]:
-    if strategy == "random":
-        return sorted(int(i) for i in rng.choice(unlabeled, size=min(k, len(unlabeled)), replace=False))
-    order = np.argsort(-scores, kind="stable")[:k]
-    return sorted(int(unlabeled[j]) for j in order)
+    """The runtime's selection (``ms_perception.core.selection``, also behind ``captures select``)."""
+    picked = selection.select(strategy, k, scores=np.zeros(len(unlabeled)) if scores is None else scores, rng=rng)
+    return sorted(int(unlabeled[j]) for j in picked)
 
 
 def _metric(r: dict) -> tuple[str, float | None]:

@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 
 MANIFEST = "manifest.jsonl"
+CAPTURE_FORMAT = 1      # record.json's "capture_format"; a reader refuses a newer one (records without it are 1)
 
 
 def sanitize_id(text: str, fallback: str = "robot") -> str:
@@ -166,6 +167,7 @@ class CaptureRecord:
     thermal_stamp_ns: int | None = None
     predictions: dict = field(default_factory=dict)   # all branch predictions
     extra: dict = field(default_factory=dict)
+    mask: np.ndarray | None = None      # segmentation models: (H, W) uint8 class ids at the visible size
 
 
 @dataclass
@@ -284,7 +286,12 @@ class CaptureWriter:
                 buf = io.BytesIO()
                 np.save(buf, t)
                 files["thermal.npy"] = buf.getvalue()
-        meta = {"id": name, "robot_id": self.robot_id, "stamp_ns": int(rec.stamp_ns), "score": _json_score(rec.score),
+        if rec.mask is not None:
+            ok, mp = cv2.imencode(".png", np.ascontiguousarray(rec.mask, np.uint8))
+            if not ok:
+                raise ValueError("mask could not be encoded")
+            files["mask.png"] = mp.tobytes()
+        meta = {"capture_format": CAPTURE_FORMAT, "id": name, "robot_id": self.robot_id, "stamp_ns": int(rec.stamp_ns), "score": _json_score(rec.score),
                 "thermal_stamp_ns": rec.thermal_stamp_ns, "thermal_encoding": rec.thermal_encoding,
                 "model_hash": self.model_hash, "visible_hw": list(rec.visible.shape[:2]),
                 "thermal_hw": list(rec.thermal.shape[:2]) if rec.thermal is not None else None,

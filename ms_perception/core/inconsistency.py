@@ -121,3 +121,20 @@ def segmentation_inconsistency(probs_v: np.ndarray, probs_t: np.ndarray, base: f
     labels = np.argmax((probs_v + probs_t) / 2, 0)
     per_class = [float(m[labels == k].mean()) if (labels == k).any() else 0.0 for k in range(probs_v.shape[0])]
     return InconsistencyScore(float(m.mean()), [float(m.mean())], per_class, m.astype(np.float32) if keep_map else None)
+
+
+def detection_entropy(scores: np.ndarray, level_counts: list[int], base: float = 2.0) -> float:
+    """The ``entropy`` strategy's image score: the mean binary entropy of one branch's (A, K)
+    class probabilities, per level, then averaged over the levels (scale-balanced as the
+    inconsistency score is). The training loop and the robot's capture records use this one."""
+    h = binary_entropy(scores, base)
+    bounds = np.cumsum([0] + list(level_counts))
+    if bounds[-1] != h.shape[0]:
+        raise ValueError(f"level counts sum to {bounds[-1]}, but there are {h.shape[0]} anchors")
+    means = [h[bounds[j]:bounds[j + 1]].mean() for j in range(len(level_counts)) if bounds[j + 1] > bounds[j]]
+    return float(np.mean(means)) if means else 0.0
+
+
+def segmentation_entropy(probs: np.ndarray, base: float = 2.0) -> float:
+    """The ``entropy`` strategy's image score for a (K, H, W) class distribution: mean pixel entropy."""
+    return float(categorical_entropy(probs, 0, base).mean())

@@ -12,7 +12,13 @@ import numpy as np
 from ms_perception.core.anchors import BoxCoder, grid_anchors
 from ms_perception.core.capture import AUTO, CapturePolicy, CaptureRecord, CaptureWriter
 from ms_perception.core.frames import FramePair
-from ms_perception.core.inconsistency import InconsistencyScore, detection_inconsistency, segmentation_inconsistency
+from ms_perception.core.inconsistency import (
+    InconsistencyScore,
+    detection_entropy,
+    detection_inconsistency,
+    segmentation_entropy,
+    segmentation_inconsistency,
+)
 from ms_perception.core.postprocess import Detections, check_boxes, check_finite, check_output, select_detections
 from ms_perception.core.preprocess import (
     InputError,
@@ -171,20 +177,32 @@ class Pipeline:
             score = None if res.inconsistency is None else res.inconsistency.score
             res.captured, res.capture_reason = self.policy.decide(pair.stamp_ns, score, rgb)
             if res.captured and self.writer is not None:
-                self.writer.submit(self._record(pair, rgb, res))
+                self.writer.submit(self._record(pair, rgb, res, out))
         t5 = time.perf_counter()
         res.timings_ms = {"preprocess": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3,
                           "inconsistency": (t4 - t3) * 1e3, "capture": (t5 - t4) * 1e3}
         return res
 
-    def _record(self, pair: FramePair, rgb: np.ndarray, res: Result) -> CaptureRecord:
+    def _record(self, pair: FramePair, rgb: np.ndarray, res: Result, out: dict) -> CaptureRecord:
+        """What a labeling round needs later: every branch's predictions, the image scores of both
+        selection strategies (inconsistency, fused-branch entropy), the classes and the registration."""
         inc = res.inconsistency
+        seg = self.card.task != "detection"
+        if seg:
+            entropy = segmentation_entropy(out["probs"][0])
+        else:
+            entropy = detection_entropy(out["scores"][0], self.level_counts) if "scores" in out else None
         preds = {"detections": res.detections.to_list(self.card.class_names),
                  "branch_scores": {k: [round(float(x), 5) for x in v] for k, v in res.branch_scores.items()},
                  "inconsistency": None if inc is None else {"score": inc.score, "per_level": inc.per_level,
                                                             "per_class": inc.per_class},
-                 "capture_reason": res.capture_reason}
+                 "entropy": entropy, "capture_reason": res.capture_reason}
         th = pair.thermal
+        extra = {"model": self.card.name, "visible_frame_id": pair.visible.frame_id, "task": self.card.task,
+                 "class_names": list(self.card.class_names)}
+        if th is not None and self.card.uses_thermal:
+            m = self._thermal_to_visible(np.asarray(th.data).shape[:2], rgb.shape[:2])
+            extra["homography_thermal_to_visible"] = [[float(v) for v in row] for row in np.asarray(m)]
         return CaptureRecord(pair.stamp_ns, float("nan") if inc is None else inc.score, rgb, None if th is None else np.asarray(th.data),
-                             "" if th is None else th.encoding, None if th is None else th.stamp_ns, preds,
-                             {"model": self.card.name, "visible_frame_id": pair.visible.frame_id})
+                             "" if th is None else th.encoding, None if th is None else th.stamp_ns, preds, extra,
+                             mask=res.mask if seg else None)

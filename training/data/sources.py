@@ -246,6 +246,8 @@ class RecordPool:
         vis = readers.load_visible(r.visible_path)
         th = readers.load_thermal(r.thermal_path) if r.thermal_path is not None and self.mcfg.uses_thermal else None
         meta = self.meta.get(r.name) or self.meta.get(Path(r.name).stem) or {}
+        if not meta and "homography_thermal_to_visible" in (r.extra or {}):   # captures: the robot's registration
+            meta = {"homography_thermal_to_visible": r.extra["homography_thermal_to_visible"]}
         hom = None
         if th is not None and "homography_thermal_to_visible" in meta:
             # the writer's true homography is for the thermal CAMERA's pixels; a layout that stores

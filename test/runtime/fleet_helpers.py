@@ -1,0 +1,35 @@
+"""Real capture folders for the fleet tests: the embedded default model, run by the runtime pipeline
+on synthetic pairs, capturing every pair (threshold 0), through the robot's own CaptureWriter."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ms_perception.build import build_pipeline
+from ms_perception.core.frames import Frame, FramePair
+from ms_perception.synth.generator import SynthConfig, SyntheticGenerator
+
+
+def capture_robot(root: Path, robot_id: str, seed: int, pairs: int = 6, night: float = 0.3,
+                  start_ns: int | None = None) -> tuple[Path, list]:
+    """Capture ``pairs`` synthetic pairs as robot ``robot_id`` into ``root/<robot_id>``; returns the
+    robot folder and the generator's pairs (their objects stand in for the annotator)."""
+    cfg = SynthConfig(width=320, height=256, night_fraction=night, thermal_factor=4, sequence_length=1, dusk_fraction=0.0, fog_fraction=0.1,
+                      misregistration_px=0.0)
+    gen = SyntheticGenerator(cfg, seed)
+    sps = list(gen.pairs(pairs))
+    cal = root / f"cal_{robot_id}.yaml"
+    root.mkdir(parents=True, exist_ok=True)
+    cal.write_text(f"thermal_to_visible:\n  homography: {np.round(sps[0].homography, 9).tolist()}\n")
+    pipe = build_pipeline({"calibration_file": str(cal), "capture_enabled": True, "capture_dir": str(root),
+                           "robot_id": robot_id, "capture_mode": "threshold", "capture_threshold": 0.0,
+                           "capture_min_interval_s": 0.0, "capture_duplicate_threshold": 0.0,
+                           "capture_queue_size": 64})
+    offset = 0 if start_ns is None else start_ns - sps[0].stamp_visible_ns
+    for sp in sps:
+        pipe.process(FramePair(Frame(sp.visible, sp.stamp_visible_ns + offset, "rgb8", "visible_optical"),
+                               Frame(sp.thermal_raw, sp.stamp_thermal_ns + offset, "mono16", "thermal_optical")))
+    pipe.writer.close()
+    assert pipe.writer.stats.written == pairs, pipe.writer.summary_line()
+    return root / robot_id, sps
