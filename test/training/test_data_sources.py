@@ -270,3 +270,47 @@ def test_active_learning_refuses_a_disk_source_instead_of_generating_data(tmp_pa
     mcfg = load_model_config(GAFF)
     with pytest.raises(ValueError, match="synthetic source only"):
         make_pool(mcfg, DataConfig(type="kaist", root=str(tmp_path)))
+
+
+def test_fit_trains_on_fleet_labels_imported_by_captures_import(tmp_path, capsys):
+    """The loop's hand-over: robots capture (runtime pipeline) -> captures merge / select / export
+    (COCO) -> the labels come back (here the pre-annotations, as an annotator accepting them) ->
+    captures import -> `train fit` reads the dataset, with each frame's thermal registered by the
+    homography the robot used (not the scale between the image sizes)."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
+    from fleet_helpers import capture_robot
+    from ms_perception.cli import main as runtime_main
+    from ms_perception.core.preprocess import Letterbox, ThermalNormalization, thermal_to_unit, warp_thermal
+    from ms_perception.core.frames import Frame
+    robot, sps = capture_robot(tmp_path / "caps", "r1", seed=5, pairs=3)
+    assert runtime_main(["captures", "merge", str(robot), "--out", str(tmp_path / "pool")]) == 0
+    assert runtime_main(["captures", "select", str(tmp_path / "pool"), "--budget", "3", "--out",
+                         str(tmp_path / "sel.json")]) == 0
+    exp = tmp_path / "exp"
+    assert runtime_main(["captures", "export", str(tmp_path / "sel.json"), "--format", "coco", "--out", str(exp),
+                         "--pre-annotate"]) == 0
+    ds = tmp_path / "ds"
+    assert runtime_main(["captures", "import", str(exp / "annotations" / "instances_default.json"), "--format",
+                         "coco", "--into", str(ds)]) == 0
+    capsys.readouterr()
+    mcfg = load_model_config(GAFF)
+    items = open_source(mcfg, DataConfig(type="captures", root=str(ds)))
+    doc = json.loads((ds / "annotations.json").read_text())
+    im = doc["images"][0]
+    hom = np.asarray(im["homography_thermal_to_visible"])
+    np.testing.assert_allclose(hom, sps[0].homography / sps[0].homography[2, 2], atol=1e-6)
+    raw = cv2.imread(str(ds / im["thermal_file_name"]), cv2.IMREAD_UNCHANGED)
+    lb = Letterbox.fit((im["height"], im["width"]), (mcfg.input.height, mcfg.input.width))
+    want = warp_thermal(thermal_to_unit(Frame(raw, 0, "mono16"), ThermalNormalization()), hom, lb, lb.dst_hw)
+    got = items[0].thermal.astype(np.float32) / (255.0 if items[0].thermal.dtype == np.uint8 else 1.0)
+    assert got.shape == want.shape
+    assert np.abs(got - want).mean() < 0.01
+    scale = np.diag([im["width"] / raw.shape[1], im["height"] / raw.shape[0], 1.0])   # what a missing homography gives
+    by_scale = warp_thermal(thermal_to_unit(Frame(raw, 0, "mono16"), ThermalNormalization()), scale, lb, lb.dst_hw)
+    assert np.abs(got - by_scale).mean() > 3 * np.abs(got - want).mean()
+    n_boxes = sum(1 for a in doc["annotations"] if a["image_id"] == im["id"])
+    assert len(items[0].boxes) == n_boxes
+    cfg = experiment(tmp_path, GAFF, {"type": "captures", "root": str(ds), "workers": 0})
+    s, _ = run_cli(["fit", "--config", str(cfg), "--out", str(tmp_path / "run")], capsys)
+    assert s["iterations"] == 3 and np.isfinite(s["last_loss"])
