@@ -22,6 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ms_perception.core import jsonio
+
 CHILD = r"""
 import json, resource, sys, time
 from ms_perception.fleet.pool import Pool, select_records
@@ -37,7 +39,8 @@ else:
         out = {"selected": len(keys), "candidates": n, "robots": len({k.split('/')[0] for k in keys})}
 out["wall_s"] = time.perf_counter() - t0
 out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps(out))
+from ms_perception.core import jsonio
+print(jsonio.dumps(out))
 """
 
 
@@ -69,8 +72,8 @@ def write_fleet(root: Path, records: int, robots: int, seed: int = 0) -> list[Pa
                                                     "class": "person"}], "entropy": float(rng.random())},
                     "extra": {"model": "default", "task": "detection", "class_names": ["person", "bicycle", "car"]},
                     "files": ["thermal.png", "visible.png"]}
-            (rec / "record.json").write_text(json.dumps(meta))
-            lines.append(json.dumps({"id": name, "stamp_ns": stamp, "score": meta["score"], "bytes": 1000}))
+            (rec / "record.json").write_text(jsonio.dumps(meta))
+            lines.append(jsonio.dumps({"id": name, "stamp_ns": stamp, "score": meta["score"], "bytes": 1000}))
         (d / "manifest.jsonl").write_text("\n".join(lines) + "\n")
         dirs.append(d)
     return dirs

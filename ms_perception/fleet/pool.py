@@ -519,17 +519,6 @@ class Pool:
         return None
 
 
-def parse_rename(items: list[str]) -> dict[str, str]:
-    out = {}
-    for it in items or []:
-        src, sep, rid = it.rpartition("=")
-        if not sep or not src or not rid:
-            raise ValueError(f"--rename {it!r}: give SRC=ID (a source exactly as given to merge, and the robot id)")
-        out[src] = rid
-    return out
-
-
-
 def select_records(pool: Pool, budget: int, strategy: str, seed: int = 0, bucket_s: float = 600.0) -> tuple[list[str], int]:
     """The ``budget`` pool records (not yet labeled) to label next, by the shared strategies
     (:mod:`ms_perception.core.selection`); returns (keys, number of candidates)."""
