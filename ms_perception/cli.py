@@ -255,13 +255,16 @@ def cmd_replay(args) -> int:
             and not summary.invalid_output_pairs["count"]:
         raise CliError(f"{args.bag}: no frame pairs on {visible} + {thermal} (pairing stats {summary.pairing}); "
                        "check the topic names and --slop")
-    report = {"model": engine.card.name, **summary.to_dict(), "complete": summary.complete}
+    from ms_perception.core.card import lineage_summary
+    report = {"model": engine.card.name, "model_sha256": engine.card.graph_sha256,
+              "lineage": engine.card.lineage, **summary.to_dict(), "complete": summary.complete}
     if results and "person" in names:
         report["miss_rate"] = evaluate_persons(results, anns, names.index("person"), tuple(summary.visible_hw))
     if args.out:
         from ms_perception.core.atomic import atomic_write
         atomic_write(Path(args.out), (dumps(report, indent=2) + "\n").encode())
     if not args.json:
+        print(f"model {engine.card.name} {engine.card.graph_sha256[:16]}; {lineage_summary(engine.card)}")
         print(f"pairs {summary.pairs}, unpaired {summary.pairing['unpaired']}, detections {summary.detections}, "
               f"capture decisions {summary.captured}")
         for k, v in summary.latency_ms.items():
@@ -275,7 +278,7 @@ def cmd_replay(args) -> int:
             print("  person miss rate: " + ", ".join(f"{k} {v:.2f}%" for k, v in report["miss_rate"].items()))
     for w in summary.warnings:   # on stderr in every output mode
         print(f"warning: {w}", file=sys.stderr)
-    print(dumps({k: report[k] for k in ("pairs", "pairing", "detections", "latency_ms", "inconsistency", "captured",
+    print(dumps({k: report[k] for k in ("model", "model_sha256", "lineage", "pairs", "pairing", "detections", "latency_ms", "inconsistency", "captured",
                                         "capture", "miss_rate", "thermal_saturated_pairs", "failed_pairs",
                                         "invalid_output_pairs", "read", "complete", "warnings") if k in report}))
     if not summary.complete:

@@ -7,15 +7,18 @@ from pathlib import Path
 import torch
 
 
-def save_checkpoint(path: Path, model, opt, scaler, distiller, it: int, history: list, cfg):
+def save_checkpoint(path: Path, model, opt, scaler, distiller, it: int, history: list, cfg, lineage: str = ""):
     """Everything exact resume needs: weights, optimizer (momentum), AMP scaler, the distiller's
-    student-side modules, iteration, the torch RNG state. Written atomically."""
+    student-side modules, iteration, the torch RNG state; and the run's lineage (JSON text,
+    ``lineage.py``), which ``train export`` copies into the model card. Written atomically."""
     tmp = path.with_suffix(".pt.tmp")
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "iteration": it,
              "torch_rng": torch.get_rng_state(), "history": torch.tensor(history, dtype=torch.float64),
              "seed": cfg.seed, "total_iterations": cfg.iterations}
     if scaler is not None:
         state["scaler"] = scaler.state_dict()
+    if lineage:
+        state["lineage"] = lineage
     if distiller is not None:
         state["distill"] = distiller.state_dict()
     torch.save(state, tmp)

@@ -61,9 +61,13 @@ def cmd_export(args) -> int:
     cfg, model = _load(args.config)
     if args.checkpoint:
         load_checkpoint_into(model, args.checkpoint)
+    lineage = {}
+    if args.checkpoint:
+        from ms_perception_training.lineage import checkpoint_lineage, file_sha256
+        lineage = {**checkpoint_lineage(args.checkpoint), "checkpoint_sha256": file_sha256(args.checkpoint)}
     res = export_onnx(model.eval(), args.out, uint8_input=not args.float_input, decode=not args.no_decode,
                       batch=args.batch, dynamic_batch=args.dynamic_batch, fold_bn=not args.no_fold_bn,
-                      opset=args.opset, notes=args.notes or "")
+                      opset=args.opset, notes=args.notes or "", lineage=lineage)
     side = Path(args.out).with_suffix(".card.json")
     from ms_perception_training.export.onnx_export import card_json
 
@@ -76,6 +80,8 @@ def cmd_export(args) -> int:
         print(f"wrote {res.path} ({res.path.stat().st_size / 1e6:.1f} MB) and {side}")
         print(f"  outputs: {', '.join(o.name + str(o.shape) for o in res.card.outputs)}")
         print(f"  ONNX Runtime vs PyTorch max |diff|: {res.parity_max_abs}")
+        from ms_perception.core.card import lineage_summary
+        print("  " + lineage_summary(res.card))
         print("  TensorRT ONNX parser: " + ("all operators supported" if not res.unsupported_ops else
                                              f"UNSUPPORTED {res.unsupported_ops}"))
     print(jsonio.dumps(summary))
@@ -91,6 +97,8 @@ def cmd_fit(args) -> int:
         cfg.distill.teacher_checkpoint = args.teacher_checkpoint
     if args.init_checkpoint:
         cfg.init_checkpoint = args.init_checkpoint
+    if args.parent_model:
+        cfg.parent_model = args.parent_model
     log = (lambda *a: None) if args.json else print
     try:
         summary = fit(cfg, mcfg, Path(args.out), log=log, resume=args.resume, teacher_cfg=tcfg)
@@ -110,7 +118,7 @@ def cmd_eval(args) -> int:
     from dataclasses import replace
 
     from ms_perception_training.checkpoints import load_weights
-    from ms_perception_training.data.sources import SOURCES, eval_split, open_source
+    from ms_perception_training.data.sources import SOURCES, eval_split, open_one
     from ms_perception_training.evaluate import _items, detection_scores, predict_pool, segmentation_scores, \
         write_benchmark_files
     from ms_perception_training.experiment import load_experiment
@@ -132,13 +140,13 @@ def cmd_eval(args) -> int:
         data = replace(data, root=args.root)
     if data.type == "synthetic":
         pairs = args.pairs or cfg.eval.pairs or 100
-        pool = open_source(mcfg, replace(data, pairs=pairs, seed=cfg.eval.seed))
+        pool = open_one(mcfg, replace(data, pairs=pairs, seed=cfg.eval.seed))
         where = f"{pairs} synthetic validation pairs (seed {cfg.eval.seed})"
     else:
         if not data.root and not data.annotation_file:
             raise TrainCliError(f"--data {data.type}: give the dataset folder with --root")
         split = args.split or cfg.eval.split or eval_split(data)
-        pool = open_source(mcfg, replace(data, limit=args.pairs or 0), split=split,
+        pool = open_one(mcfg, replace(data, limit=args.pairs or 0), split=split,
                            log=(lambda *a: None) if args.json else print)
         where = f"{len(pool)} pairs of {data.type} {split!r} ({data.root or data.annotation_file})"
     items = _items(pool)
@@ -183,6 +191,8 @@ def build_parser(prog: str = "ms-perception train") -> argparse.ArgumentParser:
                    "RNG states, iteration)")
     f.add_argument("--teacher-checkpoint", help="override distill.teacher_checkpoint")
     f.add_argument("--init-checkpoint", help="start from these weights (fine-tuning)")
+    f.add_argument("--parent-model", help="the deployed model (.onnx, or an engine's card) the init checkpoint was "
+                   "exported as: its hash and lineage become the parent in the new model's card")
     f.add_argument("--json", action="store_true")
     f.set_defaults(func=cmd_fit)
     v = sub.add_parser("eval", help="evaluate a checkpoint on a dataset's test split (or the experiment's synthetic "

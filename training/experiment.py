@@ -91,6 +91,8 @@ class FitConfig:
     sync_bn: bool = True              # SyncBatchNorm under DDP with NCCL
     tensorboard: bool = True
     init_checkpoint: str = ""         # start from these weights (fine-tuning; not a resume)
+    parent_model: str = ""            # the deployed model (ONNX / engine card) init_checkpoint was exported as:
+                                      # its hash and lineage become the new model's parent (fleet fine-tuning)
     eval: EvalConfig = field(default_factory=EvalConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
 
@@ -134,9 +136,11 @@ def load_experiment(path: str | Path) -> tuple[FitConfig, ModelConfig, ModelConf
         tcfg = load_model_config(rel(cfg.distill.teacher))
         cfg.distill.teacher_checkpoint = rel(cfg.distill.teacher_checkpoint)
     cfg.init_checkpoint = rel(cfg.init_checkpoint)
-    if cfg.data.type != "synthetic":
-        cfg.data.root = rel(cfg.data.root)
-        cfg.data.annotation_file = rel(cfg.data.annotation_file)
-        if cfg.data.annotations.endswith(".json"):
-            cfg.data.annotations = rel(cfg.data.annotations)
+    cfg.parent_model = rel(cfg.parent_model)
+    for data in [cfg.data, *cfg.data.also]:
+        if data.type != "synthetic":
+            data.root = rel(data.root)
+            data.annotation_file = rel(data.annotation_file)
+            if data.annotations.endswith(".json"):
+                data.annotations = rel(data.annotations)
     return cfg, mcfg, tcfg

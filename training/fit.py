@@ -33,7 +33,7 @@ from ms_perception_training.data.loader import (
     to_batch,
     train_loader,
 )
-from ms_perception_training.data.sources import open_source
+from ms_perception_training.data.sources import open_one, open_source
 from ms_perception_training.distributed import Dist, EpochSampler, init_distributed
 from ms_perception_training.experiment import (  # noqa: F401 (re-exported: the experiment API)
     DistillConfig,
@@ -104,6 +104,9 @@ def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print, resume: boo
             f"{time.perf_counter() - t0:.1f} s)" if cfg.data.type == "synthetic" else f" from {cfg.data.root}"))
     if val_pool is None:
         val_pool = validation_source(cfg, mcfg, log)
+    lineage_text = ""
+    if d.main:
+        lineage_text = run_lineage(cfg, pool, out_dir, resume, log)
     sampler = EpochSampler(len(pool), cfg.batch_size, d, cfg.seed)
 
     distiller = None
@@ -200,7 +203,7 @@ def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print, resume: boo
                 log(f"eval at {it + 1}: {jsonio.dumps(r)}")
             stopping = stop_after is not None and it + 1 - start >= stop_after
             if d.main and ((it + 1) % cfg.checkpoint_every == 0 or last or stopping):
-                save_checkpoint(ckpt, core, opt, scaler, dist_core, it + 1, history, cfg)
+                save_checkpoint(ckpt, core, opt, scaler, dist_core, it + 1, history, cfg, lineage_text)
             if stopping:
                 break
     finally:
@@ -225,16 +228,32 @@ def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print, resume: boo
     return summary
 
 
+def run_lineage(cfg: FitConfig, pool, out_dir: Path, resume: bool, log=print) -> str:
+    """The run's lineage as JSON text (``lineage.py``): computed at the start (content hashes read
+    every item once), written to ``out_dir/lineage.json``; a resumed run reuses that file."""
+    from ms_perception_training import lineage as L
+    path = out_dir / "lineage.json"
+    if resume and path.exists():
+        return path.read_text()
+    t0 = time.perf_counter()
+    lin = L.build_lineage(cfg, L.source_parts(cfg.data, pool))
+    L.write_lineage(out_dir, lin)
+    log(f"lineage: generation {lin['generation']}, " + ", ".join(
+        f"{e['type']} {e['items']} items sha256 {e['content_sha256'][:12]}" for e in lin["datasets"]) +
+        f", {lin['fleet_frames']} labeled fleet frames (hashed in {time.perf_counter() - t0:.1f} s)")
+    return jsonio.dumps(lin, sort_keys=True)
+
+
 def validation_source(cfg: FitConfig, mcfg: ModelConfig, log=print):
     """The held-out items evaluated during training: synthetic ``eval.pairs`` from ``eval.seed``,
     or a disk dataset's ``eval.split``; None when evaluation is off."""
     from dataclasses import replace
     if cfg.data.type == "synthetic":
-        return open_source(mcfg, replace(cfg.data, pairs=cfg.eval.pairs, seed=cfg.eval.seed)) if cfg.eval.pairs \
+        return open_one(mcfg, replace(cfg.data, pairs=cfg.eval.pairs, seed=cfg.eval.seed)) if cfg.eval.pairs \
             else None
     if not cfg.eval.split:
         return None
-    return open_source(mcfg, replace(cfg.data, limit=cfg.eval.pairs), split=cfg.eval.split, log=log)
+    return open_one(mcfg, replace(cfg.data, limit=cfg.eval.pairs), split=cfg.eval.split, log=log)
 
 
 def compute_losses(model, core, mcfg, distiller, dist_core, objective, batch) -> dict:

@@ -68,6 +68,10 @@ class ModelCard:
     version: int = CARD_VERSION
     config: dict = field(default_factory=dict)  # the model config it was built from
     notes: str = ""
+    # where the weights came from (``train fit`` writes it, ``train export`` copies it): the parent
+    # model's hash, each training dataset with its content hash, how many fleet frames were labeled.
+    # Empty for a model trained from scratch by an older release. See :func:`lineage_summary`.
+    lineage: dict = field(default_factory=dict)
 
     # ------------------------------------------------------------------ (de)serialization
     def to_dict(self) -> dict:
@@ -116,6 +120,8 @@ class ModelCard:
             raise CardError(f"{source}: box_decoding 'anchors' needs anchor_levels")
         if not self.class_names:
             raise CardError(f"{source}: class_names is empty")
+        if not isinstance(self.lineage, dict):
+            raise CardError(f"{source}: lineage must be a JSON object, got {type(self.lineage).__name__}")
 
     def input(self, name: str) -> TensorSpec | None:
         return next((t for t in self.inputs if t.name == name), None)
@@ -136,6 +142,25 @@ class ModelCard:
     def thermal_hw(self) -> tuple[int, int] | None:
         t = self.input("thermal")
         return (int(t.shape[2]), int(t.shape[3])) if t else None
+
+
+def lineage_summary(card: "ModelCard") -> str:
+    """One line for logs and reports: the parent, the datasets and the fleet frames."""
+    lin = card.lineage or {}
+    if "datasets" not in lin:
+        ck = lin.get("checkpoint_sha256")
+        return ("lineage: not recorded" + (f" (exported from checkpoint {ck[:16]}, trained by an older release)"
+                                           if ck else " (exported without a checkpoint)"))
+    parent = lin.get("parent") or {}
+    if parent:
+        ident = parent.get("model_sha256") or parent.get("checkpoint_sha256") or "?"
+        what = "model" if parent.get("model_sha256") else "checkpoint"
+        head = f"fine-tuned from {what} {ident[:16]} (generation {lin.get('generation', '?')})"
+    else:
+        head = "trained from scratch (generation 0)"
+    data = ", ".join(f"{d.get('type')}[{d.get('items')} items, {str(d.get('content_sha256', ''))[:12]}]"
+                     for d in lin.get("datasets") or [])
+    return f"lineage: {head} on {data or 'no recorded data'}; {int(lin.get('fleet_frames', 0))} labeled fleet frames"
 
 
 def graph_hash(model_bytes: bytes) -> str:

@@ -36,6 +36,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
+from ms_perception.core.card import lineage_summary
 from ms_perception.ros import messages as M
 from ms_perception.ros.logic import ConfigureError, DetectorLogic
 from ms_perception.ros.params import DEFAULTS, PARAMS, check_all, coerce
@@ -139,8 +140,9 @@ class DetectorNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         p = self.logic.params
         card = self.logic.pipeline.card
-        self.get_logger().info(f"model {card.name} ({card.task}, classes {self.logic.class_names}) on "
-                               f"{self.logic.pipeline.engine.name}")
+        self.get_logger().info(f"model {card.name} {card.graph_sha256[:16]} ({card.task}, classes "
+                               f"{self.logic.class_names}) on {self.logic.pipeline.engine.name}; "
+                               f"{lineage_summary(card)}")
         out_qos = QoSProfile(depth=10)
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                              reliability=ReliabilityPolicy.RELIABLE)

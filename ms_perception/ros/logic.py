@@ -24,6 +24,7 @@ from ms_perception.core.pipeline import Pipeline
 from ms_perception.core.postprocess import ModelOutputError
 from ms_perception.core.preprocess import InputError, visible_to_rgb
 from ms_perception.engines import EngineError
+from ms_perception.core.card import lineage_summary
 from ms_perception.ros import messages as M
 from ms_perception.ros.params import DEFAULTS, capture_config, check_all, check_value, pipeline_config
 
@@ -338,6 +339,10 @@ class DetectorLogic:
                                        f"(results dropped): {c.last_error}")
         if c.errors:
             values["last_error"] = c.last_error
+        if self.pipeline is not None:   # which model, and where its weights came from
+            card = self.pipeline.card
+            values["model"] = f"{card.name} {card.graph_sha256[:16]}"
+            values["model_lineage"] = lineage_summary(card)
         waited = (now_ns - self.activated_ns) / 1e9 if self.activated_ns is not None else 0.0
         if c.pairs == 0 and waited >= self.params["no_pairs_warning_s"]:
             p = self.params

@@ -12,7 +12,7 @@ from ms_perception.synth.generator import SynthConfig, SyntheticGenerator
 
 
 def capture_robot(root: Path, robot_id: str, seed: int, pairs: int = 6, night: float = 0.3,
-                  start_ns: int | None = None) -> tuple[Path, list]:
+                  start_ns: int | None = None, model_path: str = "") -> tuple[Path, list]:
     """Capture ``pairs`` synthetic pairs as robot ``robot_id`` into ``root/<robot_id>``; returns the
     robot folder and the generator's pairs (their objects stand in for the annotator)."""
     cfg = SynthConfig(width=320, height=256, night_fraction=night, thermal_factor=4, sequence_length=1, dusk_fraction=0.0, fog_fraction=0.1,
@@ -25,7 +25,7 @@ def capture_robot(root: Path, robot_id: str, seed: int, pairs: int = 6, night: f
     pipe = build_pipeline({"calibration_file": str(cal), "capture_enabled": True, "capture_dir": str(root),
                            "robot_id": robot_id, "capture_mode": "threshold", "capture_threshold": 0.0,
                            "capture_min_interval_s": 0.0, "capture_duplicate_threshold": 0.0,
-                           "capture_queue_size": 64})
+                           "capture_queue_size": 64, "model_path": str(model_path)})
     offset = 0 if start_ns is None else start_ns - sps[0].stamp_visible_ns
     for sp in sps:
         pipe.process(FramePair(Frame(sp.visible, sp.stamp_visible_ns + offset, "rgb8", "visible_optical"),

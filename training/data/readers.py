@@ -359,9 +359,9 @@ def read_coco(annotation_file: str | Path, image_root: str | Path | None = None)
         th = im.get("thermal_file_name")
         records.append(Record(str(im["file_name"]), root / im["file_name"], root / th if th else None,
                               *_arrays(boxes, labels, ignore, occ), condition=im.get("day_night"),
-                              extra={"image_id": im["id"], **({"homography_thermal_to_visible":
-                                                               im["homography_thermal_to_visible"]}
-                                                              if "homography_thermal_to_visible" in im else {})}))
+                              extra={"image_id": im["id"],
+                                     **{k: im[k] for k in ("homography_thermal_to_visible", "ms_perception")
+                                        if k in im}}))
     return records, tuple(c["name"] for c in cats)
 
 

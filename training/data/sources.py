@@ -26,6 +26,11 @@ scale between the two image sizes: the public datasets are registered). Syntheti
 generated once and kept in memory; disk items are read when asked for (DataLoader workers do
 that in parallel), so a dataset of any size trains in bounded memory.
 
+Several sources train together with ``also:`` (a list of further ``data:`` entries, each with
+``repeat``: how many times its items appear per pass): the fleet's fine-tuning is the original
+training data plus the imported labels, ``data: {type: synthetic, ..., also: [{type: captures,
+root: fleet/labels, repeat: 2}]}``. Evaluation uses the first source's split.
+
 Class names are matched by name (with the usual aliases: bike = bicycle, pedestrian = person);
 objects of classes the model does not have are dropped and counted. Ignore regions (KAIST
 ``people``/``cyclist``/``person?``, VOC ``difficult``, COCO ``iscrowd``) are kept with
@@ -76,6 +81,9 @@ class DataConfig:
     thermal_factor: int = 4           # the synthetic thermal CAMERA's pixel factor (not the model's)
     night_fraction: float = 0.4
     seed: int = 1
+    # more sources trained together with this one (the fleet's fine-tuning: original data + labels)
+    also: list["DataConfig"] = field(default_factory=list)
+    repeat: int = 1                   # this source's items appear this many times per pass (over-sampling)
 
     def __post_init__(self):
         from ms_perception_training.config import ConfigError
@@ -85,6 +93,11 @@ class DataConfig:
             raise ConfigError(f"data.type {self.type!r} needs data.root (the dataset's folder)")
         if self.workers < 0 or self.limit < 0:
             raise ConfigError("data.workers and data.limit must be >= 0")
+        if self.repeat < 1:
+            raise ConfigError(f"data.repeat must be >= 1, got {self.repeat}")
+        for i, a in enumerate(self.also):
+            if a.also:
+                raise ConfigError(f"data.also[{i}] has its own 'also': list every source in the top-level data.also")
 
 
 SynthDataConfig = DataConfig          # the synthetic source's settings are DataConfig's defaults
@@ -269,15 +282,48 @@ class RecordPool:
                           r.occlusion[keep], r.ignore[keep], r.name)
 
 
-def open_source(mcfg, d: DataConfig, split: str | None = None, log=print):
-    """The items of ``d`` (for ``split``, default ``d.split``): a list (synthetic) or a lazy
-    :class:`RecordPool` (disk). ``d.limit`` keeps the first N."""
+def open_one(mcfg, d: DataConfig, split: str | None = None, log=print):
+    """The items of one source ``d`` (for ``split``, default ``d.split``): a list (synthetic) or
+    a lazy :class:`RecordPool` (disk). ``d.limit`` keeps the first N."""
     if d.type == "synthetic":
         return make_pool(mcfg, d)
     records, classes = read_records(d, split)
     if d.limit:
         records = records[:d.limit]
     return RecordPool(mcfg, records, classes, Path(d.root) if d.root else None, log)
+
+
+class ConcatPool:
+    """Sources trained together: item ``i`` of the concatenation, each part repeated ``repeat``
+    times. ``parts``: (items, repeat, DataConfig) in order."""
+
+    def __init__(self, parts: list):
+        self.parts = parts
+        self.offsets = np.cumsum([0] + [len(items) * rep for items, rep, _ in parts])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, i: int) -> PoolItem:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        k = int(np.searchsorted(self.offsets, i, side="right")) - 1
+        items = self.parts[k][0]
+        return items[(i - int(self.offsets[k])) % len(items)]
+
+
+def open_source(mcfg, d: DataConfig, split: str | None = None, log=print):
+    """The training items of ``d``: one source as :func:`open_one` gives it, or, with ``also``
+    (or ``repeat`` > 1), a :class:`ConcatPool` of every source."""
+    main = open_one(mcfg, d, split, log)
+    if not d.also and d.repeat == 1:
+        return main
+    parts = [(main, d.repeat, d)]
+    for a in d.also:
+        items = open_one(mcfg, a, None, log)
+        log(f"data: also {a.type} {a.root or ''}: {len(items)} items x {a.repeat}")
+        parts.append((items, a.repeat, a))
+    return ConcatPool(parts)
 
 
 def eval_split(d: DataConfig) -> str:

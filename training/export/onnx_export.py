@@ -144,7 +144,7 @@ def build_card(cfg: ModelConfig, wrapper: ExportWrapper, outputs: list[torch.Ten
 
 def export_onnx(model: MultispectralModel, out: str | Path, *, uint8_input: bool = True, decode: bool = True,
                 batch: int = 1, dynamic_batch: bool = False, fold_bn: bool = True, opset: int = OPSET,
-                check_parity: bool = True, notes: str = "") -> ExportResult:
+                check_parity: bool = True, notes: str = "", lineage: dict | None = None) -> ExportResult:
     """Export ``model`` to ``out`` (written atomically) and return the card and checks."""
     cfg = model.cfg
     model = copy.deepcopy(model).eval()
@@ -186,6 +186,7 @@ def export_onnx(model: MultispectralModel, out: str | Path, *, uint8_input: bool
     card = build_card(cfg, wrapper, list(ref), level_sizes, levels, batch)
     card.graph_sha256 = hashlib.sha256(graph_bytes).hexdigest()
     card.notes = notes
+    card.lineage = dict(lineage or {})
     unsupported = unsupported_ops(m)
     entry = m.metadata_props.add()
     entry.key, entry.value = CARD_KEY, card.to_json()

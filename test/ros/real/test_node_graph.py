@@ -20,6 +20,7 @@ from rcl_interfaces.msg import Log
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
+from ms_perception.core.card import lineage_summary, read_card
 from ms_perception.demo import DEFAULT_MODEL
 from ms_perception_msgs.msg import Inconsistency
 from ms_perception_msgs.srv import SetCaptureMode
@@ -28,6 +29,7 @@ from graph import (LATCHED, NODE, Probe, diagnostics_values, node_executable, re
                       write_params)
 
 ERROR = 2   # diagnostic_msgs/DiagnosticStatus.ERROR
+DEFAULT_CARD = read_card(DEFAULT_MODEL)
 
 
 def base_params(tmp_path, **extra) -> dict:
@@ -137,6 +139,9 @@ def test_detections_equal_replay_with_inconsistency_and_overlay_on_demand(proces
     assert values["overlays"] == "0", "overlay built with nobody subscribed"
     assert float(values["callback_p99_ms"]) >= float(values["callback_p50_ms"]) > 0   # the whole pair callback
     assert float(values["callback_p50_ms"]) >= float(values["latency_p50_ms"]) > 0    # includes the pipeline
+    # which model runs and where its weights came from (the embedded model predates recorded lineage)
+    assert values["model"] == f"{DEFAULT_CARD.name} {DEFAULT_CARD.graph_sha256[:16]}"
+    assert values["model_lineage"] == lineage_summary(DEFAULT_CARD) and values["model_lineage"].startswith("lineage:")
     probe.subscribe("overlay", Image, "/overlay")
     probe.spin_until(lambda: probe.node.count_subscribers("/overlay") >= 1, 10, "the overlay subscription")
     probe.spin(0.5)
