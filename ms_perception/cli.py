@@ -262,6 +262,7 @@ def cmd_replay(args) -> int:
         report["miss_rate"] = evaluate_persons(results, anns, names.index("person"), tuple(summary.visible_hw))
     if args.out:
         from ms_perception.core.atomic import atomic_write
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write(Path(args.out), (dumps(report, indent=2) + "\n").encode())
     if not args.json:
         print(f"model {engine.card.name} {engine.card.graph_sha256[:16]}; {lineage_summary(engine.card)}")

@@ -24,10 +24,12 @@ DEFAULT_MODEL = default_model()
 VISIBLE_TOPIC, THERMAL_TOPIC = "/camera/visible/image_raw", "/camera/thermal/image_raw"
 
 
-def make_demo_bag(out: Path, pairs: int, seed: int, sequence_length: int = 20) -> tuple[Path, Path, SynthConfig]:
-    """Synthetic sequences -> bag (visible rgb8 640x512, thermal mono16 320x256) + annotations + calibration."""
-    cfg = SynthConfig(width=640, height=512, night_fraction=0.4, dusk_fraction=0.1, fog_fraction=0.1,
-                      thermal_factor=4, sequence_length=sequence_length, misregistration_px=0.0)
+def make_demo_bag(out: Path, pairs: int, seed: int, sequence_length: int = 20,
+                  cfg: SynthConfig | None = None) -> tuple[Path, Path, SynthConfig]:
+    """Synthetic sequences -> bag (visible rgb8 640x512, thermal mono16 320x256) + annotations + calibration.
+    ``cfg``: another rig or mix of conditions (default: the demo's)."""
+    cfg = cfg or SynthConfig(width=640, height=512, night_fraction=0.4, dusk_fraction=0.1, fog_fraction=0.1,
+                             thermal_factor=4, sequence_length=sequence_length, misregistration_px=0.0)
     gen = SyntheticGenerator(cfg, seed)
     records, annotations, homography = [], [], None
     for sp in gen.pairs(pairs):

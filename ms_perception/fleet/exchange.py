@@ -126,7 +126,75 @@ def _boxes(meta: dict, classes: list[str], min_score: float) -> list[dict]:
     return out
 
 
-def _labeling_config(classes: list[str]) -> str:
+def mask_polygons(mask: np.ndarray, classes: list[str], min_area: float = 16.0, epsilon: float = 0.5) -> list[dict]:
+    """A segmentation model's class-id mask as polygons, one per connected region of each class but
+    the first (the model's background / unlabeled): outer contours (holes are filled: COCO and
+    CVAT polygons have none), simplified by at most ``epsilon`` px (half a pixel: rounding paints
+    the same pixels back), regions under ``min_area`` px
+    left out. Points are pixel centres, so :func:`rasterize` gives the region back."""
+    out = []
+    for k in np.unique(mask):
+        if k == 0 or k >= len(classes):
+            continue
+        contours, _ = cv2.findContours((mask == k).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        for c in contours:
+            x, y, w, h = cv2.boundingRect(c)
+            area = int(np.count_nonzero(rasterize([(classes[int(k)], c.reshape(-1, 2))], classes, mask.shape)))
+            if area < min_area:
+                continue
+            pts = cv2.approxPolyDP(c, epsilon, True).reshape(-1, 2) if epsilon > 0 else c.reshape(-1, 2)
+            if len(pts) < 3:    # a one- or two-pixel-wide sliver: its contour, unsimplified
+                pts = c.reshape(-1, 2)
+            if len(pts) < 3:
+                continue
+            out.append({"class": classes[int(k)], "points": pts.astype(float).tolist(),
+                        "box": [float(x), float(y), float(x + w - 1), float(y + h - 1)], "area": float(area)})
+    return out
+
+
+def rasterize(polygons, classes: list[str], hw: tuple[int, int]) -> np.ndarray:
+    """(label, points) polygons -> a class-id map (0 = the first class, where no polygon is); later
+    polygons paint over earlier ones, as a labeling tool's z-order."""
+    return paint_labels([(lab, {"polygons": [pts]}) for lab, pts in polygons], classes, hw)
+
+
+def paint_labels(shapes, classes: list[str], hw: tuple[int, int]) -> np.ndarray:
+    """(label, shape) -> class-id map; a shape is ``{"polygons": [points, ...]}`` (the parts of one
+    object) or ``{"mask": (left, top, binary array)}`` (a brush mask placed at left, top)."""
+    m = np.zeros(hw, np.uint8)
+    for lab, shape in shapes:
+        k = int(classes.index(lab))
+        if "polygons" in shape:
+            cv2.fillPoly(m, [np.round(np.asarray(p, np.float64)).astype(np.int32).reshape(-1, 1, 2)
+                             for p in shape["polygons"]], k)
+        else:
+            left, top, bits = shape["mask"]
+            h, w = bits.shape
+            y0, x0 = max(0, top), max(0, left)
+            y1, x1 = min(hw[0], top + h), min(hw[1], left + w)
+            if y1 > y0 and x1 > x0:
+                region = m[y0:y1, x0:x1]
+                region[bits[y0 - top:y1 - top, x0 - left:x1 - left].astype(bool)] = k
+    return m
+
+
+def _polygon_box(parts) -> list[float]:
+    pts = np.concatenate([np.asarray(p, np.float64).reshape(-1, 2) for p in parts])
+    return [float(pts[:, 0].min()), float(pts[:, 1].min()), float(pts[:, 0].max()), float(pts[:, 1].max())]
+
+
+def cvat_rle(rle: str, width: int, height: int) -> np.ndarray:
+    """CVAT for images 1.1 ``<mask rle=...>``: run lengths over the mask's box, row-major, starting
+    with a run of zeros."""
+    counts = [int(v) for v in rle.replace(" ", "").split(",") if v]
+    if sum(counts) != width * height:
+        raise ValueError(f"its rle covers {sum(counts)} pixels, its box {width}x{height} = {width * height}")
+    bits = np.repeat(np.arange(len(counts)) % 2, counts).astype(np.uint8)
+    return bits.reshape(height, width)
+
+
+def _labeling_config(classes: list[str], polygons: bool = False) -> str:
+    tag = "PolygonLabels" if polygons else "RectangleLabels"
     labels = "".join(f'<Label value="{c}"/>' for c in classes)
     return ('<View>\n'
             '  <View style="display: flex; gap: 8px">\n'
@@ -134,8 +202,8 @@ def _labeling_config(classes: list[str]) -> str:
             '    <View style="flex: 50%"><Header value="Thermal (registered to visible)"/>'
             '<Image name="thermal" value="$thermal"/></View>\n'
             '  </View>\n'
-            f'  <RectangleLabels name="{LS_VISIBLE}" toName="visible">{labels}</RectangleLabels>\n'
-            f'  <RectangleLabels name="{LS_THERMAL}" toName="thermal">{labels}</RectangleLabels>\n'
+            f'  <{tag} name="{LS_VISIBLE}" toName="visible">{labels}</{tag}>\n'
+            f'  <{tag} name="{LS_THERMAL}" toName="thermal">{labels}</{tag}>\n'
             '</View>\n')
 
 
@@ -157,16 +225,17 @@ def export_selection(selection: Path, fmt: str, out: Path, pre_annotate: bool = 
                                  "select again")
             meta = read_record(folder)
             vis, th = load_images(folder, meta)
+            mask = _load_mask(folder, meta, vis.shape[:2])
         except ValueError as exc:
             skipped += 1
             log(f"export: {key}: {exc}")
             continue
-        frames.append((key, meta, vis, th))
+        frames.append((key, meta, vis, th, mask))
     if not frames:
         raise ExchangeError(f"{selection}: none of its {len(sel['records'])} records can be exported")
     if classes is None:
         classes = []
-        for _, meta, _, _ in frames:
+        for _, meta, _, _, _ in frames:
             for c in (meta.get("extra") or {}).get("class_names") or []:
                 if c not in classes:
                     classes.append(c)
@@ -178,8 +247,10 @@ def export_selection(selection: Path, fmt: str, out: Path, pre_annotate: bool = 
     tmp = out.parent / f".tmp-{out.name}-{uuid.uuid4().hex[:6]}"
     tmp.mkdir(parents=True)
     try:
+        seg = any(m is not None for *_, m in frames)
         doc = {"format": EXPORT_FORMAT, "tool": fmt, "pool": sel["pool"], "selection": str(Path(selection).resolve()),
-               "labels": classes, "pre_annotated": pre_annotate, "frames": {}}
+               "labels": classes, "pre_annotated": pre_annotate, "task": "segmentation" if seg else "detection",
+               "frames": {}}
         writer = {"coco": _write_coco, "cvat": _write_cvat, "label-studio": _write_label_studio}[fmt]
         writer(tmp, frames, classes, pre_annotate, min_score, doc,
                url_prefix if url_prefix is not None else f"/data/local-files/?d={out.name}/")
@@ -193,6 +264,24 @@ def export_selection(selection: Path, fmt: str, out: Path, pre_annotate: bool = 
     return {"frames": len(frames), "skipped": skipped, "labels": classes, "out": str(out)}
 
 
+def _load_mask(folder: Path, meta: dict, hw) -> np.ndarray | None:
+    """A segmentation record's class-id mask (``mask.png``), or None (a detection record)."""
+    if "mask.png" not in meta["files"]:
+        return None
+    m = cv2.imread(str(folder / "mask.png"), cv2.IMREAD_UNCHANGED)
+    if m is None or m.shape != tuple(hw):
+        raise ValueError(f"mask.png is unreadable or not {hw[1]}x{hw[0]} like visible.png; copy the record folder "
+                         "again")
+    return m
+
+
+def _shapes(meta: dict, mask, classes: list[str], min_score: float) -> list[dict]:
+    """The pre-annotations of a frame: the mask's polygons (segmentation) or the detections (boxes)."""
+    if mask is not None:
+        return [{**p, "score": float(meta.get("score") or 0.0)} for p in mask_polygons(mask, classes)]
+    return _boxes(meta, classes, min_score)
+
+
 def _frame_entry(doc, key, meta, vis, name):
     doc["frames"][name] = {"key": key, "width": int(vis.shape[1]), "height": int(vis.shape[0])}
 
@@ -200,7 +289,7 @@ def _frame_entry(doc, key, meta, vis, name):
 def _write_coco(tmp, frames, classes, pre, min_score, doc, _prefix):
     images, anns = [], []
     cat = {c: i + 1 for i, c in enumerate(classes)}
-    for i, (key, meta, vis, th) in enumerate(frames, start=1):
+    for i, (key, meta, vis, th, mask) in enumerate(frames, start=1):
         name = flat_name(key)
         _frame_entry(doc, key, meta, vis, name)
         _png(tmp / "images" / "default" / f"{name}.png", cv2.cvtColor(vis, cv2.COLOR_RGB2BGR))
@@ -209,11 +298,14 @@ def _write_coco(tmp, frames, classes, pre, min_score, doc, _prefix):
             _png(tmp / "thermal" / "default" / f"{name}.png", thermal_view(th, meta, vis.shape[:2]))
             im["thermal_file_name"] = f"thermal/default/{name}.png"   # relative to the export folder
         images.append(im)
-        for b in (_boxes(meta, classes, min_score) if pre else []):
+        for b in (_shapes(meta, mask, classes, min_score) if pre else []):
             x1, y1, x2, y2 = b["box"]
+            if "points" in b:     # COCO boxes of polygons: the pixel extent (x2 - x1 + 1)
+                x2, y2 = x2 + 1, y2 + 1
             anns.append({"id": len(anns) + 1, "image_id": i, "category_id": cat[b["class"]],
-                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0,
-                         "segmentation": [], "score": b["score"]})
+                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": b.get("area", (x2 - x1) * (y2 - y1)),
+                         "iscrowd": 0, "segmentation": [[v for pt in b["points"] for v in pt]] if "points" in b else [],
+                         "score": b["score"]})
     coco = {"info": {"description": "ms_perception fleet export", "version": EXPORT_FORMAT}, "licenses": [],
             "images": images, "annotations": anns,
             "categories": [{"id": cat[c], "name": c, "supercategory": ""} for c in classes]}
@@ -229,12 +321,13 @@ def _write_cvat(tmp, frames, classes, pre, min_score, doc, _prefix):
                       ("mode", "annotation"), ("overlap", "0")):
         ET.SubElement(task, tag).text = text
     labels = ET.SubElement(task, "labels")
+    seg = doc["task"] == "segmentation"
     for c in classes:
         lab = ET.SubElement(labels, "label")
         ET.SubElement(lab, "name").text = c
-        ET.SubElement(lab, "type").text = "rectangle"
+        ET.SubElement(lab, "type").text = "polygon" if seg else "rectangle"
         ET.SubElement(lab, "attributes")
-    for i, (key, meta, vis, th) in enumerate(frames):
+    for i, (key, meta, vis, th, mask) in enumerate(frames):
         name = flat_name(key)
         _frame_entry(doc, key, meta, vis, name)
         _png(tmp / "images" / f"{name}.png", cv2.cvtColor(vis, cv2.COLOR_RGB2BGR))
@@ -242,7 +335,11 @@ def _write_cvat(tmp, frames, classes, pre, min_score, doc, _prefix):
             _png(tmp / "images" / "related_images" / f"{name}_png" / "thermal.png", thermal_view(th, meta, vis.shape[:2]))
         im = ET.SubElement(root, "image", id=str(i), name=f"{name}.png", width=str(vis.shape[1]),
                            height=str(vis.shape[0]))
-        for b in (_boxes(meta, classes, min_score) if pre else []):
+        for b in (_shapes(meta, mask, classes, min_score) if pre else []):
+            if "points" in b:
+                ET.SubElement(im, "polygon", label=b["class"], source="auto", occluded="0", z_order="0",
+                              points=";".join(f"{x:.2f},{y:.2f}" for x, y in b["points"]))
+                continue
             x1, y1, x2, y2 = b["box"]
             ET.SubElement(im, "box", label=b["class"], source="auto", occluded="0", xtl=f"{x1:.2f}", ytl=f"{y1:.2f}",
                           xbr=f"{x2:.2f}", ybr=f"{y2:.2f}", z_order="0")
@@ -252,7 +349,7 @@ def _write_cvat(tmp, frames, classes, pre, min_score, doc, _prefix):
 
 def _write_label_studio(tmp, frames, classes, pre, min_score, doc, prefix):
     tasks = []
-    for key, meta, vis, th in frames:
+    for key, meta, vis, th, mask in frames:
         name = flat_name(key)
         _frame_entry(doc, key, meta, vis, name)
         _png(tmp / "images" / f"{name}.png", cv2.cvtColor(vis, cv2.COLOR_RGB2BGR))
@@ -265,7 +362,14 @@ def _write_label_studio(tmp, frames, classes, pre, min_score, doc, prefix):
         task = {"data": data}
         if pre:
             result = []
-            for j, b in enumerate(_boxes(meta, classes, min_score)):
+            for j, b in enumerate(_shapes(meta, mask, classes, min_score)):
+                if "points" in b:
+                    result.append({"id": f"{name[-12:]}_{j}", "from_name": LS_VISIBLE, "to_name": "visible",
+                                   "type": "polygonlabels", "original_width": w, "original_height": h,
+                                   "image_rotation": 0, "score": b["score"],
+                                   "value": {"points": [[100 * x / w, 100 * y / h] for x, y in b["points"]],
+                                             "closed": True, "polygonlabels": [b["class"]]}})
+                    continue
                 x1, y1, x2, y2 = b["box"]
                 result.append({"id": f"{name[-12:]}_{j}", "from_name": LS_VISIBLE, "to_name": "visible",
                                "type": "rectanglelabels", "original_width": w, "original_height": h,
@@ -276,7 +380,7 @@ def _write_label_studio(tmp, frames, classes, pre, min_score, doc, prefix):
                                     "score": meta.get("score") or 0.0, "result": result}]
         tasks.append(task)
     atomic_write(tmp / "tasks.json", jsonio.dumps(tasks, indent=1))
-    atomic_write(tmp / "labeling_config.xml", _labeling_config(classes))
+    atomic_write(tmp / "labeling_config.xml", _labeling_config(classes, polygons=doc["task"] == "segmentation"))
 
 
 # --------------------------------------------------------------------------------- import
@@ -330,8 +434,15 @@ def parse_coco(path: Path) -> dict[str, list]:
         if a["image_id"] not in by_image:
             raise ExchangeError(f"{path}: annotation {a.get('id')} names image {a['image_id']}, which the file lacks")
         x, y, w, h = (float(v) for v in a["bbox"])
+        seg, shape = a.get("segmentation"), None
+        if isinstance(seg, list) and seg:
+            shape = {"polygons": [np.asarray(p, np.float64).reshape(-1, 2) for p in seg if len(p) >= 6]}
+        elif isinstance(seg, dict):      # RLE (a brush mask; compressed or not)
+            from pycocotools import mask as mask_utils
+            rle = mask_utils.frPyObjects(seg, *seg["size"]) if isinstance(seg.get("counts"), list) else seg
+            shape = {"mask": (0, 0, mask_utils.decode(rle))}
         out[by_image[a["image_id"]]].append((cats.get(a["category_id"], f"category {a['category_id']}"),
-                                             [x, y, x + w, y + h], bool(a.get("iscrowd", 0))))
+                                             [x, y, x + w, y + h], bool(a.get("iscrowd", 0)), shape))
     return out
 
 
@@ -347,10 +458,25 @@ def parse_cvat(path: Path) -> dict[str, list]:
                             "'CVAT for images 1.1'")
     out = {}
     for im in root.iter("image"):
-        boxes = []
-        for b in im.findall("box"):
-            boxes.append((b.get("label"), [float(b.get(k)) for k in ("xtl", "ytl", "xbr", "ybr")], False))
-        out[_stem(im.get("name"))] = boxes
+        shapes = []
+        for b in im:
+            if b.tag == "box":
+                shapes.append((b.get("label"), [float(b.get(k)) for k in ("xtl", "ytl", "xbr", "ybr")], False, None))
+            elif b.tag == "polygon":
+                pts = np.array([[float(v) for v in xy.split(",")] for xy in b.get("points").split(";")])
+                shapes.append((b.get("label"), _polygon_box([pts]), False, {"polygons": [pts]}))
+            elif b.tag == "mask":
+                left, top, w, h = (int(float(b.get(k))) for k in ("left", "top", "width", "height"))
+                try:
+                    bits = cvat_rle(b.get("rle", ""), w, h)
+                except ValueError as exc:
+                    raise ExchangeError(f"{path}: image {im.get('name')}: mask {b.get('label')!r}: {exc}; export the "
+                                        "task again") from None
+                ys, xs = np.nonzero(bits)
+                box = [left + float(xs.min()), top + float(ys.min()), left + float(xs.max()), top + float(ys.max())] \
+                    if len(xs) else [float(left), float(top), float(left), float(top)]
+                shapes.append((b.get("label"), box, False, {"mask": (left, top, bits)}))
+        out[_stem(im.get("name"))] = shapes
     return out
 
 
@@ -373,7 +499,16 @@ def parse_label_studio(path: Path, report: ImportReport) -> dict[str, list]:
         ann = max(anns, key=lambda a: (str(a.get("updated_at") or ""), a.get("id") or 0))
         boxes = []
         for r in ann.get("result") or []:
-            if r.get("type") != "rectanglelabels" or r.get("from_name") not in (LS_VISIBLE, LS_THERMAL):
+            if r.get("from_name") not in (LS_VISIBLE, LS_THERMAL):
+                continue
+            if r.get("type") == "polygonlabels":
+                v = r["value"]
+                w, h = float(r["original_width"]), float(r["original_height"])
+                pts = np.array([[float(x) * w / 100, float(y) * h / 100] for x, y in v["points"]])
+                for lab in v.get("polygonlabels") or []:
+                    boxes.append((lab, _polygon_box([pts]), False, r["from_name"], {"polygons": [pts]}))
+                continue
+            if r.get("type") != "rectanglelabels":
                 continue
             v = r["value"]
             if abs(float(v.get("rotation", 0))) > 1e-6:
@@ -384,7 +519,7 @@ def parse_label_studio(path: Path, report: ImportReport) -> dict[str, list]:
             x1, y1 = float(v["x"]) * w / 100, float(v["y"]) * h / 100
             box = [x1, y1, x1 + float(v["width"]) * w / 100, y1 + float(v["height"]) * h / 100]
             for lab in v.get("rectanglelabels") or []:
-                boxes.append((lab, box, False, r["from_name"]))
+                boxes.append((lab, box, False, r["from_name"], None))
         out[name] = _merge_thermal_boxes(boxes)
     return out
 
@@ -399,16 +534,21 @@ def _iou(a, b) -> float:
 
 def _merge_thermal_boxes(boxes: list) -> list:
     """Boxes drawn on the visible image, plus those drawn on the (registered) thermal image that
-    no visible box of the same label covers (IoU >= 0.5): an object only the thermal image shows."""
-    vis = [(lab, b, ig) for lab, b, ig, src in boxes if src == LS_VISIBLE]
-    for lab, b, ig, src in boxes:
-        if src == LS_THERMAL and not any(lv == lab and _iou(b, bv) >= 0.5 for lv, bv, _ in vis):
-            vis.append((lab, b, ig))
+    no visible box of the same label covers (IoU >= 0.5): an object only the thermal image shows.
+    Polygons from either image all count (a region drawn twice paints the same pixels)."""
+    vis = [(lab, b, ig, shape) for lab, b, ig, src, shape in boxes if src == LS_VISIBLE]
+    for lab, b, ig, src, shape in boxes:
+        if src == LS_THERMAL and (shape is not None or
+                                  not any(lv == lab and _iou(b, bv) >= 0.5 for lv, bv, _, sv in vis if sv is None)):
+            vis.append((lab, b, ig, shape))   # thermal polygons: regions painted in (registered to the visible grid)
     return vis
 
 
 def import_labels(labels: Path, fmt: str, dataset: Path, export_dir: Path | None = None,
                   label_map: dict[str, str] | None = None, log=print) -> ImportReport:
+    """Labels -> captures dataset. Boxes become COCO boxes; polygons and brush masks (segmentation
+    exports) also become each frame's class-id label map (``labels/<frame>.png``, named by the
+    image's ``label_file_name``; class k = the export's k-th label, 0 where nothing is drawn)."""
     if fmt not in FORMATS:
         raise ExchangeError(f"unknown label format {fmt!r}; valid: {', '.join(FORMATS)}")
     labels = Path(labels)
@@ -442,12 +582,12 @@ def import_labels(labels: Path, fmt: str, dataset: Path, export_dir: Path | None
                                    "were skipped; import them with the export they came from (--export)")
             continue
         kept = []
-        for lab, box, ig, *_ in boxes:
+        for lab, box, ig, shape in boxes:
             lab = label_map.get(lab, lab)
             if lab == "-":
                 report.dropped_boxes += 1
                 continue
-            kept.append((lab, box, ig))
+            kept.append((lab, box, ig, shape))
         frames[name] = kept
     report.not_returned = len(set(exp["frames"]) - set(parsed) - report.unlabeled_frames)
     if report.not_returned:
@@ -518,11 +658,20 @@ def _write_dataset(dataset: Path, frames: dict, exp: dict, exp_dir: Path, fmt: s
                 im["homography_thermal_to_visible"] = extra["homography_thermal_to_visible"]
         doc["images"].append(im)
         by_record[key] = im
+        if exp.get("task") == "segmentation" or any(shape is not None for *_, shape in boxes):
+            hw = (exp["frames"][name]["height"], exp["frames"][name]["width"])
+            ds_classes = [c["name"] for c in sorted(doc["categories"], key=lambda c: c["id"])]   # pixel k = category k
+            lab_map = paint_labels([(lab, shape) for lab, _, _, shape in boxes if shape is not None], ds_classes, hw)
+            (dataset / "labels").mkdir(exist_ok=True)
+            im["label_file_name"] = f"labels/{name}.png"
+            _write_atomic(dataset / im["label_file_name"], cv2.imencode(".png", lab_map)[1].tobytes())
         next_id = max((a["id"] for a in doc["annotations"]), default=0) + 1
-        for lab, (x1, y1, x2, y2), ig in boxes:
+        for lab, (x1, y1, x2, y2), ig, shape in boxes:
+            seg = [[float(v) for v in np.asarray(p).ravel()] for p in shape["polygons"]] \
+                if shape is not None and "polygons" in shape else []
             doc["annotations"].append({"id": next_id, "image_id": image_id, "category_id": cats[lab],
                                        "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
-                                       "iscrowd": int(ig), "segmentation": []})
+                                       "iscrowd": int(ig), "segmentation": seg})
             next_id += 1
             report.boxes += 1
         imported.append(key)

@@ -357,8 +357,10 @@ def read_coco(annotation_file: str | Path, image_root: str | Path | None = None)
             ignore.append(bool(a.get("iscrowd", 0)))
             occ.append(int(a.get("occlusion", 0)))
         th = im.get("thermal_file_name")
+        lab = im.get("label_file_name")     # a class-id label map (captures import of segmentation labels)
         records.append(Record(str(im["file_name"]), root / im["file_name"], root / th if th else None,
                               *_arrays(boxes, labels, ignore, occ), condition=im.get("day_night"),
+                              label_path=root / lab if lab else None,
                               extra={"image_id": im["id"],
                                      **{k: im[k] for k in ("homography_thermal_to_visible", "ms_perception")
                                         if k in im}}))
