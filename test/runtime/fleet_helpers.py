@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ms_perception.build import build_pipeline
+from ms_perception.core.capture import CaptureRecord, CaptureWriter
 from ms_perception.core.frames import Frame, FramePair
 from ms_perception.synth.generator import SynthConfig, SyntheticGenerator
 
@@ -33,3 +34,23 @@ def capture_robot(root: Path, robot_id: str, seed: int, pairs: int = 6, night: f
     pipe.writer.close()
     assert pipe.writer.stats.written == pairs, pipe.writer.summary_line()
     return root / robot_id, sps
+
+
+def capture_segmentation_robot(root: Path, robot_id: str, masks: list, class_names: list[str]) -> Path:
+    """A segmentation robot's captures through the robot's own CaptureWriter: one record per mask
+    (what a segmentation model would have written), noise images (no two frames near-duplicates),
+    a 16-bit thermal image at half the size. Returns the robot folder."""
+    rng = np.random.default_rng(0)
+    h, w = masks[0].shape
+    writer = CaptureWriter(root, robot_id=robot_id, model_hash="ab" * 8, queue_size=len(masks) + 1)
+    for i, mask in enumerate(masks):
+        writer.submit(CaptureRecord(
+            stamp_ns=1_700_000_000_000_000_000 + i * 10**9, score=0.1 * (i + 1),
+            visible=rng.integers(0, 255, (h, w, 3), np.uint8), thermal=rng.integers(28000, 32000, (h // 2, w // 2),
+                                                                                    np.uint16),
+            thermal_encoding="mono16", predictions={"fused": {}},
+            extra={"task": "segmentation", "class_names": list(class_names), "model": "seg",
+                   "homography_thermal_to_visible": [[2, 0, 0], [0, 2, 0], [0, 0, 1]]}, mask=mask))
+    writer.close()
+    assert writer.stats.written == len(masks), writer.summary_line()
+    return root / robot_id

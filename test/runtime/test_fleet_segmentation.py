@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
+from fleet_helpers import capture_segmentation_robot
 from ms_perception.cli import main
-from ms_perception.core.capture import CaptureRecord, CaptureWriter
 from ms_perception.fleet.exchange import ExchangeError, cvat_rle, mask_polygons, parse_cvat, rasterize
 
 CLASSES = ["unlabeled", "car", "person"]
@@ -65,18 +65,7 @@ def seg_pool(tmp_path_factory):
     """A segmentation robot's captures (the robot's own CaptureWriter; the masks are what a
     segmentation model would have written), merged and all selected."""
     root = tmp_path_factory.mktemp("segfleet")
-    rng = np.random.default_rng(0)
-    w = CaptureWriter(root / "caps", robot_id="seg1", model_hash="ab" * 8, queue_size=16)
-    for i in range(3):
-        vis = rng.integers(0, 255, (H, W, 3), np.uint8)             # noise: no two frames are near-duplicates
-        th = rng.integers(28000, 32000, (H // 2, W // 2), np.uint16)
-        w.submit(CaptureRecord(stamp_ns=1_700_000_000_000_000_000 + i * 10**9, score=0.1 * (i + 1), visible=vis,
-                               thermal=th, thermal_encoding="mono16", predictions={"fused": {}},
-                               extra={"task": "segmentation", "class_names": CLASSES, "model": "seg",
-                                      "homography_thermal_to_visible": [[2, 0, 0], [0, 2, 0], [0, 0, 1]]},
-                               mask=_mask(i)))
-    w.close()
-    assert w.stats.written == 3, w.summary_line()
+    capture_segmentation_robot(root / "caps", "seg1", [_mask(i) for i in range(3)], CLASSES)
     assert main(["captures", "merge", str(root / "caps" / "seg1"), "--out", str(root / "pool")]) == 0
     assert main(["captures", "select", str(root / "pool"), "--budget", "3", "--strategy", "random", "--out",
                  str(root / "sel.json")]) == 0

@@ -314,3 +314,45 @@ def test_fit_trains_on_fleet_labels_imported_by_captures_import(tmp_path, capsys
     cfg = experiment(tmp_path, GAFF, {"type": "captures", "root": str(ds), "workers": 0})
     s, _ = run_cli(["fit", "--config", str(cfg), "--out", str(tmp_path / "run")], capsys)
     assert s["iterations"] == 3 and np.isfinite(s["last_loss"])
+
+
+def test_fit_trains_segmentation_on_fleet_label_maps(tmp_path, capsys):
+    """Segmentation captures -> export (polygon pre-annotations) -> accepted -> import: the dataset's
+    label maps reach `train fit` through the letterbox, dataset classes matched to the model's by
+    name (unlabeled/car/person -> the MFNet model's ids 0/1/2)."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
+    from fleet_helpers import capture_segmentation_robot
+    from ms_perception.cli import main as runtime_main
+    from ms_perception.core.preprocess import Letterbox
+    from ms_perception_training.data.sources import letterbox_labels
+    masks = []
+    for i in range(2):
+        m = np.zeros((64, 80), np.uint8)
+        m[5 + i:15 + i, 10:20] = 1          # car
+        m[30:50, 40:46] = 2                 # person
+        masks.append(m)
+    robot = capture_segmentation_robot(tmp_path / "caps", "s1", masks, ["unlabeled", "car", "person"])
+    assert runtime_main(["captures", "merge", str(robot), "--out", str(tmp_path / "pool")]) == 0
+    assert runtime_main(["captures", "select", str(tmp_path / "pool"), "--budget", "2", "--out",
+                         str(tmp_path / "sel.json")]) == 0
+    exp = tmp_path / "exp"
+    assert runtime_main(["captures", "export", str(tmp_path / "sel.json"), "--format", "coco", "--out", str(exp),
+                         "--pre-annotate"]) == 0
+    ds = tmp_path / "ds"
+    assert runtime_main(["captures", "import", str(exp / "annotations" / "instances_default.json"), "--format",
+                         "coco", "--into", str(ds)]) == 0
+    capsys.readouterr()
+    seg_cfg = TINY / "gaff_r18_pspnet.yaml"
+    mcfg = load_model_config(seg_cfg)
+    items = open_source(mcfg, DataConfig(type="captures", root=str(ds)))
+    doc = json.loads((ds / "annotations.json").read_text())
+    for item, im in zip([items[i] for i in range(len(items))], doc["images"]):
+        key = im["ms_perception"]["record"]
+        want = cv2.imread(str(tmp_path / "pool" / "records" / key / "mask.png"), cv2.IMREAD_UNCHANGED)
+        lb = Letterbox.fit((64, 80), (mcfg.input.height, mcfg.input.width))
+        np.testing.assert_array_equal(item.semantic, letterbox_labels(want, lb))
+        assert set(np.unique(item.semantic)) == {0, 1, 2, 255}       # 255: the letterbox padding
+    cfg = experiment(tmp_path, seg_cfg, {"type": "captures", "root": str(ds), "workers": 0})
+    s, _ = run_cli(["fit", "--config", str(cfg), "--out", str(tmp_path / "run")], capsys)
+    assert s["iterations"] == 3 and np.isfinite(s["last_loss"])
