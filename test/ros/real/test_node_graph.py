@@ -417,7 +417,7 @@ def test_lifecycle_on_the_real_state_machine(processes, probe, tmp_path, demo_pa
     # another model
     assert probe.set_params(model_path=str(torch_models["segmentation"]), assume_same_fov=True)[0].successful
     assert probe.transition(Transition.TRANSITION_CONFIGURE)
-    node.wait_for(r"model \S*gaff_r18_pspnet \(segmentation")
+    node.wait_for(r"model \S*gaff_r18_pspnet [0-9a-f]{16} \(segmentation.*; lineage: not recorded")   # name, hash, task, lineage
     assert probe.transition(Transition.TRANSITION_INACTIVE_SHUTDOWN) and probe.state() == "finalized"
     assert "Traceback" not in node.output()
 
