@@ -54,3 +54,19 @@ def capture_segmentation_robot(root: Path, robot_id: str, masks: list, class_nam
     writer.close()
     assert writer.stats.written == len(masks), writer.summary_line()
     return root / robot_id
+
+
+def accept_pre_annotations(robot: Path, work: Path, budget: int) -> Path:
+    """The loop with an annotator who accepts the model's pre-annotations: captures merge -> select
+    ``budget`` -> export COCO with pre-annotations -> import that file. Returns the dataset folder."""
+    from ms_perception.cli import main
+    assert main(["captures", "merge", str(robot), "--out", str(work / "pool")]) == 0
+    assert main(["captures", "select", str(work / "pool"), "--budget", str(budget), "--out",
+                 str(work / "sel.json")]) == 0
+    exp = work / "exp"
+    assert main(["captures", "export", str(work / "sel.json"), "--format", "coco", "--out", str(exp),
+                 "--pre-annotate"]) == 0
+    ds = work / "ds"
+    assert main(["captures", "import", str(exp / "annotations" / "instances_default.json"), "--format", "coco",
+                 "--into", str(ds)]) == 0
+    return ds

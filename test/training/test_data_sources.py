@@ -279,20 +279,11 @@ def test_fit_trains_on_fleet_labels_imported_by_captures_import(tmp_path, capsys
     homography the robot used (not the scale between the image sizes)."""
     import sys
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
-    from fleet_helpers import capture_robot
-    from ms_perception.cli import main as runtime_main
+    from fleet_helpers import accept_pre_annotations, capture_robot
     from ms_perception.core.preprocess import Letterbox, ThermalNormalization, thermal_to_unit, warp_thermal
     from ms_perception.core.frames import Frame
     robot, sps = capture_robot(tmp_path / "caps", "r1", seed=5, pairs=3)
-    assert runtime_main(["captures", "merge", str(robot), "--out", str(tmp_path / "pool")]) == 0
-    assert runtime_main(["captures", "select", str(tmp_path / "pool"), "--budget", "3", "--out",
-                         str(tmp_path / "sel.json")]) == 0
-    exp = tmp_path / "exp"
-    assert runtime_main(["captures", "export", str(tmp_path / "sel.json"), "--format", "coco", "--out", str(exp),
-                         "--pre-annotate"]) == 0
-    ds = tmp_path / "ds"
-    assert runtime_main(["captures", "import", str(exp / "annotations" / "instances_default.json"), "--format",
-                         "coco", "--into", str(ds)]) == 0
+    ds = accept_pre_annotations(robot, tmp_path, budget=3)
     capsys.readouterr()
     mcfg = load_model_config(GAFF)
     items = open_source(mcfg, DataConfig(type="captures", root=str(ds)))
@@ -322,8 +313,7 @@ def test_fit_trains_segmentation_on_fleet_label_maps(tmp_path, capsys):
     name (unlabeled/car/person -> the MFNet model's ids 0/1/2)."""
     import sys
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
-    from fleet_helpers import capture_segmentation_robot
-    from ms_perception.cli import main as runtime_main
+    from fleet_helpers import accept_pre_annotations, capture_segmentation_robot
     from ms_perception.core.preprocess import Letterbox
     from ms_perception_training.data.sources import letterbox_labels
     masks = []
@@ -333,15 +323,7 @@ def test_fit_trains_segmentation_on_fleet_label_maps(tmp_path, capsys):
         m[30:50, 40:46] = 2                 # person
         masks.append(m)
     robot = capture_segmentation_robot(tmp_path / "caps", "s1", masks, ["unlabeled", "car", "person"])
-    assert runtime_main(["captures", "merge", str(robot), "--out", str(tmp_path / "pool")]) == 0
-    assert runtime_main(["captures", "select", str(tmp_path / "pool"), "--budget", "2", "--out",
-                         str(tmp_path / "sel.json")]) == 0
-    exp = tmp_path / "exp"
-    assert runtime_main(["captures", "export", str(tmp_path / "sel.json"), "--format", "coco", "--out", str(exp),
-                         "--pre-annotate"]) == 0
-    ds = tmp_path / "ds"
-    assert runtime_main(["captures", "import", str(exp / "annotations" / "instances_default.json"), "--format",
-                         "coco", "--into", str(ds)]) == 0
+    ds = accept_pre_annotations(robot, tmp_path, budget=2)
     capsys.readouterr()
     seg_cfg = TINY / "gaff_r18_pspnet.yaml"
     mcfg = load_model_config(seg_cfg)

@@ -83,7 +83,7 @@ def test_fleet_fine_tune_records_its_lineage_from_fit_to_the_card_replay_shows(t
     fleet frames and the model that captured them; replay prints it; a parent model exported from
     another checkpoint is refused."""
     sys.path.insert(0, str(ROOT / "test" / "runtime"))
-    from fleet_helpers import capture_robot
+    from fleet_helpers import accept_pre_annotations, capture_robot
     from ms_perception.cli import main as runtime_main
     from ms_perception.demo import make_demo_bag
 
@@ -99,15 +99,7 @@ def test_fleet_fine_tune_records_its_lineage_from_fit_to_the_card_replay_shows(t
     assert lineage_summary(parent).startswith("lineage: trained from scratch (generation 0) on synthetic[4 items")
 
     robot, _ = capture_robot(tmp_path / "caps", "r7", seed=5, pairs=3, model_path=str(tmp_path / "parent.onnx"))
-    assert runtime_main(["captures", "merge", str(robot), "--out", str(tmp_path / "pool")]) == 0
-    assert runtime_main(["captures", "select", str(tmp_path / "pool"), "--budget", "3", "--out",
-                         str(tmp_path / "sel.json")]) == 0
-    exp = tmp_path / "exp"
-    assert runtime_main(["captures", "export", str(tmp_path / "sel.json"), "--format", "coco", "--out", str(exp),
-                         "--pre-annotate"]) == 0
-    ds = tmp_path / "ds"
-    assert runtime_main(["captures", "import", str(exp / "annotations" / "instances_default.json"), "--format",
-                         "coco", "--into", str(ds)]) == 0
+    ds = accept_pre_annotations(robot, tmp_path, budget=3)
     capsys.readouterr()
 
     child_cfg = experiment(tmp_path / "child.yaml", {**SYNTH, "also": [{"type": "captures", "root": str(ds),
