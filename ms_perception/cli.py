@@ -266,8 +266,8 @@ def cmd_replay(args) -> int:
         atomic_write(Path(args.out), (dumps(report, indent=2) + "\n").encode())
     if not args.json:
         print(f"model {engine.card.name} {engine.card.graph_sha256[:16]}; {lineage_summary(engine.card)}")
-        print(f"pairs {summary.pairs}, unpaired {summary.pairing['unpaired']}, detections {summary.detections}, "
-              f"capture decisions {summary.captured}")
+        print(f"pairs {summary.pairs} ({summary.pairs_per_s:.1f} pairs/s over {summary.wall_s:.1f} s), unpaired "
+              f"{summary.pairing['unpaired']}, detections {summary.detections}, capture decisions {summary.captured}")
         for k, v in summary.latency_ms.items():
             print(f"  {k:>13}: p50 {v['p50']:.2f} ms  p95 {v['p95']:.2f} ms")
         if summary.inconsistency:
@@ -279,7 +279,7 @@ def cmd_replay(args) -> int:
             print("  person miss rate: " + ", ".join(f"{k} {v:.2f}%" for k, v in report["miss_rate"].items()))
     for w in summary.warnings:   # on stderr in every output mode
         print(f"warning: {w}", file=sys.stderr)
-    print(dumps({k: report[k] for k in ("model", "model_sha256", "lineage", "pairs", "pairing", "detections", "latency_ms", "inconsistency", "captured",
+    print(dumps({k: report[k] for k in ("model", "model_sha256", "lineage", "pairs", "pairs_per_s", "wall_s", "pairing", "detections", "latency_ms", "inconsistency", "captured",
                                         "capture", "miss_rate", "thermal_saturated_pairs", "failed_pairs",
                                         "invalid_output_pairs", "read", "complete", "warnings") if k in report}))
     if not summary.complete:

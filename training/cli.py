@@ -88,6 +88,21 @@ def cmd_export(args) -> int:
     return 1 if res.unsupported_ops and args.strict_tensorrt else 0
 
 
+def cmd_graph_edit(args) -> int:
+    from ms_perception_training.export.graph_edits import GraphEditError, edit_file
+    try:
+        card = edit_file(args.model, args.out)
+    except GraphEditError as exc:
+        raise TrainCliError(str(exc)) from None
+    summary = {"out": args.out, "card": str(Path(args.out).with_suffix(".card.json")),
+               "graph_sha256": card.graph_sha256, "outputs": [o.name for o in card.outputs]}
+    if not args.json:
+        print(f"wrote {args.out}: outputs {', '.join(o.name + str(o.shape) for o in card.outputs)}; "
+              f"graph {card.graph_sha256[:16]}")
+    print(jsonio.dumps(summary))
+    return 0
+
+
 def cmd_fit(args) -> int:
     from ms_perception_training.fit import fit, load_experiment
     cfg, mcfg, tcfg = load_experiment(args.config)
@@ -238,6 +253,12 @@ def build_parser(prog: str = "ms-perception train") -> argparse.ArgumentParser:
     e.add_argument("--strict-tensorrt", action="store_true", help="exit 1 if an operator is not TensorRT-parsable")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_export)
+    ge = sub.add_parser("graph-edit", help="add the in-graph cross-modality inconsistency means to an exported "
+                        "three-branch detector (no checkpoint needed; the weights are untouched)")
+    ge.add_argument("model", help="an ONNX file written by `train export`")
+    ge.add_argument("--out", required=True, help="the edited ONNX (its .card.json is written beside it)")
+    ge.add_argument("--json", action="store_true")
+    ge.set_defaults(func=cmd_graph_edit)
     return p
 
 

@@ -20,6 +20,8 @@ import numpy as np
 
 EPS = 1e-12
 EPS32 = 1e-7   # float32 inputs (engine outputs) stay float32: 4x faster, |error| < 3e-6 bits (the 1e-7 clip)
+# an exported detector may compute the per-(level, class) means of I in its graph (training/export/graph_edits.py)
+INCONSISTENCY_OUTPUT = "inconsistency_level_class"
 
 
 def _as_float(p) -> tuple[np.ndarray, float]:
@@ -88,13 +90,13 @@ class InconsistencyScore:
     map: np.ndarray | None = None                            # pixel map (segmentation)
 
 
-def detection_inconsistency(scores_v: np.ndarray, scores_t: np.ndarray, level_counts: list[int],
-                            base: float = 2.0) -> InconsistencyScore:
-    """Image score from per-anchor class probabilities of the two mono branches.
+def level_class_means(scores_v: np.ndarray, scores_t: np.ndarray, level_counts: list[int],
+                      base: float = 2.0) -> np.ndarray:
+    """(L, K) float64: the mean of I over each non-empty pyramid level's anchors, per class.
 
-    scores_v, scores_t: (A, K) probabilities with anchors ordered level by level;
-    level_counts: anchors per level (sum = A).
-    """
+    scores_v, scores_t: (A, K) probabilities of the two mono branches with anchors ordered level
+    by level; level_counts: anchors per level (sum = A). An exported graph may compute the same
+    means (training/export/graph_edits.py; tested equal)."""
     if scores_v.shape != scores_t.shape:
         raise ValueError(f"branch outputs differ in shape: {scores_v.shape} vs {scores_t.shape}")
     if sum(level_counts) != scores_v.shape[0]:
@@ -103,10 +105,26 @@ def detection_inconsistency(scores_v: np.ndarray, scores_t: np.ndarray, level_co
     counts = np.asarray(level_counts, dtype=np.int64)
     nonempty = counts > 0
     if not nonempty.any():
-        return InconsistencyScore(0.0, [], [0.0] * inc.shape[1])
+        return np.zeros((0, inc.shape[1]))
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[nonempty]
-    # per (level, class) means: one reduceat over the level boundaries, (L, K)
-    level_class = np.add.reduceat(inc.astype(np.float64, copy=False), starts, axis=0) / counts[nonempty, None]
+    # one reduceat over the level boundaries
+    return np.add.reduceat(inc.astype(np.float64, copy=False), starts, axis=0) / counts[nonempty, None]
+
+
+def detection_inconsistency(scores_v: np.ndarray, scores_t: np.ndarray, level_counts: list[int],
+                            base: float = 2.0) -> InconsistencyScore:
+    """Image score from per-anchor class probabilities of the two mono branches (see
+    :func:`level_class_means` for the arguments)."""
+    return inconsistency_from_level_class(level_class_means(scores_v, scores_t, level_counts, base))
+
+
+def inconsistency_from_level_class(level_class: np.ndarray) -> InconsistencyScore:
+    """The scale-balanced image score from the (L, K) means of I per non-empty pyramid level and
+    class: per-level = mean over classes, per-class = mean over levels, score = mean of the levels.
+    ``detection_inconsistency`` ends here, and so does the runtime when the graph computed the means."""
+    level_class = np.asarray(level_class, np.float64)
+    if level_class.size == 0:
+        return InconsistencyScore(0.0, [], [0.0] * (level_class.shape[1] if level_class.ndim == 2 else 0))
     per_level = level_class.mean(1)
     per_class = level_class.mean(0)
     return InconsistencyScore(float(per_level.mean()), [float(x) for x in per_level], [float(x) for x in per_class])

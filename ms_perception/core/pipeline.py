@@ -13,9 +13,11 @@ from ms_perception.core.anchors import BoxCoder, grid_anchors
 from ms_perception.core.capture import AUTO, CapturePolicy, CaptureRecord, CaptureWriter
 from ms_perception.core.frames import FramePair
 from ms_perception.core.inconsistency import (
+    INCONSISTENCY_OUTPUT,
     InconsistencyScore,
     detection_entropy,
     detection_inconsistency,
+    inconsistency_from_level_class,
     segmentation_entropy,
     segmentation_inconsistency,
 )
@@ -25,10 +27,10 @@ from ms_perception.core.preprocess import (
     Letterbox,
     SaturationMonitor,
     ThermalNormalization,
+    check_thermal,
     load_calibration,
-    thermal_to_unit,
+    thermal_input,
     visible_to_rgb,
-    warp_thermal,
 )
 
 
@@ -125,12 +127,12 @@ class Pipeline:
             if pair.thermal is None:
                 raise InputError("this model needs a thermal image but the pair has none; check the thermal topic, "
                                  "or run a visible-only model while the thermal camera is down")
-            unit = thermal_to_unit(pair.thermal, self.cfg.thermal)
-            warning = self.saturation.update(pair.thermal, unit, self.cfg.thermal)
+            m = self._thermal_to_visible(check_thermal(pair.thermal).shape[:2], rgb.shape[:2])
+            x = thermal_input(pair.thermal, self.cfg.thermal, m, lb, self.thermal_hw)
+            warning = self.saturation.update(pair.thermal, None, self.cfg.thermal)
             if warning:
                 self.warnings.append(warning)
-            m = self._thermal_to_visible(unit.shape[:2], rgb.shape[:2])
-            feeds["thermal"] = self._feed(warp_thermal(unit, m, lb, self.thermal_hw), self.card.thermal_norm, False)
+            feeds["thermal"] = self._feed(x, self.card.thermal_norm, True)
         return feeds, lb, rgb
 
     def process(self, pair: FramePair) -> Result:
@@ -166,7 +168,11 @@ class Pipeline:
             res.mask = lb.mask_to_image(np.argmax(probs, 0).astype(np.uint8))
         t3 = time.perf_counter()
         if self.cfg.inconsistency and len(self.mono) == 2:
-            if card.task == "detection":
+            if card.task == "detection" and INCONSISTENCY_OUTPUT in out:   # the graph computed the level means
+                level_class = out[INCONSISTENCY_OUTPUT][0]
+                check_output(INCONSISTENCY_OUTPUT, level_class, 0.0, PROB_MAX)
+                res.inconsistency = inconsistency_from_level_class(level_class)
+            elif card.task == "detection":
                 res.inconsistency = detection_inconsistency(out["scores_visible"][0], out["scores_thermal"][0],
                                                             self.level_counts)
             else:

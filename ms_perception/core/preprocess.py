@@ -43,6 +43,11 @@ def _check(frame: Frame, stream: str, allowed: tuple[str, ...]) -> np.ndarray:
     return a if a.ndim == 2 else a if ch > 1 else a[..., 0]
 
 
+def check_thermal(frame: Frame) -> np.ndarray:
+    """The thermal frame's array, after the encoding/dtype checks (InputError names the fix)."""
+    return _check(frame, "thermal", THERMAL_ENCODINGS)
+
+
 def visible_to_rgb(frame: Frame) -> np.ndarray:
     """Any supported visible encoding -> (H, W, 3) uint8 RGB."""
     a = _check(frame, "visible", VISIBLE_ENCODINGS)
@@ -80,6 +85,17 @@ class ThermalNormalization:
     high_percentile: float = 99.0
     kelvin_per_count: float = 0.01
     offset_kelvin: float = 0.0
+
+    def lut16(self) -> np.ndarray:
+        """(65536,) uint8: the 8-bit model input of every 16-bit count in window mode, computed with the
+        float32 arithmetic of :func:`thermal_to_unit` (then ×255, rounded), once per normalization."""
+        lut = self.__dict__.get("_lut16")
+        if lut is None:
+            x = np.arange(65536, dtype=np.float32)
+            lo, scale = float(self.raw_min), float(self.raw_max) - float(self.raw_min)
+            unit = np.clip((x - np.float32(lo)) / np.float32(scale if scale > 0 else 1.0), 0.0, 1.0)
+            lut = self.__dict__["_lut16"] = np.clip(np.rint(unit * 255), 0, 255).astype(np.uint8)
+        return lut
 
     def counts(self, celsius: float) -> float:
         """The 16-bit count of a temperature under this radiometric scale."""
@@ -140,12 +156,26 @@ class SaturationMonitor:
         self.saturated_frames = 0
         self.warning = ""
 
-    def update(self, frame: Frame, unit: np.ndarray, norm: ThermalNormalization) -> str:
+    def update(self, frame: Frame, unit: np.ndarray | None, norm: ThermalNormalization) -> str:
+        """``unit``: the frame through :func:`thermal_to_unit`, or None to read the raw values against
+        the window (the same test: a value maps to 0 exactly when it is at or below the window's low
+        end, or not finite; to 1 at or above its high end), which the runtime does to skip the
+        full-size float image."""
         if frame.encoding == "mono8" or norm.mode == "percentile":
             self.run = 0
             return ""
-        sub = unit[::4, ::4]
-        low, high = float((sub <= 0.0).mean()), float((sub >= 1.0).mean())
+        if unit is not None:
+            sub = unit[::4, ::4]
+            low, high = float((sub <= 0.0).mean()), float((sub >= 1.0).mean())
+        else:
+            sub = np.asarray(frame.data)[::4, ::4]
+            lo, hi = (norm.celsius_min, norm.celsius_max) if frame.encoding == "32FC1" else (norm.raw_min, norm.raw_max)
+            if sub.dtype.kind == "f":
+                finite = np.isfinite(sub)
+                low = float(((sub <= lo) | ~finite).mean())
+                high = float(((sub >= hi) & finite).mean())
+            else:
+                low, high = float((sub <= lo).mean()), float((sub >= hi).mean())
         if max(low, high) < self.fraction:
             self.run = 0
             return ""
@@ -260,14 +290,16 @@ class Letterbox:
         return cv2.resize(crop, (self.src_hw[1], self.src_hw[0]), interpolation=cv2.INTER_NEAREST)
 
 
-def _warp(img: np.ndarray, m: np.ndarray, dst_hw: tuple[int, int], interpolation) -> np.ndarray:
-    """Warp with a pixel-edge 3x3 matrix (OpenCV uses pixel centres: shift by 0.5)."""
+def _warp(img: np.ndarray, m: np.ndarray, dst_hw: tuple[int, int], interpolation, border: float = 0) -> np.ndarray:
+    """Warp with a pixel-edge 3x3 matrix (OpenCV uses pixel centres: shift by 0.5); ``border`` fills
+    what the source does not cover."""
     c = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]])
     mc = np.linalg.inv(c) @ m @ c  # centre coords -> edge, apply, -> centre
     h, w = dst_hw
     if abs(mc[2, 0]) < 1e-15 and abs(mc[2, 1]) < 1e-15:
-        return cv2.warpAffine(img, mc[:2], (w, h), flags=interpolation, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    return cv2.warpPerspective(img, mc, (w, h), flags=interpolation, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        return cv2.warpAffine(img, mc[:2], (w, h), flags=interpolation, borderMode=cv2.BORDER_CONSTANT,
+                              borderValue=border)
+    return cv2.warpPerspective(img, mc, (w, h), flags=interpolation, borderMode=cv2.BORDER_CONSTANT, borderValue=border)
 
 
 def warp_thermal(unit: np.ndarray, thermal_to_visible: np.ndarray, letterbox: Letterbox,
@@ -282,3 +314,29 @@ def warp_thermal(unit: np.ndarray, thermal_to_visible: np.ndarray, letterbox: Le
     if np.allclose(m, np.eye(3)) and unit.shape == tuple(out_hw):
         return unit
     return _warp(unit, m, out_hw, cv2.INTER_LINEAR)
+
+
+def thermal_input(frame: Frame, norm: ThermalNormalization, thermal_to_visible: np.ndarray, letterbox: Letterbox,
+                  out_hw: tuple[int, int]) -> np.ndarray:
+    """Thermal frame -> the model's 8-bit thermal input (``out_hw`` uint8), registered, in one warp.
+    The runtime and the training data sources both call this (one definition of the model's input).
+
+    mono8, and 16-bit counts in window mode (the default): the raw image is warped first (linear),
+    then windowed through a 65536-entry table: one pass over the camera's pixels and one over the
+    model's, no full-size float image. Percentile mode and 32FC1 (°C, possibly NaN) window the
+    whole frame first (a percentile is a statistic of the frame), then warp. The two orders differ
+    only where a pixel's neighbours straddle the window's ends (windowing after the interpolation
+    is what a camera with fewer pixels would see)."""
+    a = _check(frame, "thermal", THERMAL_ENCODINGS)
+    H, W = letterbox.dst_hw
+    m = np.diag([out_hw[1] / W, out_hw[0] / H, 1.0]) @ letterbox.matrix @ thermal_to_visible
+    same = np.allclose(m, np.eye(3)) and a.shape[:2] == tuple(out_hw)
+    if frame.encoding == "mono8" or (norm.mode == "window" and a.dtype == np.uint16):
+        # outside the camera's view: the count at the window's low end, which the table maps to 0, so
+        # the pixels at the view's edge blend towards 0 as the float order blends towards 0.0
+        border = 0 if a.dtype == np.uint8 else float(np.clip(np.ceil(norm.raw_min), 0, 65535))
+        w = a if same else _warp(np.ascontiguousarray(a), m, out_hw, cv2.INTER_LINEAR, border)
+        return np.ascontiguousarray(w) if a.dtype == np.uint8 else norm.lut16().take(w)
+    unit = thermal_to_unit(frame, norm)
+    w = unit if same else _warp(unit, m, out_hw, cv2.INTER_LINEAR)
+    return np.clip(np.rint(w * 255), 0, 255).astype(np.uint8)

@@ -207,3 +207,60 @@ def read_frames(path: str | Path, visible_topic: str, thermal_topic: str | None,
 
 def write_annotations(path: Path, records: list[dict]) -> None:
     atomic_write(path, jsonio.dumps(records))
+
+
+class _Raised:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+_END = object()
+
+
+def prefetch(items: Iterator, depth: int = 8) -> Iterator:
+    """Iterate ``items`` on a reader thread, ``depth`` items ahead, so reading and decoding the bag
+    overlaps the consumer's work (inference releases the GIL, so does the storage's decompression).
+    An exception in the reader is raised in the consumer at the point it happened; when the
+    consumer stops early (an error, Ctrl-C, ``close``), the reader is told to stop and joined, so
+    the bag is closed before this returns. ``depth`` bounds the frames held in memory."""
+    import queue
+    import threading
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(x) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(x, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for x in items:
+                if not put(x):
+                    break
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            put(_Raised(exc))
+            return
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None and stop.is_set():
+                close()          # a generator: runs its finally (the bag is closed) on this thread
+        put(_END)
+
+    t = threading.Thread(target=run, name="bag-reader", daemon=True)
+    t.start()
+    try:
+        while True:
+            x = q.get()
+            if x is _END:
+                return
+            if isinstance(x, _Raised):
+                raise x.exc
+            yield x
+    finally:
+        stop.set()
+        t.join()

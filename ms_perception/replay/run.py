@@ -23,7 +23,7 @@ from ms_perception.core.pairing import ApproximateTimePairer
 from ms_perception.core.pipeline import Pipeline, Result
 from ms_perception.core.postprocess import ModelOutputError
 from ms_perception.core.preprocess import InputError
-from ms_perception.replay.bag import EXAMPLES, ReadReport, read_frames
+from ms_perception.replay.bag import EXAMPLES, ReadReport, prefetch, read_frames
 
 STAGES = ("preprocess", "infer", "postprocess", "inconsistency", "capture")
 
@@ -89,6 +89,7 @@ class ReplaySummary:
     invalid_output_pairs: dict = field(default_factory=lambda: {"count": 0, "examples": []})  # NaN / out of range
     visible_hw: tuple = ()
     wall_s: float = 0.0
+    pairs_per_s: float = 0.0        # pairs processed / wall time (reading, pairing and the pipeline)
     thermal_saturated_pairs: int = 0
     warnings: list = field(default_factory=list)
 
@@ -110,9 +111,10 @@ def _count(into: dict, stamp_ns: int, reason: str) -> None:
 def replay_bag(bag: str | Path, pipeline: Pipeline, visible_topic: str, thermal_topic: str | None,
                slop_s: float = 0.05, queue_size: int = 10,
                on_result: Callable[[FramePair, Result], None] | None = None,
-               keep: Callable[[int], bool] | bool = False) -> tuple[ReplaySummary, list]:
+               keep: Callable[[int], bool] | bool = False, reader_thread: bool = True) -> tuple[ReplaySummary, list]:
     """Returns the summary and the (stamp_ns, Result) of the pairs ``keep`` selects (True: all of them;
-    a predicate on the visible stamp: those; False: none, for bounded memory)."""
+    a predicate on the visible stamp: those; False: none, for bounded memory). ``reader_thread``: read
+    and decode the bag on a thread, ahead of the pipeline (``prefetch``)."""
     pairer = ApproximateTimePairer(slop_s, queue_size)
     kept = []
     lat = {s: latency_stats() for s in (*STAGES, "total")}
@@ -122,7 +124,8 @@ def replay_bag(bag: str | Path, pipeline: Pipeline, visible_topic: str, thermal_
     t0 = time.perf_counter()
     needs_thermal = pipeline.card.uses_thermal and thermal_topic is not None
     try:
-        for stream, frame in read_frames(bag, visible_topic, thermal_topic if needs_thermal else None, report):
+        frames = read_frames(bag, visible_topic, thermal_topic if needs_thermal else None, report)
+        for stream, frame in (prefetch(frames) if reader_thread else frames):
             if needs_thermal:
                 pair = pairer.add(stream, frame)
                 if pair is None:
@@ -167,6 +170,7 @@ def replay_bag(bag: str | Path, pipeline: Pipeline, visible_topic: str, thermal_
     summ.thermal_saturated_pairs = pipeline.saturation.saturated_frames
     summ.warnings = list(pipeline.warnings) + _skip_warnings(summ, report)
     summ.wall_s = time.perf_counter() - t0
+    summ.pairs_per_s = round(summ.pairs / summ.wall_s, 2) if summ.wall_s > 0 else 0.0
     return summ, kept
 
 

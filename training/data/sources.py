@@ -48,8 +48,7 @@ from ms_perception.core.frames import Frame
 from ms_perception.core.preprocess import (
     Letterbox,
     ThermalNormalization,
-    thermal_to_unit,
-    warp_thermal,
+    thermal_input,
 )
 from ms_perception.synth.generator import CLASS_NAMES, SynthConfig, SyntheticGenerator
 
@@ -158,11 +157,10 @@ def preprocess(mcfg, visible: np.ndarray, thermal: np.ndarray | None, thermal_to
     vis = lb.apply(visible)
     if thermal is not None:
         enc = "mono8" if thermal.dtype == np.uint8 else "mono16"
-        unit = thermal_to_unit(Frame(thermal, 0, enc), norm or ThermalNormalization())
         if thermal_to_visible is None:
             th_h, th_w = thermal.shape[:2]
             thermal_to_visible = np.diag([visible.shape[1] / th_w, visible.shape[0] / th_h, 1.0])
-        th = np.clip(np.rint(warp_thermal(unit, thermal_to_visible, lb, (H, W)) * 255), 0, 255).astype(np.uint8)
+        th = thermal_input(Frame(thermal, 0, enc), norm or ThermalNormalization(), thermal_to_visible, lb, (H, W))
     else:
         th = np.zeros((H, W), np.uint8)
     rig = np.asarray(rig_boxes, np.float32).reshape(-1, 4)

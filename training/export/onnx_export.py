@@ -34,6 +34,8 @@ from torch import nn
 from ms_perception.core.anchors import BoxCoder, grid_anchors
 from ms_perception.core.atomic import atomic_write
 from ms_perception.core.card import CARD_KEY, ModelCard, Normalization, TensorSpec
+from ms_perception.core.inconsistency import INCONSISTENCY_OUTPUT, level_class_means
+from ms_perception_training.export.graph_edits import add_inconsistency_output, level_counts
 
 OPSET = 17
 OPS_FILE = Path(__file__).with_name("tensorrt_onnx_ops.txt")
@@ -144,8 +146,10 @@ def build_card(cfg: ModelConfig, wrapper: ExportWrapper, outputs: list[torch.Ten
 
 def export_onnx(model: MultispectralModel, out: str | Path, *, uint8_input: bool = True, decode: bool = True,
                 batch: int = 1, dynamic_batch: bool = False, fold_bn: bool = True, opset: int = OPSET,
-                check_parity: bool = True, notes: str = "", lineage: dict | None = None) -> ExportResult:
-    """Export ``model`` to ``out`` (written atomically) and return the card and checks."""
+                check_parity: bool = True, notes: str = "", lineage: dict | None = None,
+                in_graph_inconsistency: bool = True) -> ExportResult:
+    """Export ``model`` to ``out`` (written atomically) and return the card and checks. A three-branch
+    detector also gets the in-graph inconsistency means (graph_edits.add_inconsistency_output)."""
     cfg = model.cfg
     model = copy.deepcopy(model).eval()
     folded = fold_batchnorm(model) if fold_bn else 0
@@ -187,9 +191,12 @@ def export_onnx(model: MultispectralModel, out: str | Path, *, uint8_input: bool
     card.graph_sha256 = hashlib.sha256(graph_bytes).hexdigest()
     card.notes = notes
     card.lineage = dict(lineage or {})
+    if in_graph_inconsistency and cfg.task == "detection" and {"scores_visible", "scores_thermal"} <= set(out_names):
+        m, card = add_inconsistency_output(m, card)     # also embeds the card
+    else:
+        entry = m.metadata_props.add()
+        entry.key, entry.value = CARD_KEY, card.to_json()
     unsupported = unsupported_ops(m)
-    entry = m.metadata_props.add()
-    entry.key, entry.value = CARD_KEY, card.to_json()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, m.SerializeToString())
@@ -197,7 +204,19 @@ def export_onnx(model: MultispectralModel, out: str | Path, *, uint8_input: bool
     parity = {}
     if check_parity:
         parity = onnx_parity(out, wrapper, v, t, in_names, out_names)
+        if card.output(INCONSISTENCY_OUTPUT) is not None:   # the graph's means vs the numpy definition
+            parity[INCONSISTENCY_OUTPUT] = inconsistency_parity(out, card, v, t, in_names)
     return ExportResult(out, card, parity, unsupported, folded)
+
+
+def inconsistency_parity(path, card: ModelCard, v, t, in_names) -> float:
+    """Max |graph − level_class_means(numpy)| of the in-graph inconsistency means, every batch item."""
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {n: x.numpy() for n, x in zip(in_names, (x for x in (v, t) if x is not None))}
+    sv, st, got = sess.run(["scores_visible", "scores_thermal", INCONSISTENCY_OUTPUT], feeds)
+    counts = level_counts(card)
+    return float(max(np.abs(got[i] - level_class_means(sv[i], st[i], counts)).max() for i in range(len(got))))
 
 
 def onnx_parity(path, wrapper, v, t, in_names, out_names) -> dict[str, float]:
