@@ -339,10 +339,16 @@ def cmd_bench(args) -> int:
             peers[name] = Path(path)
         r = run_bench(models, tuple(args.size), args.iterations, args.warmup, args.threads, args.backend,
                       peers=peers)
+        if args.replay_pairs > 0:
+            from ms_perception.bench import run_replay_bench
+            r["replay"] = run_replay_bench(models["default"], args.replay_pairs, args.replay_rounds)
     except (BenchError, EngineError) as exc:
         raise CliError(str(exc)) from None
     if not args.json:
         print_report(r)
+        if "replay" in r:
+            from ms_perception.bench import print_replay_report
+            print_replay_report(r["replay"])
     print(jsonio.dumps(r))
     return 0
 
@@ -480,6 +486,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int, default=3)
     b.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
     b.add_argument("--backend", default="onnxruntime")
+    b.add_argument("--replay-pairs", type=int, default=100,
+                   help="also replay a synthetic bag of this many pairs through the default model: per-pair p95 vs "
+                        "a 30 fps frame interval, capture on/off p99, pairs/s with and without the reader thread "
+                        "(0: skip)")
+    b.add_argument("--replay-rounds", type=int, default=3, help="interleaved rounds of the replay comparison")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
 

@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 
 MANIFEST = "manifest.jsonl"
+WRITER_NICE = 10        # the capture writer thread's nice value (Linux), above the pipeline's
 CAPTURE_FORMAT = 1      # record.json's "capture_format"; a reader refuses a newer one (records without it are 1)
 
 
@@ -252,6 +253,12 @@ class CaptureWriter:
 
     # ----------------------------------------------------------------- writer
     def _run(self):
+        # the writer yields the CPU to the pipeline (the engine's threads, the callbacks): encoding a PNG
+        # on a 2-core robot otherwise delays the frame being processed. Linux: a thread's own nice value.
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICE)
+        except (AttributeError, OSError):
+            pass
         while True:
             rec = self.queue.get()
             if rec is None:

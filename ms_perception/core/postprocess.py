@@ -31,10 +31,15 @@ class Detections:
 
 
 def check_output(name: str, a: np.ndarray, lo: float | None = None, hi: float | None = None) -> None:
-    """Non-finite values, or values outside [lo, hi] (probabilities), make the whole output unusable."""
-    check_finite(name, a)
-    if a.size and ((lo is not None and float(a.min()) < lo) or (hi is not None and float(a.max()) > hi)):
-        raise ModelOutputError(f"model output {name!r} holds values in [{float(a.min()):.4g}, {float(a.max()):.4g}], "
+    """Non-finite values, or values outside [lo, hi] (probabilities), make the whole output unusable.
+    Two passes: min and max are NaN when any value is NaN, and ±inf when any value is ±inf."""
+    if not a.size:
+        return
+    mn, mx = float(a.min()), float(a.max())
+    if not (np.isfinite(mn) and np.isfinite(mx)):
+        check_finite(name, a)      # raises, naming how many
+    if (lo is not None and mn < lo) or (hi is not None and mx > hi):
+        raise ModelOutputError(f"model output {name!r} holds values in [{mn:.4g}, {mx:.4g}], "
                                f"outside [{lo}, {hi}]; the card says these are probabilities (check the model's "
                                "final activation and the card's score_activation)")
 

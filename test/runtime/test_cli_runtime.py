@@ -69,10 +69,12 @@ def test_bench_reports_both_ratios_without_torch():
 def test_bench_cli_json_and_errors(capsys):
     proc = subprocess.run([sys.executable, "-m", "ms_perception.cli", "bench", "--teacher", str(DEFAULT_MODEL),
                            "--student", str(DEFAULT_MODEL), "--size", "320x256", "--iterations", "1", "--warmup", "0",
-                           "--json"], capture_output=True, text=True, timeout=300)
+                           "--replay-pairs", "6", "--replay-rounds", "1", "--json"],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert {"overhead_ratio", "student_teacher_ratio", "peak_rss_mb"} <= set(out)
+    assert {"overhead_ratio", "student_teacher_ratio", "peak_rss_mb", "replay"} <= set(out)
+    assert out["replay"]["pairs"] == 6
     assert out["torch_imported"] is False    # a fresh runtime process never loads torch
     assert main(["bench", "--teacher", str(DEFAULT_MODEL)]) == 2
     assert "both --teacher and --student" in capsys.readouterr().err
@@ -145,3 +147,20 @@ def test_bench_cli_peer_names(capsys):
     assert main(["bench", "--teacher", str(DEFAULT_MODEL), "--student", str(DEFAULT_MODEL), "--peer", f"a={DEFAULT_MODEL}",
                  "--peer", f"a={DEFAULT_MODEL}"]) == 2
     assert "the name 'a' is given twice" in capsys.readouterr().err
+
+
+def test_bench_replay_compares_capture_and_the_reader_thread_in_one_run():
+    """The replay part of `bench`: three interleaved variants of one bag; the ratios are the ones
+    printed, computed from the per-pair times and rates of the same run."""
+    from ms_perception.bench import FRAME_INTERVAL_MS, run_replay_bench
+    r = run_replay_bench(DEFAULT_MODEL, pairs=12, rounds=2)
+    pp, ps = r["per_pair_ms"], r["pairs_per_s"]
+    assert set(pp) == set(ps) == {"off", "capture", "sequential"}
+    assert r["captured_written"] > 0                      # capture really wrote records to disk
+    assert 0 < pp["off"]["p50"] <= pp["off"]["p95"] <= pp["off"]["p99"]
+    assert r["p95_over_frame_interval"] == pytest.approx(pp["off"]["p95"] / FRAME_INTERVAL_MS, rel=1e-3)
+    assert r["capture_p99_ratio"] == pytest.approx(pp["capture"]["p99"] / pp["off"]["p99"], rel=1e-3)
+    assert r["reader_thread_speedup"] == pytest.approx(ps["off"] / ps["sequential"], rel=1e-3)
+    from ms_perception.bench import BenchError
+    with pytest.raises(BenchError, match="pairs >= 1"):
+        run_replay_bench(DEFAULT_MODEL, pairs=0)

@@ -114,3 +114,14 @@ def test_the_one_pass_finite_check_still_names_every_bad_value():
     a[[1, 2]] = [np.inf, -np.inf]                       # their sum is NaN: still two bad values
     with pytest.raises(ModelOutputError, match="holds 2 NaN/inf"):
         check_finite("x", a)
+
+
+def test_the_two_pass_range_check_finds_nan_inf_and_out_of_range_values():
+    from ms_perception.core.postprocess import check_output
+    check_output("p", np.array([0.0, 0.5, 1.0], np.float32), 0.0, 1.0)
+    for bad, what in ((np.nan, "1 NaN/inf"), (np.inf, "1 NaN/inf"), (-np.inf, "1 NaN/inf"), (1.5, r"\[0, 1.5\]"),
+                      (-0.25, r"\[-0.25, 1\]")):
+        a = np.array([0.0, 0.5, 1.0], np.float32)
+        a[1] = bad
+        with pytest.raises(ModelOutputError, match=what):
+            check_output("p", a, 0.0, 1.0)
