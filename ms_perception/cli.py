@@ -210,7 +210,7 @@ def cmd_replay(args) -> int:
     from ms_perception.core.jsonio import dumps
     from ms_perception.engines import EngineError
     from ms_perception.replay.bag import BagError
-    from ms_perception.replay.run import evaluate_persons, load_annotations, replay_bag
+    from ms_perception.replay.run import evaluate_persons, inconsistency_lift, load_annotations, replay_bag
 
     params = replay_params(args)
     visible_only = args.thermal_topic == ""
@@ -260,6 +260,8 @@ def cmd_replay(args) -> int:
               "lineage": engine.card.lineage, **summary.to_dict(), "complete": summary.complete}
     if results and "person" in names:
         report["miss_rate"] = evaluate_persons(results, anns, names.index("person"), tuple(summary.visible_hw))
+        report["inconsistency_lift"] = inconsistency_lift(results, anns, names.index("person"),
+                                                          tuple(summary.visible_hw))
     if args.out:
         from ms_perception.core.atomic import atomic_write
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -277,10 +279,14 @@ def cmd_replay(args) -> int:
             print("  " + pipe.writer.summary_line())
         if "miss_rate" in report:
             print("  person miss rate: " + ", ".join(f"{k} {v:.2f}%" for k, v in report["miss_rate"].items()))
+        lift = report.get("inconsistency_lift")
+        if lift and lift["ratio"] is not None:
+            print(f"  errors in the most inconsistent {lift['fraction']:.0%}: {lift['top_rate']:.0%} vs "
+                  f"{lift['random_rate']:.0%} of all pairs ({lift['ratio']:.2f}x)")
     for w in summary.warnings:   # on stderr in every output mode
         print(f"warning: {w}", file=sys.stderr)
     print(dumps({k: report[k] for k in ("model", "model_sha256", "lineage", "pairs", "pairs_per_s", "wall_s", "pairing", "detections", "latency_ms", "inconsistency", "captured",
-                                        "capture", "miss_rate", "thermal_saturated_pairs", "failed_pairs",
+                                        "capture", "miss_rate", "inconsistency_lift", "thermal_saturated_pairs", "failed_pairs",
                                         "invalid_output_pairs", "read", "complete", "warnings") if k in report}))
     if not summary.complete:
         print(f"ms-perception: error: {args.bag}: the bag could not be read to the end; the report covers what was "

@@ -15,9 +15,9 @@ import numpy as np
 from ms_perception.core import jsonio
 from ms_perception.build import build_pipeline, default_model
 from ms_perception.core.frames import Frame
-from ms_perception.core.overlay import overlay
+from ms_perception.core.overlay import overlay, side_by_side, thermal_view
 from ms_perception.replay.bag import write_annotations, write_bag
-from ms_perception.replay.run import evaluate_persons, replay_bag
+from ms_perception.replay.run import evaluate_persons, inconsistency_lift, replay_bag
 from ms_perception.synth.generator import SynthConfig, SyntheticGenerator
 
 DEFAULT_MODEL = default_model()
@@ -51,9 +51,14 @@ def make_demo_bag(out: Path, pairs: int, seed: int, sequence_length: int = 20,
     return bag, cal, cfg
 
 
-def draw(rgb: np.ndarray, res, class_names, title: str) -> np.ndarray:
-    """BGR overlay for cv2.imwrite."""
-    return cv2.cvtColor(overlay(rgb, res, class_names, title), cv2.COLOR_RGB2BGR)
+def draw(rgb: np.ndarray, res, class_names, title: str, thermal_u8: np.ndarray | None = None) -> np.ndarray:
+    """BGR overlay for cv2.imwrite: visible and registered thermal side by side, each with its
+    branch's detections, when the model has both branches; else the visible image alone."""
+    if thermal_u8 is not None and res.branch_detections:
+        img = side_by_side(rgb, thermal_view(thermal_u8), res, class_names, title)
+    else:
+        img = overlay(rgb, res, class_names, title)
+    return cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
 
 
 def run_demo(out: Path, pairs: int = 200, seed: int = 0, model: Path | None = None, backend: str = "onnxruntime",
@@ -75,6 +80,7 @@ def run_demo(out: Path, pairs: int = 200, seed: int = 0, model: Path | None = No
                            "robot_id": "demo_robot", "capture_quota_mb": 200.0, "capture_mode": "top_fraction",
                            "capture_top_fraction": 0.05, "capture_window": 100, "capture_min_interval_s": 1.0})
     card, writer = pipe.engine.card, pipe.writer
+    pipe.cfg.branch_detections = True    # the overlays show each branch's own detections
     if card.notes:
         print(f"      model card: {card.notes}")
     overlays = out / "overlays"
@@ -84,7 +90,8 @@ def run_demo(out: Path, pairs: int = 200, seed: int = 0, model: Path | None = No
     def on_result(pair, res):
         if count["n"] % 20 == 0 or res.captured:
             from ms_perception.core.preprocess import visible_to_rgb
-            img = draw(visible_to_rgb(pair.visible), res, card.class_names, f"pair {count['n']}")
+            img = draw(visible_to_rgb(pair.visible), res, card.class_names, f"pair {count['n']}",
+                       pipe.registered_thermal(pair))
             cv2.imwrite(str(overlays / f"pair_{count['n']:04d}.jpg"), img)
         count["n"] += 1
 
@@ -104,10 +111,17 @@ def run_demo(out: Path, pairs: int = 200, seed: int = 0, model: Path | None = No
 
     print("[3/3] accuracy: KAIST log-average miss rate of 'person' (height >= 55 px, occlusion none/partial)")
     from ms_perception.replay.run import load_annotations
-    mr = evaluate_persons(results, load_annotations(bag), card.class_names.index("person"), (512, 640))
+    anns, person = load_annotations(bag), card.class_names.index("person")
+    mr = evaluate_persons(results, anns, person, (512, 640))
     for k, v in mr.items():
         print(f"      {k:>5}: {v:6.2f}%")
-    report = {"miss_rate": mr, **summary.to_dict(), "model": card.name, "model_notes": card.notes,
+    lift = inconsistency_lift(results, anns, person, (512, 640))
+    if lift is not None:
+        print(f"      the most inconsistent {lift['fraction']:.0%} of pairs hold a person miss or false alarm "
+              f"{lift['top_rate']:.0%} of the time, all pairs {lift['random_rate']:.0%}: "
+              + ("ratio n/a (no errors)" if lift["ratio"] is None else f"{lift['ratio']:.2f}x a random pick"))
+    report = {"miss_rate": mr, "inconsistency_lift": lift, **summary.to_dict(), "model": card.name,
+              "model_notes": card.notes,
               "total_s": round(time.perf_counter() - t0, 1)}
     (out / "summary.json").write_text(jsonio.dumps(report, indent=2) + "\n")
     print(f"wrote {out}/summary.json, {overlays}/*.jpg, {out}/capture/")

@@ -46,6 +46,7 @@ class PipelineConfig:
     calibration: str | None = None        # YAML with the thermal->visible homography
     assume_same_fov: bool = False         # thermal differs only in resolution (co-boresighted cameras)
     inconsistency: bool = True            # compute the score when the model has mono branches
+    branch_detections: bool = False       # also select each mono branch's own detections (overlays; costs an NMS each)
 
     def __post_init__(self):
         if not 0 <= self.score_threshold <= 1:
@@ -66,6 +67,7 @@ class Result:
     captured: bool = False
     capture_reason: str = ""
     branch_scores: dict = field(default_factory=dict)  # branch -> (N,) score of each detection's class/anchor
+    branch_detections: dict = field(default_factory=dict)  # branch -> Detections from its own scores (config flag)
 
 
 class Pipeline:
@@ -118,6 +120,15 @@ class Pipeline:
         std = np.asarray(norm.std, np.float32).reshape(1, -1, 1, 1)
         return (f - mean) / std
 
+    def registered_thermal(self, pair: FramePair) -> np.ndarray | None:
+        """The pair's thermal image as the model sees it (same normalization and registration), at
+        the visible image's size: 8-bit, for overlays. None without a thermal frame."""
+        if pair.thermal is None:
+            return None
+        hw = visible_to_rgb(pair.visible).shape[:2]
+        m = self._thermal_to_visible(check_thermal(pair.thermal).shape[:2], hw)
+        return thermal_input(pair.thermal, self.cfg.thermal, m, Letterbox.fit(hw, hw), hw)
+
     # -------------------------------------------------------------------- run
     def preprocess(self, pair: FramePair) -> tuple[dict, Letterbox, np.ndarray]:
         rgb = visible_to_rgb(pair.visible)
@@ -161,6 +172,11 @@ class Pipeline:
             res.detections = det
             for b in self.mono:
                 res.branch_scores[b] = out[f"scores_{b}"][0][det.anchor_index, det.labels]
+                if self.cfg.branch_detections:   # the mono heads' scores over the fused boxes (the only ones exported)
+                    bd = select_detections(out[f"scores_{b}"][0], boxes, self.cfg.score_threshold, self.cfg.nms_iou,
+                                           self.cfg.max_detections)
+                    bd.boxes = lb.boxes_to_image(bd.boxes)
+                    res.branch_detections[b] = bd
         else:
             for name in ("probs", *(f"probs_{b}" for b in self.mono)):
                 check_output(name, out[name][0], 0.0, PROB_MAX)

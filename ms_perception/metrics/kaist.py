@@ -178,14 +178,8 @@ def evaluate_kaist(gts: Sequence[ImageAnnotation], dets: Mapping[int, np.ndarray
     return out
 
 
-def person_miss_rates(images, image_hw: tuple[int, int], height_floor: float = 55.0) -> dict[str, MissRateResult]:
-    """Miss rate (all/day/night) of one class from plain arrays, boxes in image pixels.
-
-    ``images``: iterable of ``(gt_xyxy (G, 4), gt_occlusion (G,), condition, det_xyxy (D, 4),
-    det_scores (D,)[, gt_ignore (G,)])``; a "fog" condition counts as day; ignore regions
-    (KAIST people/cyclist/person?) neither count as misses nor make their detections false alarms. ``height_floor``: the reasonable-subset
-    height (55 px at 512 rows in the MD/AL papers); boundary 5 px inside the image.
-    """
+def _plain_images(images, image_hw: tuple[int, int], height_floor: float):
+    """Plain per-image arrays (see :func:`person_miss_rates`) -> (ImageAnnotations, detections, config)."""
     h, w = image_hw
     gts, dets = [], {}
     for i, (gt, occ, cond, db, ds, *rest) in enumerate(images):
@@ -197,4 +191,46 @@ def person_miss_rates(images, image_hw: tuple[int, int], height_floor: float = 5
         d = np.asarray(db, np.float64).reshape(-1, 4)
         dets[i] = np.concatenate([d[:, :2], d[:, 2:] - d[:, :2], np.asarray(ds, np.float64).reshape(-1, 1)], 1)
     cfg = KaistEvalConfig(height_range=(height_floor, math.inf), boundary=(5.0, 5.0, w - 5.0, h - 5.0))
+    return gts, dets, cfg
+
+
+def person_miss_rates(images, image_hw: tuple[int, int], height_floor: float = 55.0) -> dict[str, MissRateResult]:
+    """Miss rate (all/day/night) of one class from plain arrays, boxes in image pixels.
+
+    ``images``: iterable of ``(gt_xyxy (G, 4), gt_occlusion (G,), condition, det_xyxy (D, 4),
+    det_scores (D,)[, gt_ignore (G,)])``; a "fog" condition counts as day; ignore regions
+    (KAIST people/cyclist/person?) neither count as misses nor make their detections false alarms. ``height_floor``: the reasonable-subset
+    height (55 px at 512 rows in the MD/AL papers); boundary 5 px inside the image.
+    """
+    gts, dets, cfg = _plain_images(images, image_hw, height_floor)
     return evaluate_kaist(gts, dets, cfg)
+
+
+def frame_errors(images, image_hw: tuple[int, int], height_floor: float = 55.0) -> np.ndarray:
+    """(N, 2) misses and false alarms of each image at the detections' operating point (all
+    detections given count), matched as the miss rate matches them: a miss is a regular
+    (reasonable-subset) object no detection matched at IoU 0.5; a false alarm is a detection that
+    matched none and does not lie on an ignored object. ``images`` as in :func:`person_miss_rates`."""
+    gts, dets, cfg = _plain_images(images, image_hw, height_floor)
+    cfg.max_detections = 10 ** 9
+    out = np.zeros((len(gts), 2), np.int64)
+    for i, gt in enumerate(gts):
+        _, tp, ig, n_reg = match_image(dets[gt.image_id], gt, cfg)
+        out[i] = n_reg - int(tp.sum()), int((~tp & ~ig).sum())
+    return out
+
+
+def top_fraction_lift(scores, flags, fraction: float = 0.1) -> dict:
+    """How much more often the ``fraction`` highest-scoring items are flagged than items drawn at
+    random: rate among the top ceil(fraction * N) (ties broken by order) / rate among all N, which
+    is the expected rate of a random draw. ``ratio`` is None when no item is flagged."""
+    s = np.asarray(scores, np.float64).reshape(-1)
+    f = np.asarray(flags, bool).reshape(-1)
+    if len(s) != len(f) or len(s) == 0 or not 0 < fraction <= 1:
+        raise ValueError(f"need as many scores as flags (got {len(s)} and {len(f)}), at least one, "
+                         f"and 0 < fraction <= 1 (got {fraction})")
+    k = int(math.ceil(fraction * len(s) - 1e-9))
+    top = np.argsort(-s, kind="stable")[:k]
+    top_rate, base_rate = float(f[top].mean()), float(f.mean())
+    return {"fraction": fraction, "n": int(len(s)), "n_top": k, "top_rate": round(top_rate, 4),
+            "random_rate": round(base_rate, 4), "ratio": round(top_rate / base_rate, 4) if base_rate > 0 else None}

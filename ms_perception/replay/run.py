@@ -192,12 +192,10 @@ def _skip_warnings(summ: ReplaySummary, report: ReadReport) -> list[str]:
     return out
 
 
-def evaluate_persons(results: list, annotations: list[dict], person_label: int, image_hw: tuple[int, int]) -> dict:
-    """KAIST log-average miss rate of the 'person' class against per-stamp annotations
-    (``{"stamp_ns", "condition", "objects": [{"box": xyxy, "class_id", "occlusion"}]}``)."""
-    from ms_perception.metrics.kaist import person_miss_rates
+def _person_images(results: list, annotations: list[dict], person_label: int) -> tuple[list, list]:
+    """(plain per-image arrays of the annotated results, their results)."""
     by_stamp = {int(a["stamp_ns"]): a for a in annotations}
-    images = []
+    images, kept = [], []
     for stamp, res in results:
         ann = by_stamp.get(int(stamp))
         if ann is None:
@@ -207,7 +205,32 @@ def evaluate_persons(results: list, annotations: list[dict], person_label: int, 
         sel = d.labels == person_label
         images.append(([o["box"] for o in persons], [o["occlusion"] for o in persons], ann["condition"],
                        d.boxes[sel], d.scores[sel]))
+        kept.append(res)
+    return images, kept
+
+
+def evaluate_persons(results: list, annotations: list[dict], person_label: int, image_hw: tuple[int, int]) -> dict:
+    """KAIST log-average miss rate of the 'person' class against per-stamp annotations
+    (``{"stamp_ns", "condition", "objects": [{"box": xyxy, "class_id", "occlusion"}]}``)."""
+    from ms_perception.metrics.kaist import person_miss_rates
+    images, _ = _person_images(results, annotations, person_label)
     return {k: round(100 * r.miss_rate, 2) for k, r in person_miss_rates(images, image_hw).items()}
+
+
+def inconsistency_lift(results: list, annotations: list[dict], person_label: int, image_hw: tuple[int, int],
+                       fraction: float = 0.1) -> dict | None:
+    """Does the inconsistency score find the frames the model gets wrong? The share of the most
+    inconsistent ``fraction`` of annotated pairs that hold a person miss or a false alarm (at the
+    pipeline's score threshold, matched as the miss rate matches), over that share among all pairs
+    (a random pick's expectation). None when the model gives no score."""
+    from ms_perception.metrics.kaist import frame_errors, top_fraction_lift
+    images, kept = _person_images(results, annotations, person_label)
+    if not kept or any(r.inconsistency is None for r in kept):
+        return None
+    errors = frame_errors(images, image_hw)
+    lift = top_fraction_lift([r.inconsistency.score for r in kept], errors.sum(1) > 0, fraction)
+    return {**lift, "pairs_with_miss": int((errors[:, 0] > 0).sum()),
+            "pairs_with_false_alarm": int((errors[:, 1] > 0).sum())}
 
 
 def load_annotations(bag: str | Path) -> list[dict] | None:

@@ -221,8 +221,14 @@ def test_demo_runs_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["pairs"] == 40 and summary["unpaired"] == 0 and 0 <= summary["miss_rate"]["all"] <= 100
-    assert list((tmp_path / "demo" / "overlays").glob("*.jpg")) and (tmp_path / "demo" / "summary.json").exists()
+    overlays = sorted((tmp_path / "demo" / "overlays").glob("*.jpg"))
+    # visible and registered thermal side by side, under a 28-row header
+    assert overlays and cv2.imread(str(overlays[0])).shape == (512 + 28, 2 * 640, 3)
     assert list((tmp_path / "demo" / "bag").glob("*.mcap"))
+    full = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    lift = full["inconsistency_lift"]
+    assert lift["n"] == 40 and lift["n_top"] == 4 and 0 <= lift["top_rate"] <= 1
+    assert lift["ratio"] is None or lift["ratio"] == pytest.approx(lift["top_rate"] / lift["random_rate"], abs=1e-3)
 
 
 def test_precision_recall_curves_and_plot(tmp_path):

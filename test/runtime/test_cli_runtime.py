@@ -33,6 +33,7 @@ def test_replay_cli_reports_pairs_latency_accuracy_and_captures(demo_bag, tmp_pa
     assert out["pairs"] == 12 and out["pairing"]["unpaired"] == 0
     assert set(out["latency_ms"]) >= {"preprocess", "infer", "postprocess", "inconsistency", "total"}
     assert set(out["miss_rate"]) >= {"all"} and 0 <= out["miss_rate"]["all"] <= 100
+    assert out["inconsistency_lift"]["n"] == 12 and out["inconsistency_lift"]["n_top"] == 2
     full = json.loads(report.read_text())
     assert full["visible_hw"] == [512, 640] and full["model"] == "default_gaff_three_branch"
     # threshold 0 and no interval: every pair that is not a near-duplicate scene is captured and written

@@ -79,6 +79,7 @@ class DataConfig:
     height: int = 512
     thermal_factor: int = 4           # the synthetic thermal CAMERA's pixel factor (not the model's)
     night_fraction: float = 0.4
+    sequence_length: int = 20         # frames per generated scene (fewer: more distinct scenes per pair)
     seed: int = 1
     # more sources trained together with this one (the fleet's fine-tuning: original data + labels)
     also: list["DataConfig"] = field(default_factory=list)
@@ -182,7 +183,8 @@ def make_pool(mcfg, d: DataConfig) -> list[PoolItem]:
         raise ValueError(f"data.type {d.type!r}: this command reads the synthetic source only (train active does "
                          "not read datasets on disk yet); use data.type: synthetic")
     gen = SyntheticGenerator(SynthConfig(width=d.width, height=d.height, thermal_factor=d.thermal_factor,
-                                         night_fraction=d.night_fraction, misregistration_px=0.0), d.seed)
+                                         night_fraction=d.night_fraction, misregistration_px=0.0,
+                                         sequence_length=d.sequence_length), d.seed)
     seg = mcfg.task == "segmentation"
     lut = seg_class_map(mcfg.class_names) if seg else None
     pool = []
