@@ -166,7 +166,8 @@ class Pipeline:
             else:
                 check_finite("deltas", out["deltas"][0])
                 boxes = self._coder.decode(self._anchors, out["deltas"][0])
-            det = select_detections(scores, boxes, self.cfg.score_threshold, self.cfg.nms_iou, self.cfg.max_detections)
+            det = select_detections(scores, boxes, self.cfg.score_threshold, self.cfg.nms_iou, self.cfg.max_detections,
+                                    checked=True)
             check_boxes(det.boxes)
             det.boxes = lb.boxes_to_image(det.boxes)
             res.detections = det
@@ -174,7 +175,7 @@ class Pipeline:
                 res.branch_scores[b] = out[f"scores_{b}"][0][det.anchor_index, det.labels]
                 if self.cfg.branch_detections:   # the mono heads' scores over the fused boxes (the only ones exported)
                     bd = select_detections(out[f"scores_{b}"][0], boxes, self.cfg.score_threshold, self.cfg.nms_iou,
-                                           self.cfg.max_detections)
+                                           self.cfg.max_detections, checked=True)
                     bd.boxes = lb.boxes_to_image(bd.boxes)
                     res.branch_detections[b] = bd
         else:

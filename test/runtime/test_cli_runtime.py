@@ -60,6 +60,11 @@ def test_bench_reports_both_ratios_without_torch():
     r = run_bench({"teacher": DEFAULT_MODEL, "student": DEFAULT_MODEL}, size_wh=(320, 256), iterations=2, warmup=1)
     assert r["teacher"]["engine_ms"] > 0 and r["student"]["engine_ms"] > 0
     assert r["overhead_ratio"] == max(r["overhead_ratio_by_model"].values()) > 0
+    # each model also runs alone, back to back (as a node runs it), with its own ratio
+    assert set(r["alone"]) == {"teacher", "student"}
+    a = r["alone"]["student"]
+    assert a["overhead_ratio"] == pytest.approx(a["overhead_ms"] / a["engine_ms"], abs=2e-3)
+    assert r["overhead_ratio_alone"] == max(x["overhead_ratio"] for x in r["alone"].values())
     assert abs(r["student_teacher_ratio"] - r["student"]["engine_ms"] / r["teacher"]["engine_ms"]) < 1e-3
     assert r["teacher"]["stages_ms"]["inconsistency"] > 0   # three-branch: the score is part of the overhead
     # in-process the flag reports this test process (other tests in it may have imported torch);
