@@ -14,6 +14,7 @@ reports images/s and the time spent waiting for data against the time spent comp
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -146,6 +147,8 @@ def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print, resume: boo
     if resume:
         start, history = load_checkpoint(ckpt, core, opt, scaler, dist_core, cfg)
         log(f"resumed from {ckpt} at iteration {start}")
+    elif d.main:
+        (out_dir / "eval_curve.jsonl").unlink(missing_ok=True)   # a fresh run starts a fresh curve
     logger = Logger(out_dir, d.main, log, cfg.tensorboard, cfg.iterations)
     evals = []
     loader = train_loader(pool, mcfg, sampler, start, cfg.iterations, cfg.seed, cfg.mixup, cfg.data.workers,
@@ -199,6 +202,8 @@ def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print, resume: boo
                 from ms_perception_training.evaluate import evaluate
                 r = evaluate(core, mcfg, val_pool, device=device)
                 evals.append({"iteration": it + 1, **r})
+                with open(out_dir / "eval_curve.jsonl", "a") as f:   # the learning curve, across resumes
+                    f.write(jsonio.dumps(evals[-1]) + "\n")
                 logger.scalars(it + 1, r, "eval")
                 log(f"eval at {it + 1}: {jsonio.dumps(r)}")
             stopping = stop_after is not None and it + 1 - start >= stop_after
@@ -221,11 +226,25 @@ def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print, resume: boo
                "world_size": d.world, "device": device, **speed}
     if evals:
         summary["eval"] = evals[-1]
+    curve = out_dir / "eval_curve.jsonl"
+    if d.main and curve.exists():
+        summary["curve"] = read_curve(curve)
     if d.main:
         (out_dir / "history.json").write_text(jsonio.dumps(history))
     if d.world > 1:
         torch.distributed.barrier()
     return summary
+
+
+def read_curve(path: Path) -> list[dict]:
+    """The held-out evaluations of a run (``eval_curve.jsonl``), one per iteration: a run resumed
+    from an earlier checkpoint re-evaluates some iterations, and the later line wins."""
+    by_it = {}
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            by_it[r["iteration"]] = r
+    return [by_it[k] for k in sorted(by_it)]
 
 
 def run_lineage(cfg: FitConfig, pool, out_dir: Path, resume: bool, log=print) -> str:

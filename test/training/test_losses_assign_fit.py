@@ -84,6 +84,7 @@ def test_exact_resume_equals_an_uninterrupted_run(tmp_path, capsys):
     from ms_perception_training.fit import fit, load_fit_config
     cfg, mcfg = load_fit_config(Path(__file__).resolve().parents[2] / "config/experiments/synthetic_smoke.yaml")
     cfg.iterations, cfg.data.pairs, cfg.threads = 8, 12, 1
+    cfg.eval.pairs, cfg.eval.every = 3, 2     # the learning curve: held-out evaluations at 2, 4, 6, 8
     full = fit(cfg, mcfg, tmp_path / "full", log=lambda *a: None)
     part = fit(cfg, mcfg, tmp_path / "part", log=lambda *a: None, stop_after=3)   # "interrupted" at 3
     assert part["iterations"] == 3
@@ -97,6 +98,9 @@ def test_exact_resume_equals_an_uninterrupted_run(tmp_path, capsys):
     assert json.loads((tmp_path / "full" / "history.json").read_text()) == \
         json.loads((tmp_path / "part" / "history.json").read_text())
     assert resumed["last_loss"] == full["last_loss"]
+    # the curve survives the interruption: 2 from the first part, 4, 6, 8 from the resumed one
+    assert [r["iteration"] for r in resumed["curve"]] == [2, 4, 6, 8]
+    assert resumed["curve"] == full["curve"]
     # a different schedule cannot resume silently; nor can a missing checkpoint
     cfg.iterations = 9
     with pytest.raises(RuntimeError, match="same config to resume"):

@@ -1,0 +1,226 @@
+"""The evidence protocol of issue [evidence] (outside CI): every arm of
+``bench/train_experiments.py`` trained on one fixed synthetic benchmark written to disk in the
+KAIST layout and read through the ``kaist`` data source (the code path a KAIST user runs), with a
+learning curve, a convergence check, at least 3 seeds, and each paper claim labelled
+holds / not shown / reversed / not read (``ms_perception_training.evidence``).
+
+    # 1. the benchmark, once (train + test split, the generator's night, fog, crossover,
+    #    distractors and misregistration)
+    python bench/evidence.py dataset --root /data/ms_evidence --pairs 6000 --size 640x512
+    # 2. arms x seeds, resumable: each call trains at most --chunk iterations per run, then moves on;
+    #    call again until every run is done (a GPU machine's 10-minute commands fit this)
+    python bench/evidence.py run --root /data/ms_evidence --tag gpu --seeds 0 1 2 \
+        --iterations 20000 --eval-every 1000 --chunk 2000 --arms add_fusion visible_only thermal_only
+    # 3. the claims table (markdown) from bench/results/evidence_<tag>_seed*.jsonl
+    python bench/evidence.py summarize --tag gpu
+
+Teachers are trained before their students in each seed (a distillation arm waits for its
+teacher's run to finish), and a distillation claim is read only where the teacher beats the
+student trained alone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import train_experiments  # noqa: E402
+from train_experiments import ARMS, EXP, TINY, _variant  # noqa: E402
+
+from ms_perception.core import jsonio  # noqa: E402
+
+RESULTS = Path(os.environ.get("MS_PERCEPTION_EVIDENCE_RESULTS", train_experiments.RESULTS))
+
+CLAIMS = [  # (name, better, worse, subset, names of the claims it requires to hold first)
+    ("fusion beats visible-only at night", "add_fusion", "visible_only", "night", ()),
+    ("fusion beats thermal-only by day", "add_fusion", "thermal_only", "day", ()),
+    ("GAFF beats add-fusion", "gaff", "add_fusion", "all", ()),
+    ("GAFF's guidance beats unguided attention", "gaff", "gaff_unguided", "all", ()),
+    ("CFR beats the FSSD average-fusion baseline", "cfr", "fssd_avg_baseline", "all", ()),
+    ("PS-Fuse beats the FSSD average-fusion baseline", "psfuse", "fssd_avg_baseline", "all", ()),
+    ("CFL + MAF beats the decision-level average", "cfl_maf", "decision_avg", "all", ()),
+    ("Mutual Guidance beats IoU assignment", "gaff_mutual_guidance", "gaff", "all", ()),
+    ("PDF teacher beats the plain student", "pdf_teacher", "pdf_none", "all", ()),
+    ("PDF-Distil beats no distillation", "pdf_distil", "pdf_none", "all", ("PDF teacher beats the plain student",)),
+    ("PDF-Distil beats FitNets", "pdf_distil", "pdf_fitnets", "all", ("PDF teacher beats the plain student",)),
+    ("GAFF teacher beats the native MD student (16x)", "gaff", "md_native_16x", "all", ()),
+    ("MD distillation beats the native student (16x)", "md_distilled_16x", "md_native_16x", "all",
+     ("GAFF teacher beats the native MD student (16x)",)),
+    ("MD distillation beats the native student (no thermal)", "md_distilled_no_thermal", "md_native_no_thermal",
+     "all", ()),
+    ("cross-modal distillation beats the plain RGB-only student", "rgb_only_distilled", "rgb_only_plain", "all", ()),
+]
+
+
+def _size(s: str) -> tuple[int, int]:
+    w, h = s.lower().split("x")
+    return int(w), int(h)
+
+
+def make_dataset(root: Path, pairs: int, size: tuple[int, int], seed: int = 7) -> int:
+    """The benchmark, through the product's own writer (``ms-perception synth --format kaist``)."""
+    cmd = [sys.executable, "-m", "ms_perception.cli", "synth", "--format", "kaist", "--out", str(root),
+           "--pairs", str(pairs), "--size", f"{size[0]}x{size[1]}", "--seed", str(seed), "--night-fraction", "0.4",
+           "--thermal-factor", "4", "--sequence-length", "4", "--test-every", "5", "--json"]
+    rc = subprocess.run(cmd, check=False).returncode
+    if rc == 0 and not (root / "imageSets" / "test.txt").read_text().split():
+        print(f"{root}: the test split is empty (every 5th scene of 4 pairs is held out); write at least 20 pairs",
+              file=sys.stderr)
+        return 2
+    return rc
+
+
+def results_file(tag: str, seed: int) -> Path:
+    return RESULTS / f"evidence_{tag}_seed{seed}.jsonl"
+
+
+def run_chunk(arm: str, seed: int, root: Path, iterations: int, eval_every: int, chunk: int, work: Path,
+              device: str = "auto", workers: int = 2) -> dict | None:
+    """Train ``arm`` for at most ``chunk`` more iterations (resuming exactly); the result row when the
+    run has reached ``iterations``, else None."""
+    import torch
+    from ms_perception_training.config import load_yaml
+    from ms_perception_training.data.sources import DataConfig
+    from ms_perception_training.evidence import converged
+    from ms_perception_training.fit import fit, load_experiment
+    exp, over, model_over, teacher = ARMS[arm]
+    cfg, _, _ = load_experiment(EXP / f"{exp}.yaml")
+    raw = load_yaml(EXP / f"{exp}.yaml")
+    for k, v in over.items():
+        if k != "model":
+            setattr(cfg, k, v)
+    model_path = Path(over["model"]) if "model" in over else EXP / raw["model"]
+    extra = None
+    if model_over:
+        model_path, extra = TINY / f"{model_over[0]}.yaml", model_over[1]
+    mcfg = _variant(model_path, arm, work, extra)
+    tcfg = _variant(EXP / raw["distill"]["teacher"], f"{arm}_teacher", work) if cfg.distill.method else None
+    cfg.data = DataConfig(type="kaist", root=str(root), split="train", thermal_dir="lwir16", workers=workers)
+    cfg.eval.pairs, cfg.eval.split, cfg.eval.every = 0, "test", eval_every
+    cfg.seed, cfg.iterations, cfg.tensorboard, cfg.device = seed, iterations, False, device
+    cfg.warmup_iterations = max(10, iterations // 20)
+    cfg.checkpoint_every = max(1, min(chunk, eval_every))
+    if teacher:
+        cfg.distill.teacher_checkpoint = str(work / f"{teacher}_s{seed}" / "last.pt")
+    out = work / f"{arm}_s{seed}"
+    resume = (out / "last.pt").exists()
+    t0 = time.perf_counter()
+    s = fit(cfg, mcfg, out, log=lambda *a: None, resume=resume, stop_after=chunk, teacher_cfg=tcfg)
+    seconds = time.perf_counter() - t0
+    with open(out / "wall_seconds.txt", "a") as f:
+        f.write(f"{seconds:.1f}\n")
+    if torch.load(out / "last.pt", weights_only=True, map_location="cpu")["iteration"] < iterations:
+        return None
+    curve = s.get("curve", [])
+    wall = sum(float(x) for x in (out / "wall_seconds.txt").read_text().split())
+    return {"arm": arm, "seed": seed, "iterations": iterations, "model": mcfg.name, "device": s["device"],
+            "wall_seconds": round(wall, 1), "images_per_second": s["images_per_second"],
+            "data_wait_fraction": s["data_wait_fraction"], "curve": curve,
+            "converged": converged(curve, "all"), **(curve[-1] if curve else {})}
+
+
+def run(args) -> int:
+    # every arm's model input (the presets' own anchors suit 640x512; train_experiments' scale: 256x192)
+    train_experiments.SCALE["input"] = {"width": args.input[0], "height": args.input[1]}
+    work = Path(args.work) / args.tag
+    work.mkdir(parents=True, exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    pending = 0
+    for seed in args.seeds:
+        out = results_file(args.tag, seed)
+        done = {json.loads(x)["arm"] for x in out.read_text().splitlines()} if out.exists() else set()
+        order = []
+        for arm in args.arms:            # teachers first
+            t = ARMS[arm][3]
+            order += [a for a in (t, arm) if a and a not in order]
+        for arm in order:
+            if arm in done:
+                continue
+            t = ARMS[arm][3]
+            if t and t not in done:
+                pending += 1
+                continue                 # the teacher is still training
+            row = run_chunk(arm, seed, Path(args.root), args.iterations, args.eval_every, args.chunk, work,
+                            args.device, args.workers)
+            if row is None:
+                pending += 1
+                print(f"{arm} seed {seed}: chunk done, run again to continue", flush=True)
+                continue
+            with open(out, "a") as f:
+                f.write(jsonio.dumps(row) + "\n")
+            done.add(arm)
+            print(f"{arm} seed {seed}: done, miss rate {row.get('miss_rate')}, converged {row['converged']}",
+                  flush=True)
+    print(f"{pending} run(s) still pending" if pending else "every run is done")
+    return 0
+
+
+def summarize(tag: str, min_seeds: int = 3) -> str:
+    from ms_perception_training.evidence import Claim, read_claim
+    runs: dict[str, list[dict]] = {}
+    for f in sorted(RESULTS.glob(f"evidence_{tag}_seed*.jsonl")):
+        for line in f.read_text().splitlines():
+            r = json.loads(line)
+            runs.setdefault(r["arm"], []).append(r)
+    lines = ["| claim | subset | better arm (MR mean [min–max]) | worse arm | label |", "|---|---|---|---|---|"]
+    read = {}
+    for name, better, worse, subset, requires in CLAIMS:
+        r = read_claim(Claim(name, better, worse, subset), runs, min_seeds)
+        unmet = [q for q in requires if read.get(q, {}).get("label") != "holds"]
+        if unmet and r["label"] != "not read":
+            r = {**r, "label": "not read", "why": "requires: " + "; ".join(unmet)}
+        read[name] = r
+
+        def cell(arm):
+            v = r.get(arm)
+            return f"{arm} {v['mean']:.1f} [{v['min']:.1f}–{v['max']:.1f}] ({v['seeds']})" if v else f"{arm} –"
+        label = r["label"] + (f" ({r['why']})" if r.get("why") else "")
+        lines.append(f"| {name} | {subset} | {cell(better)} | {cell(worse)} | {label} |")
+    conv = ["", "| arm | seed | iterations | converged | MR all | device | wall s | images/s |", "|---|---|---|---|---|---|---|---|"]
+    for arm, rows in runs.items():
+        for r in sorted(rows, key=lambda x: x["seed"]):
+            mr = r.get("miss_rate", {}).get("all")
+            conv.append(f"| {arm} | {r['seed']} | {r['iterations']} | {r['converged']} | {mr} | {r['device']} | "
+                        f"{r['wall_seconds']} | {r['images_per_second']} |")
+    return "\n".join(lines + conv)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("dataset")
+    d.add_argument("--root", required=True)
+    d.add_argument("--pairs", type=int, default=6000)
+    d.add_argument("--size", type=_size, default=(640, 512))
+    d.add_argument("--seed", type=int, default=7)
+    r = sub.add_parser("run")
+    r.add_argument("--root", required=True)
+    r.add_argument("--tag", required=True)
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    r.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    r.add_argument("--iterations", type=int, required=True)
+    r.add_argument("--eval-every", type=int, required=True)
+    r.add_argument("--chunk", type=int, default=10 ** 9, help="at most this many iterations per run per call")
+    r.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    r.add_argument("--workers", type=int, default=2)
+    r.add_argument("--input", type=_size, default=(256, 192), help="model input WxH of every arm (default 256x192)")
+    r.add_argument("--work", default="/tmp/ms_perception_evidence")
+    s = sub.add_parser("summarize")
+    s.add_argument("--tag", required=True)
+    s.add_argument("--min-seeds", type=int, default=3)
+    args = ap.parse_args()
+    if args.cmd == "dataset":
+        return make_dataset(Path(args.root), args.pairs, args.size, args.seed)
+    if args.cmd == "run":
+        return run(args)
+    print(summarize(args.tag, args.min_seeds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

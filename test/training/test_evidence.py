@@ -1,0 +1,76 @@
+"""The evidence protocol (issue [evidence]): convergence, claim labels by hand, and the driver's
+resumable chunks on a synthetic KAIST-layout folder (dataset -> run -> run again -> summarize)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ms_perception_training.evidence import Claim, converged, read_claim
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _curve(points):
+    return [{"iteration": it, "miss_rate": {"all": mr}} for it, mr in points]
+
+
+def test_converged_reads_the_last_fifth():
+    # last fifth of 1000 iterations: evaluations at 800, 900, 1000; 50.0 -> 49.2 moves 0.8 points
+    assert converged(_curve([(100, 90.0), (500, 60.0), (800, 50.0), (900, 49.5), (1000, 49.2)])) is True
+    # 50.0 -> 48.5 moves 1.5 points: still learning
+    assert converged(_curve([(100, 90.0), (800, 50.0), (900, 49.0), (1000, 48.5)])) is False
+    # it went up by 1.2 points: not settled either (the change, not the improvement, counts)
+    assert converged(_curve([(800, 50.0), (1000, 51.2)])) is False
+    # one evaluation in the last fifth cannot say
+    assert converged(_curve([(500, 60.0), (1000, 49.0)])) is None
+    assert converged([]) is None
+
+
+def _rows(vals, ok=True):
+    return [{"seed": s, "miss_rate": {"all": v}, "converged": ok} for s, v in enumerate(vals)]
+
+
+def test_claim_labels_by_hand():
+    c = Claim("A beats B", "a", "b")
+    got = read_claim(c, {"a": _rows([10.0, 11.0, 12.0]), "b": _rows([13.0, 14.0, 15.0])})
+    assert got["label"] == "holds" and got["difference"] == 3.0
+    assert got["a"] == {"mean": 11.0, "min": 10.0, "max": 12.0, "seeds": 3}
+    # ranges touch at 12 -> 12: overlapping, not shown
+    assert read_claim(c, {"a": _rows([10.0, 11.0, 12.0]), "b": _rows([12.0, 14.0, 15.0])})["label"] == "not shown"
+    assert read_claim(c, {"a": _rows([20.0, 21.0, 22.0]), "b": _rows([13.0, 14.0, 15.0])})["label"] == "reversed"
+    few = read_claim(c, {"a": _rows([10.0, 11.0]), "b": _rows([13.0, 14.0, 15.0])})
+    assert few["label"] == "not read" and "a has 2 seed(s), needs 3" in few["why"]
+    rows = _rows([10.0, 11.0, 12.0])
+    rows[1]["converged"] = None
+    late = read_claim(c, {"a": rows, "b": _rows([13.0, 14.0, 15.0])})
+    assert late["label"] == "not read" and "a did not converge in seed(s) [1]" in late["why"]
+
+
+def test_driver_trains_in_resumable_chunks_on_a_kaist_folder(tmp_path):
+    env = {**os.environ, "MS_PERCEPTION_EVIDENCE_RESULTS": str(tmp_path / "results")}
+    script = [sys.executable, str(REPO / "bench" / "evidence.py")]
+
+    def call(*args):
+        r = subprocess.run(script + list(args), capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r.stdout
+
+    root = tmp_path / "kaist"
+    call("dataset", "--root", str(root), "--pairs", "24", "--size", "160x128")
+    assert any(root.iterdir())
+    run = ["run", "--root", str(root), "--tag", "t", "--seeds", "0", "--arms", "add_fusion", "--iterations", "4",
+           "--eval-every", "2", "--chunk", "2", "--input", "128x96", "--workers", "0", "--work", str(tmp_path / "w")]
+    first = call(*run)
+    assert "add_fusion seed 0: chunk done" in first and "1 run(s) still pending" in first
+    second = call(*run)
+    rows = [json.loads(x) for x in (tmp_path / "results" / "evidence_t_seed0.jsonl").read_text().splitlines()]
+    assert "every run is done" in second and len(rows) == 1
+    row = rows[0]
+    # 4 iterations in chunks of 2: the curve holds the evaluations of both calls
+    assert row["arm"] == "add_fusion" and [r["iteration"] for r in row["curve"]] == [2, 4]
+    # the last fifth (iterations >= 3.2) holds one evaluation: convergence unknown, so no claim reads it
+    assert row["converged"] is None and row["wall_seconds"] > 0
+    table = call("summarize", "--tag", "t", "--min-seeds", "1")
+    assert "| add_fusion | 0 | 4 |" in table and "fusion beats visible-only at night" in table
+    assert "visible_only has 0 seed(s), needs 1" in table

@@ -1,0 +1,64 @@
+"""The evidence protocol of issue [evidence]: when a run counts as converged, and how a claim is
+read from several seeds per arm (``bench/evidence.py`` drives the runs).
+
+- A run is *converged* when its held-out miss rate changes by less than ``tol`` points over the
+  last fifth of training: the evaluations at or after 80 % of the iterations, first to last (at
+  least two of them, else convergence is unknown).
+- A claim "A beats B" on a subset (all / day / night; miss rate, lower is better) *holds* when
+  every seed's A is below every seed's B (the min-max ranges do not overlap), is *reversed* when
+  every A is above every B, and is *not shown* otherwise. It is *not read* when an arm has fewer
+  than ``min_seeds`` seeds or any run did not converge: then it says which.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def converged(curve: list[dict], key: str = "all", tol: float = 1.0, last_fraction: float = 0.2) -> bool | None:
+    """``curve``: the run's evaluations ``{"iteration", "miss_rate": {key: percent}}`` in order,
+    the last one at the end of training. None when the last fifth holds fewer than two points."""
+    pts = [(r["iteration"], r["miss_rate"].get(key)) for r in curve if r.get("miss_rate", {}).get(key) is not None]
+    if not pts:
+        return None
+    end = pts[-1][0]
+    tail = [mr for it, mr in pts if it >= (1.0 - last_fraction) * end]
+    if len(tail) < 2:
+        return None
+    return abs(tail[-1] - tail[0]) < tol
+
+
+@dataclass
+class Claim:
+    name: str
+    better: str          # the arm the paper says is better (lower miss rate)
+    worse: str
+    subset: str = "all"  # all / day / night
+
+
+def read_claim(claim: Claim, runs: dict[str, list[dict]], min_seeds: int = 3) -> dict:
+    """``runs``: arm -> result rows (``miss_rate``, ``converged``, ``seed``). Returns the label
+    (holds / not shown / reversed / not read) with the numbers it rests on."""
+    out = {"claim": claim.name, "better": claim.better, "worse": claim.worse, "subset": claim.subset}
+    vals, why = {}, []
+    for arm in (claim.better, claim.worse):
+        rows = [r for r in runs.get(arm, []) if r.get("miss_rate", {}).get(claim.subset) is not None]
+        vals[arm] = [float(r["miss_rate"][claim.subset]) for r in rows]
+        out[arm] = ({"mean": round(float(np.mean(vals[arm])), 2), "min": min(vals[arm]), "max": max(vals[arm]),
+                     "seeds": len(vals[arm])} if vals[arm] else None)
+        if len(rows) < min_seeds:
+            why.append(f"{arm} has {len(rows)} seed(s), needs {min_seeds}")
+        unconverged = [r.get("seed") for r in rows if r.get("converged") is not True]
+        if unconverged:
+            why.append(f"{arm} did not converge in seed(s) {unconverged}")
+    if why:
+        return {**out, "label": "not read", "why": "; ".join(why)}
+    a, b = vals[claim.better], vals[claim.worse]
+    if max(a) < min(b):
+        label = "holds"
+    elif min(a) > max(b):
+        label = "reversed"
+    else:
+        label = "not shown"
+    return {**out, "label": label, "difference": round(float(np.mean(b) - np.mean(a)), 2)}
