@@ -213,12 +213,21 @@ def main() -> int:
     s = sub.add_parser("summarize")
     s.add_argument("--tag", required=True)
     s.add_argument("--min-seeds", type=int, default=3)
+    s.add_argument("--plot", help="also write every run's learning curve (miss rate, all) to this PNG")
     args = ap.parse_args()
     if args.cmd == "dataset":
         return make_dataset(Path(args.root), args.pairs, args.size, args.seed)
     if args.cmd == "run":
         return run(args)
     print(summarize(args.tag, args.min_seeds))
+    if args.plot:
+        from ms_perception.metrics.plots import plot_learning_curves
+        curves = {}
+        for f in sorted(RESULTS.glob(f"evidence_{args.tag}_seed*.jsonl")):
+            for line in f.read_text().splitlines():
+                r = json.loads(line)
+                curves[f"{r['arm']} s{r['seed']}"] = r["curve"]
+        print(f"wrote {plot_learning_curves(curves, args.plot, f'evidence {args.tag}', subsets=('all',))}")
     return 0
 
 

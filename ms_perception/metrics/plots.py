@@ -1,4 +1,4 @@
-"""Plots (matplotlib, Agg backend, PNG): miss rate vs FPPI, precision vs recall."""
+"""Plots (matplotlib, Agg backend, PNG): miss rate vs FPPI, precision vs recall, learning curves."""
 from __future__ import annotations
 
 import os
@@ -52,6 +52,27 @@ def plot_precision_recall(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], p
     ax.set_ylim(0, 1.01)
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
+    ax.grid(True, alpha=0.3)
+    return _finish(plt, fig, ax, path, title)
+
+
+def plot_learning_curves(curves: Mapping[str, list[dict]], path: str | os.PathLike, title: str = "",
+                         subsets: tuple[str, ...] = ("all", "day", "night")) -> str:
+    """``curves``: {label: [{"iteration", "miss_rate": {subset: percent}}, ...]} (a run's
+    ``eval_curve.jsonl``): held-out miss rate against training iterations, one line per subset."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    styles = {"all": "-", "day": "--", "night": ":"}
+    for label, curve in curves.items():
+        for sub in subsets:
+            pts = [(r["iteration"], r["miss_rate"][sub]) for r in curve if r.get("miss_rate", {}).get(sub) is not None]
+            if pts:
+                it, mr = zip(*pts)
+                ax.plot(it, mr, styles.get(sub, "-"), marker="o", markersize=3, linewidth=1.5,
+                        label=f"{label} {sub} ({mr[-1]:.1f}%)")
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("training iteration")
+    ax.set_ylabel("held-out log-average miss rate (%)")
     ax.grid(True, alpha=0.3)
     return _finish(plt, fig, ax, path, title)
 

@@ -231,6 +231,14 @@ def test_demo_runs_end_to_end(tmp_path):
     assert lift["ratio"] is None or lift["ratio"] == pytest.approx(lift["top_rate"] / lift["random_rate"], abs=1e-3)
 
 
+def test_learning_curve_plot_is_written(tmp_path):
+    from ms_perception.metrics.plots import plot_learning_curves
+    curve = [{"iteration": i, "miss_rate": {"all": 90.0 - i / 100, "night": None}} for i in (1000, 2000, 3000)]
+    out = plot_learning_curves({"default": curve}, tmp_path / "curve.png", "default model")
+    img = cv2.imread(out)
+    assert img is not None and img.shape[1] == 600   # 6 in at 100 dpi
+
+
 def test_precision_recall_curves_and_plot(tmp_path):
     from ms_perception.metrics.plots import coco_pr_curves, plot_precision_recall
     gt_path, gt, dets = _small_coco(tmp_path)

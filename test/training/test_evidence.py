@@ -71,6 +71,7 @@ def test_driver_trains_in_resumable_chunks_on_a_kaist_folder(tmp_path):
     assert row["arm"] == "add_fusion" and [r["iteration"] for r in row["curve"]] == [2, 4]
     # the last fifth (iterations >= 3.2) holds one evaluation: convergence unknown, so no claim reads it
     assert row["converged"] is None and row["wall_seconds"] > 0
-    table = call("summarize", "--tag", "t", "--min-seeds", "1")
+    table = call("summarize", "--tag", "t", "--min-seeds", "1", "--plot", str(tmp_path / "curves.png"))
+    assert (tmp_path / "curves.png").stat().st_size > 0
     assert "| add_fusion | 0 | 4 |" in table and "fusion beats visible-only at night" in table
     assert "visible_only has 0 seed(s), needs 1" in table
