@@ -159,7 +159,7 @@ def test_bench_replay_compares_capture_and_the_reader_thread_in_one_run():
     """The replay part of `bench`: three interleaved variants of one bag; the ratios are the ones
     printed, computed from the per-pair times and rates of the same run."""
     from ms_perception.bench import FRAME_INTERVAL_MS, run_replay_bench
-    r = run_replay_bench(DEFAULT_MODEL, pairs=12, rounds=2)
+    r = run_replay_bench(DEFAULT_MODEL, pairs=40, rounds=2)   # two 20-pair scenes: the policy needs 10 scores first
     pp, ps = r["per_pair_ms"], r["pairs_per_s"]
     assert set(pp) == set(ps) == {"off", "capture", "sequential"}
     assert r["captured_written"] > 0                      # capture really wrote records to disk

@@ -133,7 +133,9 @@ def test_bench_counts_runs_with_nan_outputs_and_goes_on(monkeypatch):
     monkeypatch.setattr(b, "create_engine", lambda *a, **k: Spoiling(lambda c, o: o["scores"].__setitem__(
         (0, 0, 0), np.nan) if c % 3 == 0 else None))
     r = run_bench({"teacher": DEFAULT_MODEL, "student": DEFAULT_MODEL}, size_wh=(320, 256), iterations=5, warmup=1)
-    assert r["teacher"]["invalid_output_runs"] == r["student"]["invalid_output_runs"] == 2   # calls 3 and 6 of 6
+    # 6 interleaved calls, then 6 with each model alone: calls 3, 6, 9 and 12 of 12 are spoiled
+    assert r["teacher"]["invalid_output_runs"] == r["student"]["invalid_output_runs"] == 4
+    assert len(r["alone"]) == 2 and r["alone"]["teacher"]["engine_ms"] > 0
     assert r["teacher"]["engine_ms"] > 0 and r["student"]["engine_ms"] > 0
 
 
