@@ -125,3 +125,35 @@ def test_the_two_pass_range_check_finds_nan_inf_and_out_of_range_values():
         a[1] = bad
         with pytest.raises(ModelOutputError, match=what):
             check_output("p", a, 0.0, 1.0)
+
+
+def test_whole_factor_shrink_takes_resize_and_equals_the_warp():
+    """640x512 -> 320x256 with the same field of view is a pure shrink: the warp hands it to
+    cv2.resize, which must give what warpAffine gives (bit for bit on integer images)."""
+    import cv2
+
+    from ms_perception.core.preprocess import _integer_shrink, _is_identity, _warp
+    rng = np.random.default_rng(3)
+    c = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]])
+    for dtype, top in ((np.uint16, 65535), (np.uint8, 255), (np.float32, 1.0)):
+        for kx, ky in ((2, 2), (3, 3), (4, 2), (8, 8)):
+            dst = (24, 30)
+            img = (rng.random((dst[0] * ky, dst[1] * kx)) * top).astype(dtype)
+            m = np.diag([1 / kx, 1 / ky, 1.0])
+            assert _integer_shrink(m, img.shape, dst)
+            mc = np.linalg.inv(c) @ m @ c
+            ref = cv2.warpAffine(img, mc[:2], (dst[1], dst[0]), flags=cv2.INTER_LINEAR,
+                                 borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            got = _warp(img, m, dst, cv2.INTER_LINEAR)
+            assert got.dtype == dtype and np.abs(got.astype(float) - ref.astype(float)).max() <= (1e-6 if dtype == np.float32 else 0)
+    # not a whole-factor shrink: an offset, a 0.75 scale, an enlargement, a rotation, a size that does not match
+    shifted = np.diag([0.5, 0.5, 1.0])
+    shifted[0, 2] = 1.0
+    rot = np.array([[0.5, 0.01, 0], [-0.01, 0.5, 0], [0, 0, 1]])
+    assert not _integer_shrink(shifted, (48, 60), (24, 30))
+    assert not _integer_shrink(np.diag([0.75, 0.75, 1]), (48, 60), (36, 45))
+    assert not _integer_shrink(np.diag([2.0, 2.0, 1]), (24, 30), (48, 60))
+    assert not _integer_shrink(rot, (48, 60), (24, 30))
+    assert not _integer_shrink(np.diag([0.5, 0.5, 1]), (48, 60), (24, 29))
+    for m in (np.eye(3), np.eye(3) + 1e-9, np.eye(3) + 1e-4, rot, shifted):
+        assert _is_identity(m) == np.allclose(m, np.eye(3))
