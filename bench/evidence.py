@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_experiments  # noqa: E402
-from train_experiments import ARMS, EXP, TINY, _variant  # noqa: E402
+from train_experiments import ARMS, arm_configs  # noqa: E402
 
 from ms_perception.core import jsonio  # noqa: E402
 
@@ -84,22 +84,10 @@ def run_chunk(arm: str, seed: int, root: Path, iterations: int, eval_every: int,
     """Train ``arm`` for at most ``chunk`` more iterations (resuming exactly); the result row when the
     run has reached ``iterations``, else None."""
     import torch
-    from ms_perception_training.config import load_yaml
     from ms_perception_training.data.sources import DataConfig
     from ms_perception_training.evidence import converged
-    from ms_perception_training.fit import fit, load_experiment
-    exp, over, model_over, teacher = ARMS[arm]
-    cfg, _, _ = load_experiment(EXP / f"{exp}.yaml")
-    raw = load_yaml(EXP / f"{exp}.yaml")
-    for k, v in over.items():
-        if k != "model":
-            setattr(cfg, k, v)
-    model_path = Path(over["model"]) if "model" in over else EXP / raw["model"]
-    extra = None
-    if model_over:
-        model_path, extra = TINY / f"{model_over[0]}.yaml", model_over[1]
-    mcfg = _variant(model_path, arm, work, extra)
-    tcfg = _variant(EXP / raw["distill"]["teacher"], f"{arm}_teacher", work) if cfg.distill.method else None
+    from ms_perception_training.fit import fit
+    cfg, mcfg, tcfg, teacher = arm_configs(arm, work)
     cfg.data = DataConfig(type="kaist", root=str(root), split="train", thermal_dir="lwir16", workers=workers)
     cfg.eval.pairs, cfg.eval.split, cfg.eval.every = 0, "test", eval_every
     cfg.seed, cfg.iterations, cfg.tensorboard, cfg.device = seed, iterations, False, device

@@ -100,11 +100,10 @@ def _variant(path: Path, name: str, work: Path, extra: dict | None = None):
     return load_model_config(p)
 
 
-def run_arm(arm: str, seed: int, iterations: int, pairs: int, work: Path) -> dict:
-    import torch
+def arm_configs(arm: str, work: Path):
+    """(fit config, model config, teacher model config or None, teacher arm or None) of ``arm``."""
     from ms_perception_training.config import load_yaml
-    from ms_perception_training.fit import fit, load_experiment
-    torch.set_num_threads(1)
+    from ms_perception_training.fit import load_experiment
     exp, over, model_over, teacher = ARMS[arm]
     cfg, _, _ = load_experiment(EXP / f"{exp}.yaml")
     raw = load_yaml(EXP / f"{exp}.yaml")
@@ -118,6 +117,14 @@ def run_arm(arm: str, seed: int, iterations: int, pairs: int, work: Path) -> dic
         extra = None
     mcfg = _variant(model_path, arm, work, extra)
     tcfg = _variant(EXP / raw["distill"]["teacher"], f"{arm}_teacher", work) if cfg.distill.method else None
+    return cfg, mcfg, tcfg, teacher
+
+
+def run_arm(arm: str, seed: int, iterations: int, pairs: int, work: Path) -> dict:
+    import torch
+    from ms_perception_training.fit import fit
+    torch.set_num_threads(1)
+    cfg, mcfg, tcfg, teacher = arm_configs(arm, work)
     cfg.seed, cfg.iterations, cfg.threads, cfg.tensorboard = seed, iterations, 1, False
     cfg.warmup_iterations = max(10, iterations // 10)
     cfg.data.pairs, cfg.data.seed, cfg.data.width, cfg.data.height = pairs, 100 + seed, RIG["width"], RIG["height"]
