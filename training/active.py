@@ -26,9 +26,9 @@ from ms_perception.core import jsonio
 from ms_perception_training.config import ConfigError, from_dict, load_yaml
 from ms_perception_training.fit import EvalConfig, FitConfig
 from ms_perception_training.models.config import load_model_config
-from ms_perception_training.models.heads import anchors_per_level, class_probabilities
+from ms_perception_training.models.multispectral import anchors_per_level, class_probabilities
 from ms_perception_training.data.sources import SynthDataConfig, make_pool
-from ms_perception_training.data.loader import make_batch, thermal_for
+from ms_perception_training.data.loader import make_batch
 
 from ms_perception.core.atomic import atomic_write
 from ms_perception.core.inconsistency import (
@@ -86,7 +86,7 @@ def score_pool(model, mcfg, pool, indices, strategy: str, batch_size: int = 16) 
     for s in range(0, len(indices), batch_size):
         idx = indices[s:s + batch_size]
         b = make_batch(pool, idx, mcfg, augment=False)
-        out = model(b.visible, thermal_for(mcfg, b.thermal))
+        out = model(*model.inputs(b.visible, b.thermal))
         if mcfg.task == "segmentation":
             pv = torch.softmax(out.branches["visible"].mask_logits, 1).numpy()
             pt = torch.softmax(out.branches["thermal"].mask_logits, 1).numpy()

@@ -1,4 +1,10 @@
-"""Static IoU anchor assignment (RetinaNet; METHODS.md §2 first paragraph)."""
+"""Anchor targets: which anchor learns which object, and the box deltas it regresses to.
+
+- Box coding in torch on the tensors' own device (no host copies), the mirror of the runtime's
+  numpy ``ms_perception.core.anchors.BoxCoder`` (tested equal; the runtime never imports torch).
+- Static IoU assignment (RetinaNet; METHODS.md §2 first paragraph).
+- Mutual Guidance (METHODS.md §2), which reuses the IoU assignment's counts.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,6 +12,29 @@ from dataclasses import dataclass
 import torch
 
 POS_IOU, NEG_IOU = 0.5, 0.4
+
+
+def encode_boxes_torch(anchors: torch.Tensor, boxes: torch.Tensor, weights) -> torch.Tensor:
+    """(M, 4) anchors and matched (M, 4) xyxy boxes -> (M, 4) deltas (BoxCoder.encode)."""
+    aw, ah = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+    ax, ay = anchors[:, 0] + 0.5 * aw, anchors[:, 1] + 0.5 * ah
+    bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    bx, by = boxes[:, 0] + 0.5 * bw, boxes[:, 1] + 0.5 * bh
+    wx, wy, ww, wh = weights
+    return torch.stack([wx * (bx - ax) / aw, wy * (by - ay) / ah, ww * torch.log(bw / aw), wh * torch.log(bh / ah)], -1)
+
+
+def decode_boxes_torch(anchors: torch.Tensor, deltas: torch.Tensor, weights, clip: float) -> torch.Tensor:
+    """(M, 4) anchors, (..., M, 4) deltas -> (..., M, 4) xyxy boxes (BoxCoder.decode)."""
+    aw, ah = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+    ax, ay = anchors[:, 0] + 0.5 * aw, anchors[:, 1] + 0.5 * ah
+    wx, wy, ww, wh = weights
+    dx, dy = deltas[..., 0] / wx, deltas[..., 1] / wy
+    dw = torch.clamp(deltas[..., 2] / ww, max=clip)
+    dh = torch.clamp(deltas[..., 3] / wh, max=clip)
+    cx, cy = dx * aw + ax, dy * ah + ay
+    w, h = torch.exp(dw) * aw, torch.exp(dh) * ah
+    return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], -1)
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -27,9 +27,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from ms_perception_training.boxes import encode_boxes_torch
-from ms_perception_training.data.loader import thermal_for
-from ms_perception_training.losses import dice_loss, sigmoid_focal_loss
+from ms_perception_training.assign import encode_boxes_torch
+from ms_perception_training.objectives import dice_loss, sigmoid_focal_loss
 from ms_perception_training.losses.distill import (
     conditional_regression_distill,
     disagreement_map,
@@ -41,7 +40,7 @@ from ms_perception_training.losses.distill import (
     segmentation_distill,
 )
 from ms_perception_training.models.fusion.gaff import GAFF
-from ms_perception_training.models.heads import flatten_levels, level_class_probabilities
+from ms_perception_training.models.multispectral import flatten_levels, level_class_probabilities
 from ms_perception_training.objectives import assign_image, seg_aux_target
 from torch import nn
 
@@ -118,7 +117,7 @@ class Distiller(nn.Module):
     @torch.no_grad()
     def forward_teacher(self, batch):
         t = self.teacher[0]
-        return t(batch.visible if self.tcfg.uses_visible else None, thermal_for(self.tcfg, batch.thermal))
+        return t(*t.inputs(batch.visible, batch.thermal))
 
 
 class PDFDistiller(Distiller):
@@ -274,8 +273,7 @@ def build_distiller(dcfg, teacher, tcfg, student, scfg, probe_batch) -> Distille
     with torch.no_grad():
         was = student.training
         student.eval()
-        probe_s = student(probe_batch.visible if scfg.uses_visible else None, thermal_for(scfg, probe_batch.thermal))
+        probe_s = student(*student.inputs(probe_batch.visible, probe_batch.thermal))
         student.train(was)
-        probe_t = teacher.eval()(probe_batch.visible if tcfg.uses_visible else None,
-                                 thermal_for(tcfg, probe_batch.thermal))
+        probe_t = teacher.eval()(*teacher.inputs(probe_batch.visible, probe_batch.thermal))
     return KINDS[dcfg.method](teacher, tcfg, scfg, dcfg, student, probe_s, probe_t)

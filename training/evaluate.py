@@ -13,9 +13,9 @@ import math
 import numpy as np
 import torch
 from ms_perception_training.export.onnx_export import decode_boxes_torch
-from ms_perception_training.models.heads import flatten_levels
+from ms_perception_training.models.multispectral import flatten_levels
 from ms_perception_training.data.sources import SEG_IGNORE
-from ms_perception_training.data.loader import make_batch, thermal_for
+from ms_perception_training.data.loader import make_batch
 
 from ms_perception.core.anchors import BoxCoder, grid_anchors
 from ms_perception.core.postprocess import select_detections
@@ -28,7 +28,7 @@ def predict(model, mcfg, pool, indices, branch: str | None = None, score_thresho
     was_training = model.training
     model.eval()
     b = make_batch(pool, indices, mcfg, augment=False, device=device)
-    out = model(b.visible if mcfg.uses_visible else None, thermal_for(mcfg, b.thermal))
+    out = model(*model.inputs(b.visible, b.thermal))
     br = out.branches[branch or out.main_branch]
     res = []
     if mcfg.task == "segmentation":

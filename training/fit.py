@@ -30,7 +30,6 @@ from ms_perception_training.config import ConfigError
 from ms_perception_training.data.loader import (
     make_batch,
     rescale_batch,
-    thermal_for,
     to_batch,
     train_loader,
 )
@@ -276,7 +275,7 @@ def validation_source(cfg: FitConfig, mcfg: ModelConfig, log=print):
 
 
 def compute_losses(model, core, mcfg, distiller, dist_core, objective, batch) -> dict:
-    out = model(batch.visible if mcfg.uses_visible else None, thermal_for(mcfg, batch.thermal))
+    out = model(*core.inputs(batch.visible, batch.thermal))
     hw = tuple(batch.visible.shape[-2:])
     parts = {}
     if dist_core is None or not dist_core.replaces_task_loss:

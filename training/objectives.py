@@ -12,33 +12,116 @@ its fusion module is trained with (METHODS.md §1, §4).
 - Segmentation auxiliary head (CFL paper §III-C): CE against box-filled class masks.
 - CFL/decision models train the per-modality heads and the combined (MAF) output.
 
+The losses themselves (focal, balanced L1, smooth L1, Dice, cross-entropy with ignore) and the
+masks drawn from boxes (GAFF's ellipses, CFR's and the auxiliary head's filled boxes) are here
+too, so one file holds everything between a model's output and its loss.
+
 Normalizers: the positive count is summed over every process of a DDP run (``reduce_sum``),
 so the gradient DDP averages equals the gradient of the combined batch.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from ms_perception_training.assign import IoUAssigner, MutualGuidanceAssigner
-from ms_perception_training.boxes import (
-    box_mask_torch,
+from ms_perception_training.assign import (
+    IoUAssigner,
+    MutualGuidanceAssigner,
     decode_boxes_torch,
-    ellipse_mask_torch,
     encode_boxes_torch,
 )
-from ms_perception_training.losses import (
-    balanced_l1_loss,
-    dice_loss,
-    sigmoid_focal_loss,
-    smooth_l1_loss,
-)
-from ms_perception_training.losses.distill import cross_entropy_ignore
 from ms_perception_training.models.fusion.gaff import IGNORE, gaff_inter_labels
-from ms_perception_training.models.heads import flatten_levels
+from ms_perception_training.models.multispectral import flatten_levels
 
 from ms_perception.core.anchors import BoxCoder, grid_anchors
+
+# ---------------------------------------------------------------- the losses, from their papers
+FOCAL_ALPHA, FOCAL_GAMMA = 0.25, 2.0                  # Lin et al. 2017 (RetinaNet)
+BL1_ALPHA, BL1_BETA, BL1_GAMMA = 0.5, 1.0, 1.5        # Pang et al. 2019; thesis Table 3.2
+
+
+def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = FOCAL_ALPHA,
+                       gamma: float = FOCAL_GAMMA) -> torch.Tensor:
+    """FL(p_t) = −α_t (1 − p_t)^γ log(p_t), elementwise (sum/normalize outside)."""
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    a_t = alpha * targets + (1 - alpha) * (1 - targets)
+    return a_t * (1 - p_t) ** gamma * ce
+
+
+def balanced_l1_loss(pred: torch.Tensor, target: torch.Tensor, alpha: float = BL1_ALPHA, beta: float = BL1_BETA,
+                     gamma: float = BL1_GAMMA) -> torch.Tensor:
+    """Balanced L1 (Libra R-CNN, eq. 7), elementwise, with b from α ln(b + 1) = γ (gradient continuity):
+        |x| < β: α/b (b|x| + 1) ln(b|x|/β + 1) − α|x|;   else γ|x| + γ/b − αβ."""
+    x = (pred - target).abs()
+    b = math.exp(gamma / alpha) - 1
+    return torch.where(x < beta, alpha / b * (b * x + 1) * torch.log(b * x / beta + 1) - alpha * x,
+                       gamma * x + gamma / b - alpha * beta)
+
+
+def smooth_l1_loss(pred: torch.Tensor, target: torch.Tensor, beta: float = 1.0 / 9) -> torch.Tensor:
+    return F.smooth_l1_loss(pred, target, beta=beta, reduction="none")
+
+
+def dice_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 − 2Σ(p·g) / (Σp + Σg), per sample then averaged; p are probabilities (N, 1, H, W)."""
+    p, g = pred.flatten(1), target.flatten(1)
+    return (1 - (2 * (p * g).sum(1) + eps) / (p.sum(1) + g.sum(1) + eps)).mean()
+
+
+def cross_entropy_ignore(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """Pixel/anchor cross-entropy averaged over the non-ignored targets (0 if all are ignored)."""
+    valid = target != ignore_index
+    if not valid.any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, target, ignore_index=ignore_index)
+
+
+# ---------------------------------------------------------------- masks drawn from boxes (torch)
+# the mirrors of data.transforms.ellipse_mask / box_mask (tested equal), on the targets' device
+def _centres(size, device):
+    w, h = size
+    return (torch.arange(w, device=device, dtype=torch.float64) + 0.5,
+            torch.arange(h, device=device, dtype=torch.float64) + 0.5)
+
+
+def ellipse_mask_torch(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(H, W) uint8: pixels whose centre lies in some box's inscribed ellipse (transforms.ellipse_mask)."""
+    W, H = size
+    b = boxes.detach().to(torch.float64).reshape(-1, 4)
+    b = b[(b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])]
+    if not len(b):
+        return torch.zeros((H, W), dtype=torch.uint8, device=boxes.device)
+    xs, ys = _centres(size, boxes.device)
+    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+    ax, ay = (b[:, 2] - b[:, 0]) / 2, (b[:, 3] - b[:, 1]) / 2
+    dx = ((xs[None] - cx[:, None]) / ax[:, None]) ** 2            # (n, W)
+    dy = ((ys[None] - cy[:, None]) / ay[:, None]) ** 2            # (n, H)
+    return (dy[:, :, None] + dx[:, None, :] <= 1.0).any(0).to(torch.uint8)
+
+
+def box_mask_torch(boxes: torch.Tensor, size: tuple[int, int], labels: torch.Tensor | None = None) -> torch.Tensor:
+    """(H, W) int64: each box filled with its label (1 without labels), later boxes on top;
+    pixel (i, j) is inside ``[x0, x1) x [y0, y1)`` when its centre is (transforms.box_mask)."""
+    W, H = size
+    b = boxes.detach().to(torch.float64).reshape(-1, 4)
+    out = torch.zeros((H, W), dtype=torch.int64, device=boxes.device)
+    if not len(b):
+        return out
+    xs, ys = _centres(size, boxes.device)
+    c0, r0 = torch.ceil(b[:, 0] - 0.5), torch.ceil(b[:, 1] - 0.5)
+    c1, r1 = torch.ceil(b[:, 2] - 0.5), torch.ceil(b[:, 3] - 0.5)
+    inx = (xs[None] - 0.5 >= c0[:, None]) & (xs[None] - 0.5 < c1[:, None])     # (n, W)
+    iny = (ys[None] - 0.5 >= r0[:, None]) & (ys[None] - 0.5 < r1[:, None])     # (n, H)
+    inside = iny[:, :, None] & inx[:, None, :]                                 # (n, H, W)
+    order = torch.arange(1, len(b) + 1, device=boxes.device)[:, None, None]
+    top = (inside * order).amax(0)                                              # last box covering each pixel
+    lab = torch.ones(len(b), dtype=torch.int64, device=boxes.device) if labels is None else labels.to(torch.int64)
+    return torch.where(top > 0, lab[(top - 1).clamp(min=0)], out)
+
 
 SEG_IGNORE = 255
 
@@ -181,6 +264,7 @@ class Objective:
                  guidance_weight: float = 1.0, cfr_weight: float = 1.0, seg_aux_weight: float = 1.0,
                  reduce_sum: Callable[[int], int] = lambda n: n, world_size: int = 1):
         self.model, self.mcfg = model, mcfg
+        self.num_classes, self.task, self.head_type = mcfg.num_classes, mcfg.task, mcfg.head.type
         self.coder = BoxCoder(tuple(mcfg.head.box_coder_weights))
         self.assigner = MutualGuidanceAssigner(mg_sigma) if assigner == "mutual_guidance" else IoUAssigner()
         if assigner == "mutual_guidance" and mcfg.head.type == "ssd":
@@ -201,19 +285,19 @@ class Objective:
     def task_losses(self, out, targets, semantic=None, branches=None) -> dict[str, torch.Tensor]:
         parts = {}
         names = branches if branches is not None else list(out.branches)
-        if self.mcfg.task == "segmentation":
+        if self.task == "segmentation":
             for name in names:
                 parts[f"{name}_seg"] = cross_entropy_ignore(out.branches[name].mask_logits, semantic, SEG_IGNORE)
             return parts
         for name in names:
             br = out.branches[name]
             a = self.anchors(br)
-            if self.mcfg.head.type == "ssd":
-                c, b, n = multibox_loss_sums(br, a, targets, self.mcfg.num_classes, self.coder, self.iou_assigner)
+            if self.head_type == "ssd":
+                c, b, n = multibox_loss_sums(br, a, targets, self.num_classes, self.coder, self.iou_assigner)
             else:
-                c, b, n = detection_loss_sums(br, a, targets, self.mcfg.num_classes, self.coder, self.assigner,
+                c, b, n = detection_loss_sums(br, a, targets, self.num_classes, self.coder, self.assigner,
                                               self.balanced_l1)
-            norm = max(1, self.reduce_sum(n)) / self.world
+            norm = max(1, self.reduce_sum(n) if self.world > 1 else n) / self.world
             parts[f"{name}_cls"], parts[f"{name}_box"] = c / norm, b / norm
         return parts
 

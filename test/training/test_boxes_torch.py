@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from ms_perception_training.boxes import box_mask_torch, decode_boxes_torch, ellipse_mask_torch, encode_boxes_torch
+from ms_perception_training.assign import decode_boxes_torch, encode_boxes_torch
+from ms_perception_training.objectives import box_mask_torch, ellipse_mask_torch
 from ms_perception_training.data.transforms import box_mask, ellipse_mask
 
 from ms_perception.core.anchors import BoxCoder

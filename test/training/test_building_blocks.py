@@ -6,11 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from ms_perception_training.export.onnx_export import decode_boxes_torch
-from ms_perception_training.models.backbones import VGG16, ResNet, inflate_first_conv, load_torchvision_weights
+from ms_perception_training.models.backbones import CEM, FPN, PAFPN, VGG16, ResNet, inflate_first_conv, load_torchvision_weights
 from ms_perception_training.models.bn_fold import fold_batchnorm
-from ms_perception_training.models.heads import PRIOR_PROB, RetinaHead, flatten_levels
+from ms_perception_training.models.multispectral import PRIOR_PROB, RetinaHead, flatten_levels
 from ms_perception_training.models.layers import AdaptiveAvgPoolMatmul
-from ms_perception_training.models.necks import CEM, FPN, PAFPN
 
 from ms_perception.core.anchors import AnchorLevel, BoxCoder, cell_anchors, grid_anchors
 

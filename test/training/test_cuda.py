@@ -26,14 +26,13 @@ def _batch(mcfg, n=2, device="cuda"):
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_every_preset_forward_backward_on_cuda(name):
-    from ms_perception_training.data.loader import thermal_for
     from ms_perception_training.models.config import load_model_config
     from ms_perception_training.models.build import build_model
     from ms_perception_training.objectives import Objective
     mcfg = load_model_config(TINY / f"{name}.yaml")
     model = build_model(mcfg).cuda().train()
     b = _batch(mcfg)
-    out = model(b.visible if mcfg.uses_visible else None, thermal_for(mcfg, b.thermal))
+    out = model(*model.inputs(b.visible, b.thermal))
     obj = Objective(model, mcfg, "iou", 2.0, True, 1.0, 1.0, 1.0)
     parts = {**obj.task_losses(out, b.targets, b.semantic), **obj.module_losses(out, b.targets, b.visible.shape[-2:])}
     loss = sum(parts.values())
@@ -43,7 +42,6 @@ def test_every_preset_forward_backward_on_cuda(name):
 
 
 def test_mutual_guidance_and_amp_with_gradscaler_on_cuda():
-    from ms_perception_training.data.loader import thermal_for
     from ms_perception_training.models.config import load_model_config
     from ms_perception_training.models.build import build_model
     from ms_perception_training.objectives import Objective
@@ -55,7 +53,7 @@ def test_mutual_guidance_and_amp_with_gradscaler_on_cuda():
     b = _batch(mcfg)
     for _ in range(3):
         with torch.autocast("cuda", dtype=torch.float16):
-            out = model(b.visible, thermal_for(mcfg, b.thermal))
+            out = model(*model.inputs(b.visible, b.thermal))
             parts = {**obj.task_losses(out, b.targets, b.semantic), **obj.module_losses(out, b.targets, b.visible.shape[-2:])}
             loss = sum(parts.values())
         opt.zero_grad()

@@ -168,7 +168,7 @@ def test_mutual_guidance_never_picks_anchors_that_do_not_overlap_the_object():
 
 
 def test_ssd_class_probabilities_are_the_softmax_over_k_plus_1_without_background():
-    from ms_perception_training.models.heads import anchors_per_level, class_probabilities, level_class_probabilities
+    from ms_perception_training.models.multispectral import anchors_per_level, class_probabilities, level_class_probabilities
     # one level, 1x1 map, A = 2 anchors, K = 1: logits per anchor [background, person]
     x = torch.tensor([0.0, math.log(3.0), math.log(4.0), 0.0]).view(1, 4, 1, 1)
     p = level_class_probabilities(x, 1, "softmax")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from ms_perception_training.assign import IoUAssigner
 from ms_perception_training.fit import FitConfig, lr_at
-from ms_perception_training.losses import balanced_l1_loss, dice_loss, sigmoid_focal_loss
+from ms_perception_training.objectives import balanced_l1_loss, dice_loss, sigmoid_focal_loss
 
 
 def test_focal_loss_by_hand():

@@ -136,15 +136,14 @@ def _probe(name):
 
 def test_modality_distiller_losses_are_the_papers_formulas():
     from ms_perception_training.distillers import build_distiller
-    from ms_perception_training.losses import dice_loss
+    from ms_perception_training.objectives import dice_loss
     from ms_perception_training.losses.distill import f_mse
     from ms_perception_training.objectives import Objective
-    from ms_perception_training.data.loader import thermal_for
     cfg, mcfg, tcfg, student, teacher, b = _probe("md_student_smoke")
     dist = build_distiller(cfg.distill, teacher, tcfg, student, mcfg, b)
     assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
-    s_out = student(b.visible, thermal_for(mcfg, b.thermal))
-    assert thermal_for(mcfg, b.thermal).shape[-2:] == (24, 32)                # 16x fewer thermal pixels
+    s_out = student(*student.inputs(b.visible, b.thermal))
+    assert student.inputs(b.visible, b.thermal)[1].shape[-2:] == (24, 32)                # 16x fewer thermal pixels
     t_out = dist.forward_teacher(b)
     parts = dist.losses(student, s_out, t_out, b, Objective(student, mcfg))
     a = t_out.attention
@@ -220,7 +219,7 @@ def test_mixup_weights_scale_the_loss_of_their_objects():
     coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
     full = detection_loss_sums(br, anchors, [(gt, torch.tensor([0]), torch.tensor([1.0]))], 1, coder, IoUAssigner())
     half = detection_loss_sums(br, anchors, [(gt, torch.tensor([0]), torch.tensor([0.5]))], 1, coder, IoUAssigner())
-    from ms_perception_training.losses import sigmoid_focal_loss
+    from ms_perception_training.objectives import sigmoid_focal_loss
     neg = sigmoid_focal_loss(torch.tensor([-1.0]), torch.tensor([0.0])).item()
     pos = sigmoid_focal_loss(torch.tensor([0.5]), torch.tensor([1.0])).item()
     assert full[0].item() == pytest.approx(pos + neg, rel=1e-6)
@@ -389,10 +388,10 @@ def build_initial(mcfg):
 def test_active_scores_come_from_the_runtime_implementation():
     from ms_perception_training.active import score_pool
     from ms_perception_training.fit import load_experiment
-    from ms_perception_training.models.heads import flatten_levels
+    from ms_perception_training.models.multispectral import flatten_levels
     from ms_perception_training.models.build import build_model
     from ms_perception_training.data.sources import make_pool
-    from ms_perception_training.data.loader import make_batch, thermal_for
+    from ms_perception_training.data.loader import make_batch
 
     from ms_perception.core.inconsistency import detection_inconsistency
     _, mcfg, _ = load_experiment(EXP / "synthetic_smoke.yaml")
@@ -405,7 +404,7 @@ def test_active_scores_come_from_the_runtime_implementation():
             p.add_(0.3 * torch.randn_like(p))
     got = score_pool(model, mcfg, pool, [0, 3, 5], "inconsistency")
     b = make_batch(pool, [0, 3, 5], mcfg, augment=False)
-    out = model(b.visible, thermal_for(mcfg, b.thermal))
+    out = model(*model.inputs(b.visible, b.thermal))
     pv = torch.sigmoid(flatten_levels(out.branches["visible"].cls_logits, 1))[1].detach().numpy()
     pt = torch.sigmoid(flatten_levels(out.branches["thermal"].cls_logits, 1))[1].detach().numpy()
     counts = [x.shape[1] * x.shape[2] * x.shape[3] for x in out.branches["fused"].cls_logits]
@@ -442,7 +441,7 @@ def test_segmentation_active_loop_scores_pixels_with_the_runtime_and_tracks_miou
     from ms_perception_training.models.config import load_model_config
     from ms_perception_training.models.build import build_model
     from ms_perception_training.data.sources import make_pool
-    from ms_perception_training.data.loader import make_batch, thermal_for
+    from ms_perception_training.data.loader import make_batch
 
     from ms_perception.core.inconsistency import categorical_entropy, segmentation_inconsistency
     cfg = active.load_active_config(EXP / "active_segmentation_smoke.yaml")
@@ -457,7 +456,7 @@ def test_segmentation_active_loop_scores_pixels_with_the_runtime_and_tracks_miou
     got = active.score_pool(model, mcfg, pool, [1, 4], "inconsistency")
     ent = active.score_pool(model, mcfg, pool, [1, 4], "entropy")
     b = make_batch(pool, [1, 4], mcfg, augment=False)
-    out = model(b.visible, thermal_for(mcfg, b.thermal))
+    out = model(*model.inputs(b.visible, b.thermal))
     sm = {n: torch.softmax(out.branches[n].mask_logits, 1).detach().numpy() for n in ("visible", "thermal", "fused")}
     for j in range(2):
         assert got[j] == pytest.approx(segmentation_inconsistency(sm["visible"][j], sm["thermal"][j]).score, rel=1e-9)
@@ -511,7 +510,7 @@ def test_active_scores_of_an_ssd_model_use_the_exported_models_softmax_scores():
     from ms_perception_training.data.sources import DataConfig, make_pool
     from ms_perception_training.export.onnx_export import ExportWrapper
     from ms_perception_training.models.config import load_model_config
-    from ms_perception_training.models.heads import anchors_per_level
+    from ms_perception_training.models.multispectral import anchors_per_level
     from ms_perception_training.models.build import build_model
 
     from ms_perception.core.inconsistency import binary_entropy, detection_inconsistency

@@ -12,7 +12,7 @@ from ms_perception_training.models.backbones import ResNet  # noqa: E402
 from ms_perception_training.models.build import anchor_levels, build_model  # noqa: E402
 from ms_perception_training.models.config import AnchorConfig, load_model_config  # noqa: E402
 from ms_perception_training.models.fusion import GAFF  # noqa: E402
-from ms_perception_training.models.heads import RetinaHead  # noqa: E402
+from ms_perception_training.models.multispectral import RetinaHead  # noqa: E402
 from ms_perception_training.models.multispectral import (  # noqa: E402
     DecisionFusion,
     DetectionBranch,
@@ -21,7 +21,7 @@ from ms_perception_training.models.multispectral import (  # noqa: E402
     OneStream,
     TwoStream,
 )
-from ms_perception_training.models.necks import FPN  # noqa: E402
+from ms_perception_training.models.backbones import FPN  # noqa: E402
 from ms_perception_training.objectives import Objective  # noqa: E402
 from torch import nn  # noqa: E402
 

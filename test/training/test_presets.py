@@ -7,7 +7,7 @@ import torch
 from ms_perception_training.config import ConfigError
 from ms_perception_training.models.bn_fold import fold_batchnorm
 from ms_perception_training.models.config import ModelConfig, load_model_config
-from ms_perception_training.models.heads import flatten_levels
+from ms_perception_training.models.multispectral import flatten_levels
 from ms_perception_training.models.info import count_macs, count_params
 from ms_perception_training.models.build import build_model
 

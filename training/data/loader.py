@@ -145,18 +145,6 @@ def train_loader(pool, mcfg, sampler, start: int, total: int, seed: int, mixup_p
     # thread, and cv2.setNumThreads in a forked worker deadlocks on the parent's pool (measured)
 
 
-def thermal_for(mcfg, thermal: torch.Tensor) -> torch.Tensor | None:
-    """The thermal input a model expects: None for RGB-only models, bilinearly downsampled for a
-    low-resolution thermal input (MD student), else as is."""
-    if not mcfg.uses_thermal:
-        return None
-    lf = mcfg.input.linear_factor
-    hw = (thermal.shape[-2] // lf, thermal.shape[-1] // lf)
-    if tuple(thermal.shape[-2:]) != hw:
-        thermal = F.interpolate(thermal, size=hw, mode="bilinear", align_corners=False)
-    return thermal
-
-
 def rescale_batch(b: Batch, size_hw: tuple[int, int]) -> Batch:
     """Multi-scale training: resize the batch's images (bilinear), label maps (nearest) and boxes."""
     H, W = b.visible.shape[-2:]

@@ -23,12 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ms_perception_training.boxes import decode_boxes_torch  # noqa: F401 (re-exported)
+from ms_perception_training.assign import decode_boxes_torch  # noqa: F401 (re-exported)
 from ms_perception.core import jsonio
 from ms_perception_training.models.bn_fold import fold_batchnorm
 from ms_perception_training.models.config import ModelConfig
-from ms_perception_training.models.heads import flatten_levels
-from ms_perception_training.models.multispectral import MultispectralModel
+from ms_perception_training.models.multispectral import MultispectralModel, flatten_levels
 from torch import nn
 
 from ms_perception.core.anchors import BoxCoder, grid_anchors

@@ -1,2 +1,2 @@
-"""Losses (METHODS.md §1, §4): focal, balanced L1, Dice, cross-entropy with ignore."""
-from ms_perception_training.losses.detection import balanced_l1_loss, dice_loss, sigmoid_focal_loss, smooth_l1_loss  # noqa: F401
+"""Distillation and auxiliary losses (``distill.py``); the task losses live with the objective
+(``ms_perception_training.objectives``)."""

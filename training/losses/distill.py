@@ -4,15 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from ms_perception_training.losses.detection import smooth_l1_loss
-
-
-def cross_entropy_ignore(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
-    """Pixel/anchor cross-entropy averaged over the non-ignored targets (0 if all are ignored)."""
-    valid = target != ignore_index
-    if not valid.any():
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits, target, ignore_index=ignore_index)
+from ms_perception_training.objectives import cross_entropy_ignore, smooth_l1_loss  # noqa: F401 (re-exported)
 
 
 def mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

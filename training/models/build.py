@@ -11,22 +11,24 @@ the decision fusion; every check of the config is here, with the key to fix in t
 from __future__ import annotations
 
 from ms_perception_training.config import ConfigError
-from ms_perception_training.models.backbones import build_backbone, load_torchvision_weights
+from ms_perception_training.models.backbones import FPN, PAFPN, SSDNeck, build_backbone, load_torchvision_weights
 from ms_perception_training.models.config import AnchorConfig, ModelConfig
 from ms_perception_training.models.fusion import CFL, CFR, GAFF, MAF, PSFuse, SimpleFusion
-from ms_perception_training.models.heads import Conv1x1SegHead, PSPHead, RetinaHead, SSDHead
 from ms_perception_training.models.multispectral import (
     AllLevels,
+    Conv1x1SegHead,
     DecisionFusion,
     DetectionBranch,
     Halfway,
     MultispectralModel,
     OneStream,
+    PSPHead,
+    RetinaHead,
     SegAux,
     SegmentationBranch,
+    SSDHead,
     TwoStream,
 )
-from ms_perception_training.models.necks import FPN, PAFPN, SSDNeck
 from torch import nn
 
 from ms_perception.core.anchors import AnchorLevel
@@ -109,7 +111,7 @@ def build_model(cfg: ModelConfig) -> MultispectralModel:
     model = MultispectralModel(
         encoder, heads, anchor_levels(cfg.head.anchors, out_strides) if cfg.task == "detection" else None,
         decision=decision, seg_aux=seg_aux, score_activation=activation, thermal_channels=tc,
-        input_hw=(cfg.input.height, cfg.input.width), name=cfg.name)
+        input_hw=(cfg.input.height, cfg.input.width), thermal_factor=cfg.input.linear_factor, name=cfg.name)
     model.cfg = cfg
     return model
 
