@@ -171,24 +171,8 @@ def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print, resume: boo
                 batch = rescale_batch(batch, (h, w))
             with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
                 parts = compute_losses(model, core, mcfg, distiller, dist_core, objective, batch)
-            loss = sum(parts.values())
-            if not torch.isfinite(loss):
-                bad = {k: float(v) for k, v in parts.items() if not math.isfinite(float(v))}
-                raise RuntimeError(f"loss became {float(loss)} at iteration {it} (non-finite parts: {bad}; all: "
-                                   f"{ {k: round(float(v), 4) for k, v in parts.items()} }); the last good "
-                                   f"checkpoint is {ckpt if ckpt.exists() else 'none (none written yet)'}. Lower "
-                                   "fit.lr, check the data, or turn off amp")
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                opt.step()
+            loss = finite_loss(parts, it, ckpt)
+            optimizer_step(loss, opt, scaler, params, cfg.grad_clip)
             value = d.mean_float(loss.item())      # .item() waits for the device: compute ends here
             compute += time.perf_counter() - t_compute
             images += batch.visible.shape[0] * d.world
@@ -198,13 +182,7 @@ def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print, resume: boo
                 logger.scalars(it, {"loss": value, "lr": lr, **{k: d.mean_float(float(v.detach())) for k, v in parts.items()}})
             last = it == cfg.iterations - 1
             if val_pool is not None and d.main and ((cfg.eval.every and (it + 1) % cfg.eval.every == 0) or last):
-                from ms_perception_training.evaluate import evaluate
-                r = evaluate(core, mcfg, val_pool, device=device)
-                evals.append({"iteration": it + 1, **r})
-                with open(out_dir / "eval_curve.jsonl", "a") as f:   # the learning curve, across resumes
-                    f.write(jsonio.dumps(evals[-1]) + "\n")
-                logger.scalars(it + 1, r, "eval")
-                log(f"eval at {it + 1}: {jsonio.dumps(r)}")
+                evals.append(evaluate_point(core, mcfg, val_pool, device, it + 1, out_dir, logger, log))
             stopping = stop_after is not None and it + 1 - start >= stop_after
             if d.main and ((it + 1) % cfg.checkpoint_every == 0 or last or stopping):
                 save_checkpoint(ckpt, core, opt, scaler, dist_core, it + 1, history, cfg, lineage_text)
@@ -234,6 +212,45 @@ def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print, resume: boo
         torch.distributed.barrier()
     return summary
 
+
+
+def finite_loss(parts: dict, it: int, ckpt: Path) -> torch.Tensor:
+    """The summed loss; a non-finite one stops the run, naming the parts and the last good checkpoint."""
+    loss = sum(parts.values())
+    if not torch.isfinite(loss):
+        bad = {k: float(v) for k, v in parts.items() if not math.isfinite(float(v))}
+        raise RuntimeError(f"loss became {float(loss)} at iteration {it} (non-finite parts: {bad}; all: "
+                           f"{ {k: round(float(v), 4) for k, v in parts.items()} }); the last good "
+                           f"checkpoint is {ckpt if ckpt.exists() else 'none (none written yet)'}. Lower "
+                           "fit.lr, check the data, or turn off amp")
+    return loss
+
+
+def optimizer_step(loss: torch.Tensor, opt, scaler, params: list, grad_clip: float) -> None:
+    """Backward, gradient clipping and the SGD step (through the GradScaler under AMP)."""
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        scaler.step(opt)
+        scaler.update()
+    else:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        opt.step()
+
+
+def evaluate_point(core, mcfg, val_pool, device: str, iteration: int, out_dir: Path, logger, log) -> dict:
+    """One point of the learning curve: held-out metrics, appended to ``eval_curve.jsonl`` (kept
+    across resumes), TensorBoard and the log."""
+    from ms_perception_training.evaluate import evaluate
+    r = {"iteration": iteration, **evaluate(core, mcfg, val_pool, device=device)}
+    with open(out_dir / "eval_curve.jsonl", "a") as f:
+        f.write(jsonio.dumps(r) + "\n")
+    logger.scalars(iteration, {k: v for k, v in r.items() if k != "iteration"}, "eval")
+    log(f"eval at {iteration}: {jsonio.dumps({k: v for k, v in r.items() if k != 'iteration'})}")
+    return r
 
 def read_curve(path: Path) -> list[dict]:
     """The held-out evaluations of a run (``eval_curve.jsonl``), one per iteration: a run resumed
