@@ -13,6 +13,9 @@ holds / not shown / reversed / not read (``ms_perception_training.evidence``).
         --iterations 20000 --eval-every 1000 --chunk 2000 --arms add_fusion visible_only thermal_only
     # 3. the claims table (markdown) from bench/results/evidence_<tag>_seed*.jsonl
     python bench/evidence.py summarize --tag gpu
+    # 4. miss rate vs FPPI of each arm's final model (one seed) on the test split, by subset
+    python bench/evidence.py curves --root /data/ms_evidence --tag gpu --seed 0 \
+        --arms add_fusion visible_only thermal_only --out bench/results/evidence_gpu_mr_fppi
 
 Teachers are trained before their students in each seed (a distillation arm waits for its
 teacher's run to finish), and a distillation claim is read only where the teacher beats the
@@ -112,6 +115,43 @@ def run_chunk(arm: str, seed: int, root: Path, iterations: int, eval_every: int,
             "converged": converged(curve, "all"), **(curve[-1] if curve else {})}
 
 
+def mr_fppi_curves(args) -> dict:
+    """Each arm's final checkpoint of one seed, evaluated on the benchmark's test split; writes
+    ``<out>_<subset>.png`` (miss rate vs FPPI, KAIST devkit axes) and returns {arm: {subset: MR %}}."""
+    import torch
+    from ms_perception_training.checkpoints import load_weights
+    from ms_perception_training.data.sources import DataConfig, open_one
+    from ms_perception_training.evaluate import _items, person_curves, predict_pool
+    from ms_perception_training.models.build import build_model
+
+    from ms_perception.metrics.plots import plot_miss_rate_curves
+    train_experiments.SCALE["input"] = {"width": args.input[0], "height": args.input[1]}
+    work = Path(args.work) / args.tag
+    per_subset: dict[str, dict] = {}
+    table = {}
+    for arm in args.arms:
+        ckpt = work / f"{arm}_s{args.seed}" / "last.pt"
+        if not ckpt.exists():
+            print(f"{arm}: no {ckpt}; train it first (evidence.py run)", file=sys.stderr)
+            continue
+        _, mcfg, _, _ = arm_configs(arm, work)
+        model = build_model(mcfg)
+        load_weights(model, str(ckpt))
+        pool = open_one(mcfg, DataConfig(type="kaist", root=str(args.root), split="test", thermal_dir="lwir16",
+                                         workers=0), split="test")
+        with torch.no_grad():
+            res = person_curves(_items(pool), predict_pool(model, mcfg, pool), mcfg.class_names)
+        table[arm] = {k: (None if r.miss_rate != r.miss_rate else round(100 * float(r.miss_rate), 2))
+                      for k, r in res.items()}           # None: no regular ground truth in that subset
+        for k, r in res.items():
+            per_subset.setdefault(k, {})[arm] = r
+    for k, arms in per_subset.items():
+        path = plot_miss_rate_curves(arms, f"{args.out}_{k}.png", f"{args.tag} seed {args.seed}: {k}")
+        print(f"wrote {path}")
+    print(jsonio.dumps(table))
+    return table
+
+
 def run(args) -> int:
     # every arm's model input (the presets' own anchors suit 640x512; train_experiments' scale: 256x192)
     train_experiments.SCALE["input"] = {"width": args.input[0], "height": args.input[1]}
@@ -198,6 +238,14 @@ def main() -> int:
     r.add_argument("--workers", type=int, default=2)
     r.add_argument("--input", type=_size, default=(256, 192), help="model input WxH of every arm (default 256x192)")
     r.add_argument("--work", default="/tmp/ms_perception_evidence")
+    c = sub.add_parser("curves")
+    c.add_argument("--root", required=True)
+    c.add_argument("--tag", required=True)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--arms", nargs="+", default=["add_fusion", "visible_only", "thermal_only"], choices=list(ARMS))
+    c.add_argument("--input", type=_size, default=(256, 192))
+    c.add_argument("--work", default="/tmp/ms_perception_evidence")
+    c.add_argument("--out", required=True, help="PNG path prefix: <out>_all.png, <out>_day.png, <out>_night.png")
     s = sub.add_parser("summarize")
     s.add_argument("--tag", required=True)
     s.add_argument("--min-seeds", type=int, default=3)
@@ -207,6 +255,8 @@ def main() -> int:
         return make_dataset(Path(args.root), args.pairs, args.size, args.seed)
     if args.cmd == "run":
         return run(args)
+    if args.cmd == "curves":
+        return 0 if mr_fppi_curves(args) else 1
     print(summarize(args.tag, args.min_seeds))
     if args.plot:
         from ms_perception.metrics.plots import plot_learning_curves

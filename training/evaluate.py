@@ -91,22 +91,28 @@ def _pct(x):
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(100 * float(x), 2)
 
 
+def person_curves(pool, preds, class_names: list[str]) -> dict:
+    """KAIST reasonable person miss rate of every subset (all/day/night) with its MR-FPPI curve
+    (``MissRateResult``), at the rig's resolution (height floor 55 px at 512 rows)."""
+    from ms_perception.metrics.kaist import person_miss_rates
+    rig_h, rig_w = pool[0].letterbox.src_hw
+    pid = class_names.index("person")
+    images = []
+    for it, d in zip(pool, preds):
+        sel = it.labels == pid
+        ds = d.labels == pid if len(d) else np.zeros(0, bool)
+        rb = it.letterbox.boxes_to_image(d.boxes[ds]) if len(d) else np.zeros((0, 4), np.float32)
+        images.append((it.rig_boxes[sel], it.occlusion[sel], it.condition, rb,
+                       d.scores[ds] if len(d) else np.zeros(0), it.ignore[sel]))
+    return person_miss_rates(images, (rig_h, rig_w), height_floor=55.0 * rig_h / 512)
+
+
 def detection_scores(pool, preds, class_names: list[str]) -> dict:
     from ms_perception.metrics.coco import coco_eval
-    from ms_perception.metrics.kaist import person_miss_rates
     out = {}
     rig_h, rig_w = pool[0].letterbox.src_hw
     if "person" in class_names:
-        pid = class_names.index("person")
-        images = []
-        for it, d in zip(pool, preds):
-            sel = it.labels == pid
-            ds = d.labels == pid if len(d) else np.zeros(0, bool)
-            rb = it.letterbox.boxes_to_image(d.boxes[ds]) if len(d) else np.zeros((0, 4), np.float32)
-            images.append((it.rig_boxes[sel], it.occlusion[sel], it.condition, rb,
-                           d.scores[ds] if len(d) else np.zeros(0), it.ignore[sel]))
-        res = person_miss_rates(images, (rig_h, rig_w), height_floor=55.0 * rig_h / 512)
-        out["miss_rate"] = {k: _pct(r.miss_rate) for k, r in res.items()}
+        out["miss_rate"] = {k: _pct(r.miss_rate) for k, r in person_curves(pool, preds, class_names).items()}
     images, anns, results = [], [], []
     for i, (it, d) in enumerate(zip(pool, preds)):
         images.append({"id": i, "width": rig_w, "height": rig_h})

@@ -75,3 +75,12 @@ def test_driver_trains_in_resumable_chunks_on_a_kaist_folder(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 0
     assert "| add_fusion | 0 | 4 |" in table and "fusion beats visible-only at night" in table
     assert "visible_only has 0 seed(s), needs 1" in table
+    # the MR-FPPI curves re-evaluate the final checkpoint on the same test split: the same miss rates
+    # as the run's last evaluation, recomputed from the saved weights (a wrong checkpoint, split or
+    # model config would not reproduce them)
+    out = call("curves", "--root", str(root), "--tag", "t", "--seed", "0", "--arms", "add_fusion", "--input",
+               "128x96", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "mr"))
+    got = json.loads(out.strip().splitlines()[-1])["add_fusion"]
+    for k, v in row["miss_rate"].items():
+        assert (got[k] is None and v is None) or abs(got[k] - v) < 0.01, (k, got, row["miss_rate"])
+    assert (tmp_path / "mr_all.png").stat().st_size > 0 and (tmp_path / "mr_night.png").stat().st_size > 0
