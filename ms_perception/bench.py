@@ -32,8 +32,12 @@ PRESETS = {"teacher": "gaff_r18_retinanet.yaml", "student": "md_student_r18_reti
            "paper_teacher": "md_paper_gaff_teacher_r18_retinanet.yaml",
            "paper_student": "md_paper_student_r18_retinanet.yaml",
            "three_branch": "gaff_three_branch_r18_retinanet.yaml"}
-ROLES = tuple(PRESETS) + ("default",)
+ROLES = tuple(PRESETS) + ("default", "default_demo_rig")
 STUDENTS = ("student", "paper_student", "default")
+# the embedded default model also on the rig it ships with (the demo's: visible 640x512, thermal
+# 320x256, 4x fewer thermal pixels); the "default" role gives it a thermal camera as large as the
+# visible one (its card's thermal input equals its visible input), the heavier case
+RIG_THERMAL_FACTOR = {"default_demo_rig": 4}
 
 
 class BenchError(RuntimeError):
@@ -137,16 +141,18 @@ class Peer:
         return (time.perf_counter() - t0) * 1e3
 
 
-def _frames(card, size_wh: tuple[int, int], seed: int) -> tuple[Frame, Frame | None]:
+def _frames(card, size_wh: tuple[int, int], seed: int, factor: int | None = None) -> tuple[Frame, Frame | None]:
     """A realistic pair: visible rgb8 at ``size_wh``, thermal mono16 at the model's thermal grid
     scaled to the camera (the MD student's camera really has fewer pixels); no thermal frame for a
-    visible-only model (the RGB-only student)."""
+    visible-only model (the RGB-only student). ``factor``: the thermal camera's pixel factor below
+    the visible one when the rig is known (default: the card's visible / thermal input areas)."""
     from ms_perception.synth.generator import SynthConfig, SyntheticGenerator
     w, h = size_wh
-    factor = 1
-    if card.thermal_hw is not None:
-        factor = max(1, round((card.visible_hw[0] * card.visible_hw[1]) / (card.thermal_hw[0] * card.thermal_hw[1])))
-        factor = min((1, 4, 16, 64), key=lambda f: abs(f - factor))
+    if factor is None:
+        factor = 1
+        if card.thermal_hw is not None:
+            area = (card.visible_hw[0] * card.visible_hw[1]) / (card.thermal_hw[0] * card.thermal_hw[1])
+            factor = min((1, 4, 16, 64), key=lambda f: abs(f - max(1, round(area))))
     sp = next(iter(SyntheticGenerator(SynthConfig(width=w, height=h, thermal_factor=factor), seed).pairs(1)))
     vis = Frame(sp.visible, sp.stamp_visible_ns, "rgb8", "visible")
     return vis, (Frame(sp.thermal_raw, sp.stamp_thermal_ns, "mono16", "thermal") if card.uses_thermal else None)
@@ -168,12 +174,14 @@ def run_bench(models: dict[str, Path], size_wh=(640, 512), iterations: int = 20,
     missing = {"teacher", "student"} - set(models)
     if missing:
         raise BenchError(f"bench needs a teacher and a student model; missing {sorted(missing)}")
+    if "default" in models and "default_demo_rig" not in models:
+        models = {**models, "default_demo_rig": models["default"]}
     roles = [r for r in ROLES if r in models]
     for role in roles:
         path = models[role]
         engine = create_engine(backend, path, threads=threads) if backend.startswith("onnxruntime") \
             else create_engine(backend, path)
-        vis, th = _frames(engine.card, size_wh, seed)
+        vis, th = _frames(engine.card, size_wh, seed, RIG_THERMAL_FACTOR.get(role))
         cfg = PipelineConfig(assume_same_fov=True)
         runs[role] = {"engine": engine, "pipe": Pipeline(engine, cfg), "vis": vis, "th": th,
                       "pairer": ApproximateTimePairer(0.05, 10), "engine_ms": [], "pipeline_ms": [],
@@ -344,7 +352,7 @@ def print_report(r: dict) -> None:
         stages = ", ".join(f"{k} {v:.2f}" for k, v in m["stages_ms"].items())
         cam = (f"thermal camera {m['thermal_camera_hw'][1]}x{m['thermal_camera_hw'][0]}" if m["thermal_camera_hw"]
                else "visible only")
-        print(f"  {role:<12} {m['model']:<28} engine {m['engine_ms']:8.2f} ms   pipeline overhead "
+        print(f"  {role:<16} {m['model']:<28} engine {m['engine_ms']:8.2f} ms   pipeline overhead "
               f"{m['overhead_ms']:6.2f} ms ({stages}; {cam})")
         if m.get("invalid_output_runs"):
             print(f"  warning: {role}: {m['invalid_output_runs']} run(s) gave non-finite or out-of-range outputs "

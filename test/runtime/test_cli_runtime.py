@@ -133,6 +133,11 @@ def test_bench_times_peers_and_the_paper_pair_side_by_side(tmp_path):
     assert r["paper_student_teacher_ratio"] == pytest.approx(
         r["paper_student"]["engine_ms"] / r["paper_teacher"]["engine_ms"], rel=1e-3)
     assert "default" in r["overhead_ratio_by_model"]
+    # the default model also on its demo rig: a thermal camera with 4x fewer pixels than the visible
+    # one (here 160x128 under 320x256), while the "default" role's thermal camera matches the visible one
+    assert r["default"]["thermal_camera_hw"] == [256, 320]
+    assert r["default_demo_rig"]["thermal_camera_hw"] == [128, 160]
+    assert "default_demo_rig" in r["overhead_ratio_by_model"]
     # a model whose input has a free dimension bench cannot choose gets one line naming it
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
