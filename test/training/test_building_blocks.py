@@ -1,5 +1,6 @@
 """Backbones, weight loading, necks/heads, anchors and box coding, BatchNorm folding."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from ms_perception_training.export.onnx_export import decode_boxes_torch
 from ms_perception_training.models.backbones import CEM, FPN, PAFPN, VGG16, ResNet, inflate_first_conv, load_torchvision_weights
-from ms_perception_training.models.bn_fold import fold_batchnorm
+from ms_perception_training.models.bn_fold import fold_batchnorm, fold_thermal_repeat
 from ms_perception_training.models.multispectral import PRIOR_PROB, RetinaHead, flatten_levels
 from ms_perception_training.models.layers import AdaptiveAvgPoolMatmul
 
@@ -166,3 +167,54 @@ def test_bn_fold_keeps_outputs():
 
 def test_clip_constant():
     assert BoxCoder().clip == pytest.approx(math.log(1000 / 16))
+
+
+def _tiny(name: str, seed: int = 0):
+    from ms_perception_training.models.build import build_model
+    from ms_perception_training.models.config import load_model_config
+    torch.manual_seed(seed)
+    return build_model(load_model_config(Path(__file__).resolve().parents[2] / "config/models/tiny" / f"{name}.yaml")).eval()
+
+
+def test_thermal_repeat_fold_sums_the_three_thermal_kernels():
+    """Image-level input [R, G, B, t, t, t]: kernels 0.1, 0.2, 0.3 on the thermal copies become one
+    kernel 0.6 on t; the RGB kernels are untouched; a constant image gives the same response."""
+    model = _tiny("image_r18_retinanet")
+    conv = model.encoder.backbone.conv1
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[:, 0] = 1.0
+        conv.weight[:, 3], conv.weight[:, 4], conv.weight[:, 5] = 0.1, 0.2, 0.3
+    v, t = torch.full((1, 3, 16, 16), 2.0), torch.full((1, 1, 16, 16), 10.0)
+    before = conv(torch.cat([v, model.prepare_thermal(t, (16, 16))], 1))
+    assert fold_thermal_repeat(model) == 1
+    assert conv.in_channels == 4 and conv.weight.shape[1] == 4 and model.thermal_channels == 1
+    assert torch.allclose(conv.weight[:, 3], torch.full_like(conv.weight[:, 3], 0.6))
+    assert torch.equal(conv.weight[:, 0], torch.ones_like(conv.weight[:, 0]))
+    after = conv(torch.cat([v, model.prepare_thermal(t, (16, 16))], 1))
+    # centre pixel: 49 taps x (1.0 x 2 + 0.6 x 10) = 392, before and after; borders see zeros in all copies
+    assert after[0, 0, 4, 4].item() == pytest.approx(392.0, rel=1e-6)
+    assert torch.allclose(before, after, rtol=1e-6, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["md_paper_student_r18_retinanet", "gaff_three_branch_r18_retinanet",
+                                  "halfway_avg_vgg16_fssd", "decision_r18_retinanet"])
+def test_thermal_repeat_fold_keeps_the_outputs(name):
+    model = _tiny(name, seed=1)
+    h, w = model.input_hw
+    g = torch.Generator().manual_seed(0)
+    v, t = torch.randn(1, 3, h, w, generator=g), torch.randn(1, 1, h, w, generator=g)
+    with torch.no_grad():
+        ref = model(v, t)
+        assert fold_thermal_repeat(model) >= 1
+        got = model(v, t)
+    for b in ref.branches:
+        for a, c in zip(ref.branches[b].cls_logits, got.branches[b].cls_logits):
+            assert torch.allclose(a, c, atol=1e-4), b
+
+
+def test_thermal_repeat_fold_leaves_visible_only_and_one_channel_models():
+    assert fold_thermal_repeat(_tiny("md_student_no_thermal_r18_retinanet")) == 0
+    model = _tiny("image_r18_retinanet")
+    fold_thermal_repeat(model)
+    assert fold_thermal_repeat(model) == 0     # already folded: nothing repeats

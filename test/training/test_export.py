@@ -223,3 +223,21 @@ def test_bench_runs_a_visible_only_student(tmp_path):
                   warmup=1)
     assert r["student"]["thermal_hw"] is None and r["student"]["thermal_camera_hw"] is None
     assert r["student"]["engine_ms"] > 0 and r["student_teacher_ratio"] > 0
+
+
+def test_export_feeds_the_thermal_image_once(tmp_path):
+    """The repeated gray thermal channels are folded into the first conv (bn_fold.fold_thermal_repeat):
+    the image-level student's first conv takes 4 channels, not 6, the GAFF teacher's thermal stem 1,
+    and parity (checked by export against the unfolded model) holds."""
+    import onnx
+    for name, first in (("md_paper_student_r18_retinanet", {3: 0, 4: 1, 6: 0}),
+                        ("md_paper_gaff_teacher_r18_retinanet", {1: 1, 3: 1})):
+        _, model = _model(name)
+        res = export_onnx(model, tmp_path / f"{name}.onnx")
+        assert max(res.parity_max_abs.values()) < BOX_TOL_PX
+        m = onnx.load(str(tmp_path / f"{name}.onnx"))
+        stems = [i.dims[1] for i in m.graph.initializer if len(i.dims) == 4 and list(i.dims[2:]) == [7, 7]]
+        assert {c: stems.count(c) for c in first} == first, (name, stems)
+        assert "Tile" not in {n.op_type for n in m.graph.node}
+        unfolded = export_onnx(model, tmp_path / "unfolded.onnx", fold_thermal=False)
+        assert max(unfolded.parity_max_abs.values()) < BOX_TOL_PX

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from ms_perception_training.assign import decode_boxes_torch  # noqa: F401 (re-exported)
 from ms_perception.core import jsonio
-from ms_perception_training.models.bn_fold import fold_batchnorm
+from ms_perception_training.models.bn_fold import fold_batchnorm, fold_thermal_repeat
 from ms_perception_training.models.config import ModelConfig
 from ms_perception_training.models.multispectral import MultispectralModel, flatten_levels
 from torch import nn
@@ -146,12 +146,17 @@ def build_card(cfg: ModelConfig, wrapper: ExportWrapper, outputs: list[torch.Ten
 def export_onnx(model: MultispectralModel, out: str | Path, *, uint8_input: bool = True, decode: bool = True,
                 batch: int = 1, dynamic_batch: bool = False, fold_bn: bool = True, opset: int = OPSET,
                 check_parity: bool = True, notes: str = "", lineage: dict | None = None,
-                in_graph_inconsistency: bool = True) -> ExportResult:
+                in_graph_inconsistency: bool = True, fold_thermal: bool = True) -> ExportResult:
     """Export ``model`` to ``out`` (written atomically) and return the card and checks. A three-branch
-    detector also gets the in-graph inconsistency means (graph_edits.add_inconsistency_output)."""
+    detector also gets the in-graph inconsistency means (graph_edits.add_inconsistency_output).
+    ``fold_thermal``: a thermal image repeated to 3 channels enters the first conv once, with the
+    kernels summed (bn_fold.fold_thermal_repeat); parity is checked against the unfolded model."""
     cfg = model.cfg
     model = copy.deepcopy(model).eval()
     folded = fold_batchnorm(model) if fold_bn else 0
+    unfolded = copy.deepcopy(model) if fold_thermal and check_parity else model
+    if fold_thermal:
+        fold_thermal_repeat(model)
     v, t = _dummy_inputs(cfg, batch, uint8_input)
     anchors, level_sizes, levels = None, [], []
     if cfg.task == "detection":
@@ -202,7 +207,8 @@ def export_onnx(model: MultispectralModel, out: str | Path, *, uint8_input: bool
     wrapper.eval()  # the exporter restores the wrapper's previous mode; make sure it is eval
     parity = {}
     if check_parity:
-        parity = onnx_parity(out, wrapper, v, t, in_names, out_names)
+        reference = wrapper if unfolded is model else ExportWrapper(unfolded, uint8_input, decode, anchors).eval()
+        parity = onnx_parity(out, reference, v, t, in_names, out_names)
         if card.output(INCONSISTENCY_OUTPUT) is not None:   # the graph's means vs the numpy definition
             parity[INCONSISTENCY_OUTPUT] = inconsistency_parity(out, card, v, t, in_names)
     return ExportResult(out, card, parity, unsupported, folded)
