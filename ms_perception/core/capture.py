@@ -29,6 +29,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,7 +167,9 @@ class CaptureRecord:
     thermal: np.ndarray | None          # native resolution, as received (uint16 kept lossless)
     thermal_encoding: str = ""
     thermal_stamp_ns: int | None = None
-    predictions: dict = field(default_factory=dict)   # all branch predictions
+    # all branch predictions; or a function that makes them, which the writer thread calls (the
+    # pipeline defers the per-anchor entropy and the lists, so a captured frame costs its thread little)
+    predictions: dict | Callable[[], dict] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     mask: np.ndarray | None = None      # segmentation models: (H, W) uint8 class ids at the visible size
 
@@ -302,9 +305,10 @@ class CaptureWriter:
                 "thermal_stamp_ns": rec.thermal_stamp_ns, "thermal_encoding": rec.thermal_encoding,
                 "model_hash": self.model_hash, "visible_hw": list(rec.visible.shape[:2]),
                 "thermal_hw": list(rec.thermal.shape[:2]) if rec.thermal is not None else None,
-                "predictions": rec.predictions, "extra": rec.extra, "files": sorted(files),
+                "predictions": rec.predictions() if callable(rec.predictions) else rec.predictions,
+                "extra": rec.extra, "files": sorted(files),
                 "written_unix": time.time()}
-        files["record.json"] = jsonio.dumps(meta, indent=1).encode()
+        files["record.json"] = jsonio.dumps(meta).encode()   # compact: the C encoder, less time holding the GIL
         return files
 
     def _write(self, rec: CaptureRecord):

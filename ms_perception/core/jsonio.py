@@ -27,5 +27,22 @@ def clean(obj):
     return obj
 
 
+def _plain(o):
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.bool_):
+        return bool(o)
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    raise TypeError(f"{type(o).__name__} is not JSON serializable")
+
+
 def dumps(obj, **kw) -> str:
-    return json.dumps(clean(obj), allow_nan=False, **kw)
+    """Strict JSON of ``obj``. Fast path: the encoder itself, numpy values converted as met, which
+    raises on a non-finite number; only then the whole object is cleaned (non-finite -> null)."""
+    try:
+        return json.dumps(obj, allow_nan=False, default=_plain, **kw)
+    except (ValueError, TypeError):
+        return json.dumps(clean(obj), allow_nan=False, **kw)

@@ -208,18 +208,24 @@ class Pipeline:
 
     def _record(self, pair: FramePair, rgb: np.ndarray, res: Result, out: dict) -> CaptureRecord:
         """What a labeling round needs later: every branch's predictions, the image scores of both
-        selection strategies (inconsistency, fused-branch entropy), the classes and the registration."""
-        inc = res.inconsistency
-        seg = self.card.task != "detection"
-        if seg:
-            entropy = segmentation_entropy(out["probs"][0])
-        else:
-            entropy = detection_entropy(out["scores"][0], self.level_counts) if "scores" in out else None
-        preds = {"detections": res.detections.to_list(self.card.class_names),
-                 "branch_scores": {k: [round(float(x), 5) for x in v] for k, v in res.branch_scores.items()},
-                 "inconsistency": None if inc is None else {"score": inc.score, "per_level": inc.per_level,
-                                                            "per_class": inc.per_class},
-                 "entropy": entropy, "capture_reason": res.capture_reason}
+        selection strategies (inconsistency, fused-branch entropy), the classes and the registration.
+        The predictions are assembled on the writer's thread (``predictions``: a function): the
+        per-anchor entropy and the lists are not this frame's work."""
+        inc, seg = res.inconsistency, self.card.task != "detection"
+        fused = out["probs" if seg else "scores"][0] if ("probs" if seg else "scores") in out else None
+        det, branch_scores, reason = res.detections, dict(res.branch_scores), res.capture_reason
+        class_names, counts = list(self.card.class_names), self.level_counts
+
+        def predictions() -> dict:
+            if fused is None:
+                entropy = None
+            else:
+                entropy = segmentation_entropy(fused) if seg else detection_entropy(fused, counts)
+            return {"detections": det.to_list(class_names),
+                    "branch_scores": {k: [round(float(x), 5) for x in v] for k, v in branch_scores.items()},
+                    "inconsistency": None if inc is None else {"score": inc.score, "per_level": inc.per_level,
+                                                               "per_class": inc.per_class},
+                    "entropy": entropy, "capture_reason": reason}
         th = pair.thermal
         extra = {"model": self.card.name, "visible_frame_id": pair.visible.frame_id, "task": self.card.task,
                  "class_names": list(self.card.class_names)}
@@ -227,5 +233,5 @@ class Pipeline:
             m = self._thermal_to_visible(np.asarray(th.data).shape[:2], rgb.shape[:2])
             extra["homography_thermal_to_visible"] = [[float(v) for v in row] for row in np.asarray(m)]
         return CaptureRecord(pair.stamp_ns, float("nan") if inc is None else inc.score, rgb, None if th is None else np.asarray(th.data),
-                             "" if th is None else th.encoding, None if th is None else th.stamp_ns, preds, extra,
+                             "" if th is None else th.encoding, None if th is None else th.stamp_ns, predictions, extra,
                              mask=res.mask if seg else None)

@@ -223,3 +223,39 @@ def test_the_writer_thread_runs_at_a_lower_priority_than_the_pipeline(tmp_path):
     finally:
         w.close()
     assert w.stats.written == 1
+
+
+def test_pipeline_records_are_assembled_on_the_writer_thread_and_hold_the_frame_s_values(tmp_path):
+    """A captured frame costs the pipeline's thread only the decision: the record's predictions
+    (the fused branch's per-anchor entropy, the lists) are made by the writer thread, and they are
+    the values of that frame."""
+    import threading
+    from ms_perception.build import build_pipeline, default_model
+    from ms_perception.core.frames import Frame, FramePair
+    from ms_perception.core.inconsistency import detection_entropy
+    pipe = build_pipeline({"model_path": str(default_model()), "assume_same_fov": True, "capture_enabled": True,
+                           "capture_dir": str(tmp_path), "robot_id": "r", "capture_threshold": 0.0,
+                           "capture_min_interval_s": 0.0})
+    made_on, submitted = [], []
+    real_submit = pipe.writer.submit
+
+    def submit(rec):
+        submitted.append(callable(rec.predictions))
+        inner = rec.predictions
+        rec.predictions = lambda: (made_on.append(threading.current_thread().name), inner())[1]
+        return real_submit(rec)
+    pipe.writer.submit = submit
+    rng = np.random.default_rng(0)
+    pair = FramePair(Frame(rng.integers(0, 256, (128, 160, 3), dtype=np.uint8), 5 * S, "rgb8", "v"),
+                     Frame(rng.integers(0, 65535, (64, 80), dtype=np.uint16), 5 * S, "mono16", "t"))
+    res = pipe.process(pair)
+    assert res.captured
+    feeds, _, _ = pipe.preprocess(pair)
+    scores = pipe.engine.infer(feeds)["scores"][0]
+    pipe.writer.close()
+    assert submitted == [True] and made_on == ["ms_perception-capture"]
+    (rec_dir,) = [p for p in tmp_path.joinpath("r").iterdir() if p.is_dir()]
+    preds = json.loads((rec_dir / "record.json").read_text())["predictions"]
+    assert preds["entropy"] == pytest.approx(detection_entropy(scores, pipe.level_counts), rel=1e-6)
+    assert preds["detections"] == json.loads(json.dumps(res.detections.to_list(pipe.card.class_names)))
+    assert preds["inconsistency"]["score"] == pytest.approx(res.inconsistency.score)

@@ -208,6 +208,12 @@ def test_strict_json_everywhere():
     from ms_perception.core.jsonio import dumps
     assert json.loads(dumps({"a": float("nan"), "b": [np.float32(np.inf), np.int64(3)], "c": np.arange(2)})) == \
         {"a": None, "b": [None, 3], "c": [0, 1]}
+    # the fast path (the encoder converting numpy values as met) writes what the cleaned path writes
+    from ms_perception.core.jsonio import clean
+    doc = {"s": np.float32(0.25), "n": np.int32(-4), "b": np.bool_(True), "a": np.array([[1.5, 2.0]]), 7: (1, "x")}
+    assert dumps(doc) == json.dumps(clean(doc), allow_nan=False) == \
+        '{"s": 0.25, "n": -4, "b": true, "a": [[1.5, 2.0]], "7": [1, "x"]}'
+    assert dumps({"deep": [{"x": np.array([1.0, np.nan])}]}) == '{"deep": [{"x": [1.0, null]}]}'
     # every JSON the project writes goes through it (json.dumps writes NaN, which strict readers reject)
     root = Path(__file__).resolve().parents[2]
     direct = [f"{p.relative_to(root)}:{n}" for d in ("ms_perception", "training", "bench") for p in (root / d).rglob("*.py")
