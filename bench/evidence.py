@@ -24,6 +24,7 @@ student trained alone.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import subprocess
@@ -179,8 +180,10 @@ def run(args) -> int:
                 pending += 1
                 print(f"{arm} seed {seed}: chunk done, run again to continue", flush=True)
                 continue
-            with open(out, "a") as f:
+            with open(out, "a") as f:          # runs of other arms may append to the same file
+                fcntl.flock(f, fcntl.LOCK_EX)
                 f.write(jsonio.dumps(row) + "\n")
+                f.flush()
             done.add(arm)
             print(f"{arm} seed {seed}: done, miss rate {row.get('miss_rate')}, converged {row['converged']}",
                   flush=True)
