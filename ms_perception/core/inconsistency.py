@@ -127,7 +127,7 @@ def inconsistency_from_level_class(level_class: np.ndarray) -> InconsistencyScor
         return InconsistencyScore(0.0, [], [0.0] * (level_class.shape[1] if level_class.ndim == 2 else 0))
     per_level = level_class.mean(1)
     per_class = level_class.mean(0)
-    return InconsistencyScore(float(per_level.mean()), [float(x) for x in per_level], [float(x) for x in per_class])
+    return InconsistencyScore(float(per_level.mean()), per_level.tolist(), per_class.tolist())
 
 
 def segmentation_inconsistency(probs_v: np.ndarray, probs_t: np.ndarray, base: float = 2.0,

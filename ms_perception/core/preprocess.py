@@ -10,6 +10,8 @@ smaller than the visible grid for the MD student). Letterboxing keeps the aspect
 """
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,7 +177,8 @@ class SaturationMonitor:
                 low = float(((sub <= lo) | ~finite).mean())
                 high = float(((sub >= hi) & finite).mean())
             else:
-                low, high = float((sub <= lo).mean()), float((sub >= hi).mean())
+                n = sub.size
+                low, high = np.count_nonzero(sub <= lo) / n, np.count_nonzero(sub >= hi) / n
         if max(low, high) < self.fraction:
             self.run = 0
             return ""
@@ -271,15 +274,17 @@ class Letterbox:
         return cv2.copyMakeBorder(r, py, h - nh - py, px, w - nw - px, cv2.BORDER_CONSTANT, value=0)
 
     def boxes_to_image(self, boxes: np.ndarray) -> np.ndarray:
-        """(N, 4) xyxy in model pixels -> image pixels, clipped to the image."""
-        sx, sy = self.scale_xy
-        b = boxes.astype(np.float32).copy()
-        b[:, [0, 2]] = (b[:, [0, 2]] - self.pad[0]) / sx
-        b[:, [1, 3]] = (b[:, [1, 3]] - self.pad[1]) / sy
-        h0, w0 = self.src_hw
-        b[:, [0, 2]] = b[:, [0, 2]].clip(0, w0)
-        b[:, [1, 3]] = b[:, [1, 3]].clip(0, h0)
-        return b
+        """(N, 4) xyxy in model pixels -> image pixels, clipped to the image (float32 arithmetic)."""
+        off, scale, hi = self._box_terms
+        b = np.subtract(boxes, off, dtype=np.float32)
+        b /= scale
+        return np.clip(b, 0, hi, out=b)
+
+    @functools.cached_property
+    def _box_terms(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        (sx, sy), (px, py), (h0, w0) = self.scale_xy, self.pad, self.src_hw
+        return (np.array([px, py, px, py], np.float32), np.array([sx, sy, sx, sy], np.float32),
+                np.array([w0, h0, w0, h0], np.float32))
 
     def mask_to_image(self, mask: np.ndarray) -> np.ndarray:
         """(H, W) class-id map in model pixels -> (h0, w0) visible pixels (nearest)."""
@@ -343,6 +348,19 @@ def warp_thermal(unit: np.ndarray, thermal_to_visible: np.ndarray, letterbox: Le
     return _warp(unit, m, out_hw, cv2.INTER_LINEAR)
 
 
+@functools.lru_cache(maxsize=64)
+def _registration(thermal_to_visible: bytes, letterbox: Letterbox, out_hw: tuple[int, int],
+                  src_hw: tuple[int, int]) -> tuple[np.ndarray, bool]:
+    """Camera thermal pixel -> model thermal pixel (3x3, read-only), and whether it is the identity
+    on a same-size image; once per calibration, rig and model (the per-frame 3x3 arithmetic costs
+    more than the table look-up after the engine has run)."""
+    H, W = letterbox.dst_hw
+    m = np.diag([out_hw[1] / W, out_hw[0] / H, 1.0]) @ letterbox.matrix @ \
+        np.frombuffer(thermal_to_visible, np.float64).reshape(3, 3)
+    m.setflags(write=False)
+    return m, _is_identity(m) and tuple(src_hw) == tuple(out_hw)
+
+
 def thermal_input(frame: Frame, norm: ThermalNormalization, thermal_to_visible: np.ndarray, letterbox: Letterbox,
                   out_hw: tuple[int, int]) -> np.ndarray:
     """Thermal frame -> the model's 8-bit thermal input (``out_hw`` uint8), registered, in one warp.
@@ -355,13 +373,12 @@ def thermal_input(frame: Frame, norm: ThermalNormalization, thermal_to_visible: 
     only where a pixel's neighbours straddle the window's ends (windowing after the interpolation
     is what a camera with fewer pixels would see)."""
     a = _check(frame, "thermal", THERMAL_ENCODINGS)
-    H, W = letterbox.dst_hw
-    m = np.diag([out_hw[1] / W, out_hw[0] / H, 1.0]) @ letterbox.matrix @ thermal_to_visible
-    same = _is_identity(m) and a.shape[:2] == tuple(out_hw)
+    m, same = _registration(np.asarray(thermal_to_visible, np.float64).tobytes(), letterbox, tuple(out_hw),
+                            a.shape[:2])
     if frame.encoding == "mono8" or (norm.mode == "window" and a.dtype == np.uint16):
         # outside the camera's view: the count at the window's low end, which the table maps to 0, so
         # the pixels at the view's edge blend towards 0 as the float order blends towards 0.0
-        border = 0 if a.dtype == np.uint8 else float(np.clip(np.ceil(norm.raw_min), 0, 65535))
+        border = 0 if a.dtype == np.uint8 else float(min(max(math.ceil(norm.raw_min), 0), 65535))
         w = a if same else _warp(np.ascontiguousarray(a), m, out_hw, cv2.INTER_LINEAR, border)
         return np.ascontiguousarray(w) if a.dtype == np.uint8 else norm.lut16().take(w)
     unit = thermal_to_unit(frame, norm)

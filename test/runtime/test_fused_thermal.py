@@ -157,3 +157,26 @@ def test_whole_factor_shrink_takes_resize_and_equals_the_warp():
     assert not _integer_shrink(np.diag([0.5, 0.5, 1]), (48, 60), (24, 29))
     for m in (np.eye(3), np.eye(3) + 1e-9, np.eye(3) + 1e-4, rot, shifted):
         assert _is_identity(m) == np.allclose(m, np.eye(3))
+
+
+def test_registration_is_cached_per_calibration_not_served_stale():
+    """thermal_input composes camera -> model once per (calibration, letterbox, sizes): a new
+    homography (a recalibration at run time) gives its own warp, equal to the uncached order."""
+    from ms_perception.core.preprocess import _registration
+    rng = np.random.default_rng(3)
+    f = Frame(rng.integers(20000, 40000, (48, 60), dtype=np.uint16), 0, "mono16")
+    norm = ThermalNormalization(raw_min=20000, raw_max=40000)
+    lb = Letterbox.fit((96, 120), (48, 64))       # letterboxed: 2 px of padding left and right
+    shifted = np.array([[2.0, 0, 3.0], [0, 2.0, -2.0], [0, 0, 1]])
+    outs = []
+    for m in (np.diag([2.0, 2.0, 1.0]), shifted, np.diag([2.0, 2.0, 1.0])):
+        got = thermal_input(f, norm, m, lb, (48, 64))      # the second diag: from the cache
+        _registration.cache_clear()
+        np.testing.assert_array_equal(got, thermal_input(f, norm, m.copy(), lb, (48, 64)))
+        outs.append(got)
+    assert not np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
+    key = np.diag([2.0, 2.0, 1.0]).tobytes()
+    m, same = _registration(key, lb, (48, 64), (48, 60))
+    assert not m.flags.writeable and not same
+    # camera pixel (x 10, y 10) -> visible (20, 20) -> model (10 + 2 px padding on the left, 10)
+    assert (m @ [10, 10, 1]).tolist() == [12.0, 10.0, 1.0]
