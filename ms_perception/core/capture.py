@@ -147,7 +147,7 @@ class CapturePolicy:
         if hit and self.last_stamp_ns is not None and stamp_ns - self.last_stamp_ns < c.min_interval_s * 1e9:
             hit, reason = False, "min_interval"
         thumb = None
-        if hit and visible_rgb is not None:
+        if hit and visible_rgb is not None and c.duplicate_threshold > 0:   # 0: the check is off (~1 ms saved)
             thumb = self.thumbnail(visible_rgb)
             if self.last_thumb is not None and float(np.abs(thumb - self.last_thumb).mean()) < c.duplicate_threshold:
                 hit, reason = False, "near_duplicate"
