@@ -111,11 +111,6 @@ class CapturePolicy:
     def _count(self, reason: str) -> None:
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
 
-    @staticmethod
-    def thumbnail(rgb: np.ndarray) -> np.ndarray:
-        g = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb.ndim == 3 else rgb
-        return cv2.resize(g, (32, 24), interpolation=cv2.INTER_AREA).astype(np.float32)
-
     def decide(self, stamp_ns: int, score: float | None, visible_rgb: np.ndarray | None = None) -> tuple[bool, str]:
         """Whether to record this pair. ``score`` None: the model has no inconsistency (only FORCE records)."""
         c = self.cfg
@@ -148,7 +143,7 @@ class CapturePolicy:
             hit, reason = False, "min_interval"
         thumb = None
         if hit and visible_rgb is not None and c.duplicate_threshold > 0:   # 0: the check is off (~1 ms saved)
-            thumb = self.thumbnail(visible_rgb)
+            thumb = gray_thumbnail(visible_rgb)
             if self.last_thumb is not None and float(np.abs(thumb - self.last_thumb).mean()) < c.duplicate_threshold:
                 hit, reason = False, "near_duplicate"
         if hit:
@@ -157,6 +152,27 @@ class CapturePolicy:
                 self.last_thumb = thumb
         self._count(reason)
         return hit, reason
+
+
+THUMB_W, THUMB_H = 32, 24
+
+
+def area_thumbnail(image: np.ndarray) -> np.ndarray:
+    """The mean of each of the 32x24 cells of a float32 (H, W) image (OpenCV's area weights): the width
+    first, then the height. Area weights are separable, so this is the one-pass resize to ~1e-5; the
+    one-pass resize of 512 rows to 24 (a ratio of 21.33) took 1 ms on the robot's CPU, this 0.1 ms."""
+    h, w = image.shape[:2]
+    if h < THUMB_H or w < THUMB_W:       # enlarging: the area rule is not a mean of cells there
+        return cv2.resize(image, (THUMB_W, THUMB_H), interpolation=cv2.INTER_AREA)
+    a = cv2.resize(image, (THUMB_W, h), interpolation=cv2.INTER_AREA)
+    return cv2.resize(a, (THUMB_W, THUMB_H), interpolation=cv2.INTER_AREA)
+
+
+def gray_thumbnail(rgb: np.ndarray) -> np.ndarray:
+    """32x24 gray thumbnail, float32 0-255: the near-duplicate check of the capture policy and of the
+    fleet pool (one definition, so a pool compares thumbnails made the same way)."""
+    g = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb.ndim == 3 else rgb
+    return area_thumbnail(np.asarray(g, np.float32))
 
 
 @dataclass

@@ -44,7 +44,7 @@ import cv2
 import numpy as np
 
 from ms_perception.core import selection
-from ms_perception.core.capture import CAPTURE_FORMAT, MANIFEST, sanitize_id
+from ms_perception.core.capture import CAPTURE_FORMAT, MANIFEST, area_thumbnail, gray_thumbnail, sanitize_id
 
 POOL_FORMAT = 1
 DB_NAME = "pool.sqlite"
@@ -103,12 +103,6 @@ class MergeReport:
 # ----------------------------------------------------------------------------- thumbnails
 
 
-def gray_thumbnail(rgb: np.ndarray) -> np.ndarray:
-    """32x24 gray thumbnail, float32 0-255 (the capture policy's)."""
-    g = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb.ndim == 3 else rgb
-    return cv2.resize(g, (32, 24), interpolation=cv2.INTER_AREA).astype(np.float32)
-
-
 def thermal_thumbnail(thermal: np.ndarray) -> np.ndarray:
     """32x24 thumbnail of a thermal image of any depth, stretched to 0-255 (NaN as the minimum)."""
     t = np.asarray(thermal, np.float32)
@@ -119,7 +113,7 @@ def thermal_thumbnail(thermal: np.ndarray) -> np.ndarray:
         return np.zeros((24, 32), np.float32)
     lo, hi = float(t[finite].min()), float(t[finite].max())
     t = np.where(finite, t, lo)
-    small = cv2.resize(t, (32, 24), interpolation=cv2.INTER_AREA)
+    small = area_thumbnail(t)
     return ((small - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(small)).astype(np.float32)
 
 

@@ -27,6 +27,28 @@ def test_policy_threshold_interval_and_duplicates():
     assert p.reasons == {"below_threshold": 1, "captured": 2, "min_interval": 1, "near_duplicate": 1}
 
 
+def test_thumbnail_is_the_mean_of_each_cell_with_area_weights():
+    # 48x64 -> 24x32: each cell is a 2x2 block, its mean by hand
+    img = np.arange(48 * 64, dtype=np.float32).reshape(48, 64) % 251
+    want = img.reshape(24, 2, 32, 2).mean(axis=(1, 3))
+    assert np.allclose(cap.gray_thumbnail(img.astype(np.uint8)), want, atol=1e-4)
+    # 512 rows -> 24 cells of 21 1/3 rows: cell 0 holds rows 0..20 whole and a third of row 21;
+    # with a row's value = its index, its mean is (0+...+20 + 21/3) / (21 1/3) = 217 / 21.333 = 10.171875
+    rows = np.repeat(np.arange(512, dtype=np.float32)[:, None], 640, 1) % 256
+    t = cap.gray_thumbnail(rows.astype(np.uint8))
+    assert t.shape == (24, 32) and t.dtype == np.float32
+    assert abs(float(t[0, 0]) - 10.171875) < 1e-3 and np.ptp(t[0]) < 1e-4
+    # the two passes are OpenCV's one-pass area resize (which took 1 ms at 512 rows), and an RGB
+    # frame goes through the gray conversion first
+    rgb = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 256, (512, 640, 3), dtype=np.uint8), (0, 0), 3)
+    g = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    one_pass = cv2.resize(g, (32, 24), interpolation=cv2.INTER_AREA)
+    assert np.abs(cap.gray_thumbnail(rgb) - one_pass).max() < 1e-3
+    # a frame smaller than the thumbnail is enlarged as before
+    small = np.full((10, 12), 7, np.uint8)
+    assert np.allclose(cap.gray_thumbnail(small), 7.0)
+
+
 def test_policy_top_fraction_and_smoothing():
     p = CapturePolicy(CapturePolicyConfig(mode="top_fraction", top_fraction=0.1, window=20, min_interval_s=0,
                                           duplicate_threshold=0))
