@@ -111,10 +111,17 @@ def _count(into: dict, stamp_ns: int, reason: str) -> None:
 def replay_bag(bag: str | Path, pipeline: Pipeline, visible_topic: str, thermal_topic: str | None,
                slop_s: float = 0.05, queue_size: int = 10,
                on_result: Callable[[FramePair, Result], None] | None = None,
-               keep: Callable[[int], bool] | bool = False, reader_thread: bool = True) -> tuple[ReplaySummary, list]:
+               keep: Callable[[int], bool] | bool = False, reader_thread: bool = True,
+               camera_fps: float | None = None) -> tuple[ReplaySummary, list]:
     """Returns the summary and the (stamp_ns, Result) of the pairs ``keep`` selects (True: all of them;
     a predicate on the visible stamp: those; False: none, for bounded memory). ``reader_thread``: read
-    and decode the bag on a thread, ahead of the pipeline (``prefetch``)."""
+    and decode the bag on a thread, ahead of the pipeline (``prefetch``). ``camera_fps``: hand the
+    pipeline at most this many pairs per second, as a camera delivers them (a pair that comes late is
+    processed at once and the next one a period later); None: as fast as the pipeline goes."""
+    if camera_fps is not None and not (math.isfinite(camera_fps) and camera_fps > 0):
+        raise ValueError(f"camera_fps must be > 0, got {camera_fps}")
+    period = 1.0 / camera_fps if camera_fps else 0.0
+    due = 0.0
     pairer = ApproximateTimePairer(slop_s, queue_size)
     kept = []
     lat = {s: latency_stats() for s in (*STAGES, "total")}
@@ -132,6 +139,11 @@ def replay_bag(bag: str | Path, pipeline: Pipeline, visible_topic: str, thermal_
                     continue
             else:
                 pair = FramePair(frame, None)
+            if period:
+                wait = due - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)
+                due = max(due, time.perf_counter()) + period
             try:
                 res = pipeline.process(pair)
             except ModelOutputError as exc:   # that frame's results are dropped; the replay goes on

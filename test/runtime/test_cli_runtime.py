@@ -161,13 +161,20 @@ def test_bench_cli_peer_names(capsys):
 
 
 def test_bench_replay_compares_capture_and_the_reader_thread_in_one_run():
-    """The replay part of `bench`: three interleaved variants of one bag; the ratios are the ones
-    printed, computed from the per-pair times and rates of the same run."""
+    """The replay part of `bench`: six interleaved variants of one bag; the ratios are the ones
+    printed, computed from the per-pair times and rates of the same run; the camera-rate variants
+    really are paced (40 pairs at 30 fps take at least 39 frame intervals)."""
     from ms_perception.bench import FRAME_INTERVAL_MS, run_replay_bench
     r = run_replay_bench(DEFAULT_MODEL, pairs=40, rounds=2)   # two 20-pair scenes: the policy needs 10 scores first
     pp, ps = r["per_pair_ms"], r["pairs_per_s"]
-    assert set(pp) == set(ps) == {"off", "capture", "sequential"}
-    assert r["captured_written"] > 0                      # capture really wrote records to disk
+    assert set(pp) == set(ps) == {"off", "capture", "sequential", "off_camera", "capture_camera",
+                                    "off_camera_again"}
+    assert r["captured_written"] > 0 and r["captured_written_camera"] > 0   # capture really wrote records to disk
+    assert ps["off_camera"] <= 40 / (39 * FRAME_INTERVAL_MS / 1000) and ps["capture_camera"] <= 30.8
+    assert r["capture_p99_ratio_camera"] == pytest.approx(pp["capture_camera"]["p99"] / pp["off_camera"]["p99"],
+                                                          rel=1e-3)
+    assert r["a_a_p99_ratio_camera"] == pytest.approx(pp["off_camera_again"]["p99"] / pp["off_camera"]["p99"],
+                                                      rel=1e-3)
     assert 0 < pp["off"]["p50"] <= pp["off"]["p95"] <= pp["off"]["p99"]
     assert r["p95_over_frame_interval"] == pytest.approx(pp["off"]["p95"] / FRAME_INTERVAL_MS, rel=1e-3)
     assert r["capture_p99_ratio"] == pytest.approx(pp["capture"]["p99"] / pp["off"]["p99"], rel=1e-3)

@@ -61,3 +61,27 @@ def test_replay_with_and_without_the_reader_thread_gives_the_same_report(tmp_pat
     assert [s for s, _ in ka] == [s for s, _ in kb]
     assert [r.inconsistency.score for _, r in ka] == [r.inconsistency.score for _, r in kb]
     assert a.pairs_per_s > 0 and a.pairs_per_s == pytest.approx(a.pairs / a.wall_s, rel=0.01)
+
+
+def test_replay_at_a_camera_rate_is_paced_and_gives_the_same_results(tmp_path, capsys):
+    """``camera_fps`` hands the pipeline one pair per camera period (the robot's arrival rate, for
+    latency and capture measured as a node sees them); the results are those of the free run."""
+    from ms_perception.build import build_pipeline, resolve
+    from ms_perception.cli import main
+    from ms_perception.demo import THERMAL_TOPIC, VISIBLE_TOPIC, make_demo_bag
+    from ms_perception.replay.run import replay_bag
+    bag, cal, _ = make_demo_bag(tmp_path / "bag", pairs=12, seed=3)
+    runs = []
+    for fps in (None, 20.0):
+        runs.append(replay_bag(bag, build_pipeline(resolve({"calibration_file": str(cal)})), VISIBLE_TOPIC,
+                               THERMAL_TOPIC, slop_s=0.02, keep=True, camera_fps=fps))
+    (free, kf), (paced, kp) = runs
+    assert paced.pairs == free.pairs == 12
+    assert paced.wall_s >= 11 / 20.0 and paced.pairs_per_s <= 20.0 * 12 / 11
+    assert [r.inconsistency.score for _, r in kp] == [r.inconsistency.score for _, r in kf]
+    with pytest.raises(ValueError, match="camera_fps"):
+        replay_bag(bag, build_pipeline(resolve({"calibration_file": str(cal)})), VISIBLE_TOPIC, THERMAL_TOPIC,
+                   camera_fps=0.0)
+    assert main(["replay", str(bag), "--calibration", str(cal), "--camera-fps", "-5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--camera-fps -5" in err[0] and "> 0" in err[0]
