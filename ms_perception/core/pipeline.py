@@ -21,7 +21,14 @@ from ms_perception.core.inconsistency import (
     segmentation_entropy,
     segmentation_inconsistency,
 )
-from ms_perception.core.postprocess import Detections, check_boxes, check_finite, check_output, select_detections
+from ms_perception.core.postprocess import (
+    OUTPUT_STATS,
+    Detections,
+    ModelOutputError,
+    check_boxes,
+    check_by_stats,
+    select_detections,
+)
 from ms_perception.core.preprocess import (
     InputError,
     Letterbox,
@@ -85,12 +92,27 @@ class Pipeline:
         # per-modality branch outputs (three-branch / decision models); a visible-only model has none
         outs = {o.name for o in self.card.outputs}
         self.mono = [b for b in ("visible", "thermal") if {f"scores_{b}", f"probs_{b}"} & outs]
+        # the outputs the graph's output_stats rows describe, in order (graph_edits.add_output_stats)
+        self._stat_names = [o.name for o in self.card.outputs if o.name != OUTPUT_STATS] if OUTPUT_STATS in outs else []
         self._lb_cache: dict = {}
         if self.card.task == "detection" and self.card.box_decoding == "anchors":  # the runtime decodes
             self._anchors = grid_anchors(self.card.anchor_levels, [tuple(s) for s in self.card.level_sizes])
             self._coder = BoxCoder(tuple(self.card.box_coder_weights))
 
     # ------------------------------------------------------------------ helpers
+    def _output_stats(self, out: dict) -> dict:
+        """{output name: (sum, min, max)} from the graph's ``output_stats`` (graph_edits.add_output_stats),
+        or {} (each output is then read by the checks): 3T numbers instead of T arrays after the engine."""
+        names = self._stat_names
+        if not names:
+            return {}
+        a = out[OUTPUT_STATS]
+        if a.shape != (len(names), 3):
+            raise ModelOutputError(f"model output {OUTPUT_STATS!r} is {a.shape}, the card says ({len(names)}, 3); "
+                                   "the card does not match the graph (re-export, or run `train graph-edit` on "
+                                   "the export)")
+        return dict(zip(names, map(tuple, a.tolist())))
+
     def _letterbox(self, hw) -> Letterbox:
         lb = self._lb_cache.get(hw)
         if lb is None:
@@ -156,15 +178,16 @@ class Pipeline:
         card = self.card
         # one policy for every caller: a non-finite or out-of-range output raises ModelOutputError before
         # anything of this frame is published or captured; the caller counts the frame and goes on
+        st = self._output_stats(out)
         if card.task == "detection":
             for name in ("scores", *(f"scores_{b}" for b in self.mono)):
-                check_output(name, out[name][0], 0.0, PROB_MAX)
+                check_by_stats(name, st.get(name), out[name][0], 0.0, PROB_MAX)
             scores = out["scores"][0]
             if "boxes" in out:
-                check_finite("boxes", out["boxes"][0])
+                check_by_stats("boxes", st.get("boxes"), out["boxes"][0])
                 boxes = out["boxes"][0]
             else:
-                check_finite("deltas", out["deltas"][0])
+                check_by_stats("deltas", st.get("deltas"), out["deltas"][0])
                 boxes = self._coder.decode(self._anchors, out["deltas"][0])
             det = select_detections(scores, boxes, self.cfg.score_threshold, self.cfg.nms_iou, self.cfg.max_detections,
                                     checked=True)
@@ -180,14 +203,14 @@ class Pipeline:
                     res.branch_detections[b] = bd
         else:
             for name in ("probs", *(f"probs_{b}" for b in self.mono)):
-                check_output(name, out[name][0], 0.0, PROB_MAX)
+                check_by_stats(name, st.get(name), out[name][0], 0.0, PROB_MAX)
             probs = out["probs"][0]
             res.mask = lb.mask_to_image(np.argmax(probs, 0).astype(np.uint8))
         t3 = time.perf_counter()
         if self.cfg.inconsistency and len(self.mono) == 2:
             if card.task == "detection" and INCONSISTENCY_OUTPUT in out:   # the graph computed the level means
                 level_class = out[INCONSISTENCY_OUTPUT][0]
-                check_output(INCONSISTENCY_OUTPUT, level_class, 0.0, PROB_MAX)
+                check_by_stats(INCONSISTENCY_OUTPUT, st.get(INCONSISTENCY_OUTPUT), level_class, 0.0, PROB_MAX)
                 res.inconsistency = inconsistency_from_level_class(level_class)
             elif card.task == "detection":
                 res.inconsistency = detection_inconsistency(out["scores_visible"][0], out["scores_thermal"][0],

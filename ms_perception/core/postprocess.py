@@ -31,6 +31,16 @@ class Detections:
                 for b, s, c in zip(self.boxes, self.scores, self.labels)]
 
 
+OUTPUT_STATS = "output_stats"   # (T, 3): sum, min, max of each of the card's other outputs (graph_edits.add_output_stats)
+
+
+def output_stats(out: dict, names: list[str]) -> np.ndarray:
+    """(T, 3) float32: sum, min, max of each named output: what the graph's ``output_stats`` gives
+    (the numpy definition: export checks the graph against it; a test double that changes an
+    engine's outputs recomputes it, as the graph would from the outputs it gives)."""
+    return np.array([[np.sum(out[n], dtype=np.float64), np.min(out[n]), np.max(out[n])] for n in names], np.float32)
+
+
 def check_output(name: str, a: np.ndarray, lo: float | None = None, hi: float | None = None) -> None:
     """Non-finite values, or values outside [lo, hi] (probabilities), make the whole output unusable.
     Two passes: min and max are NaN when any value is NaN, and ±inf when any value is ±inf."""
@@ -39,10 +49,28 @@ def check_output(name: str, a: np.ndarray, lo: float | None = None, hi: float | 
     mn, mx = float(a.min()), float(a.max())
     if not (math.isfinite(mn) and math.isfinite(mx)):
         check_finite(name, a)      # raises, naming how many
+    _check_range(name, mn, mx, lo, hi)
+
+
+def _check_range(name: str, mn: float, mx: float, lo: float | None, hi: float | None) -> None:
     if (lo is not None and mn < lo) or (hi is not None and mx > hi):
         raise ModelOutputError(f"model output {name!r} holds values in [{mn:.4g}, {mx:.4g}], "
                                f"outside [{lo}, {hi}]; the card says these are probabilities (check the model's "
                                "final activation and the card's score_activation)")
+
+
+def check_by_stats(name: str, stats: tuple[float, float, float] | None, a: np.ndarray, lo: float | None = None,
+                   hi: float | None = None) -> None:
+    """The checks of :func:`check_output` (``lo``/``hi`` None: of :func:`check_finite`) from the
+    graph's (sum, min, max) of ``a`` (``output_stats``): a finite sum means every value is finite,
+    and then min and max are exact. A sum that is not finite, or no stats, checks ``a`` itself
+    (which names the count of NaN/inf, or passes when a huge sum only overflowed)."""
+    if stats is None or not math.isfinite(stats[0]):
+        if lo is None and hi is None:
+            return check_finite(name, a)
+        return check_output(name, a, lo, hi)
+    if a.size:
+        _check_range(name, stats[1], stats[2], lo, hi)
 
 
 def check_boxes(boxes: np.ndarray) -> None:

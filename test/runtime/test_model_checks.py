@@ -90,6 +90,10 @@ class Spoiling:
         out = self.inner.infer(feeds)
         self.calls += 1
         self.spoil(self.calls, out)
+        if "output_stats" in out and not getattr(self, "keep_stats", False):
+            # the graph computes its output statistics from the outputs it gives: so does the double
+            from ms_perception.core.postprocess import output_stats
+            out["output_stats"] = output_stats(out, [o.name for o in self.card.outputs if o.name != "output_stats"])
         return out
 
     def close(self):
@@ -125,6 +129,42 @@ def test_out_of_range_scores_and_inverted_boxes_are_never_published(spoil, reaso
     vis, th = _frames(1)
     with pytest.raises(ModelOutputError, match=reason.replace("[", r"\[").replace("]", r"\]")):
         pipe.process(FramePair(vis, Frame(th.data, th.stamp_ns, th.encoding)))
+
+
+def test_the_pipeline_checks_the_outputs_from_the_graph_s_statistics():
+    """The embedded model gives output_stats (graph_edits.add_output_stats); the pipeline reads the
+    range from those numbers (a spoiled statistic alone stops the frame) and, when a sum is not
+    finite, reads that output itself to name the count; a huge but finite output whose sum only
+    overflowed passes, as check_finite lets it."""
+    from ms_perception.core.frames import Frame, FramePair
+    from ms_perception.core.postprocess import OUTPUT_STATS, ModelOutputError, check_by_stats
+    from test_replay_faults import _frames
+    card = read_card(DEFAULT_MODEL)
+    assert [o.name for o in card.outputs][-1] == OUTPUT_STATS
+    vis, th = _frames(1)
+    pair = FramePair(vis, Frame(th.data, th.stamp_ns, th.encoding))
+
+    def spoil_stat(c, o):      # scores' max (row 0, column 2) out of range; the scores themselves are fine
+        o[OUTPUT_STATS] = o[OUTPUT_STATS].copy()
+        o[OUTPUT_STATS][0, 2] = 1.5
+    eng = Spoiling(spoil_stat)
+    eng.keep_stats = True
+    pipe = build_pipeline({"assume_same_fov": True, "capture_enabled": False}, engine=eng)
+    with pytest.raises(ModelOutputError, match=r"'scores' holds values in \[.*, 1.5\]"):
+        pipe.process(pair)
+    pipe = build_pipeline({"assume_same_fov": True, "capture_enabled": False},
+                          engine=Spoiling(lambda c, o: o["boxes"].__setitem__((0, 3, 1), np.inf)))
+    with pytest.raises(ModelOutputError, match="'boxes' holds 1 NaN/inf"):
+        pipe.process(pair)
+    # check_by_stats on its own: hand values
+    a = np.array([0.25, 0.5, 1.0], np.float32)
+    check_by_stats("p", (1.75, 0.25, 1.0), a, 0.0, 1.0)                  # in range: passes
+    with pytest.raises(ModelOutputError, match=r"\[-0.5, 1\]"):
+        check_by_stats("p", (1.0, -0.5, 1.0), a, 0.0, 1.0)
+    big = np.full(4, 3e38, np.float32)
+    check_by_stats("b", (float("inf"), 3e38, 3e38), big)                 # the sum overflowed, every value is finite
+    with pytest.raises(ModelOutputError, match="holds 1 NaN/inf"):
+        check_by_stats("b", (float("nan"), 0.0, 0.0), np.array([1.0, np.nan], np.float32))
 
 
 def test_bench_counts_runs_with_nan_outputs_and_goes_on(monkeypatch):

@@ -23,7 +23,14 @@ from ms_perception.core.inconsistency import (
     inconsistency_from_level_class,
     level_class_means,
 )
-from ms_perception_training.export.graph_edits import GraphEditError, add_inconsistency_output, edit_file, level_counts
+from ms_perception.core.postprocess import OUTPUT_STATS
+from ms_perception_training.export.graph_edits import (
+    GraphEditError,
+    add_inconsistency_output,
+    add_output_stats,
+    edit_file,
+    level_counts,
+)
 
 
 def _tiny(level_sizes=((1, 2), (1, 1)), k=1):
@@ -92,6 +99,28 @@ def test_the_graph_equals_the_numpy_definition_on_random_probabilities_and_empty
         assert a.per_class == pytest.approx(b.per_class, abs=1e-6)
 
 
+def test_the_graph_gives_each_output_s_sum_min_and_max_on_hand_values():
+    """Three outputs of 3 anchors: scores_visible (1, .5, .3) -> sum 1.8, min .3, max 1; scores_thermal
+    (0, .5, .3) -> .8, 0, .5; scores = max of the two (1, .5, .3) -> 1.8, .3, 1; rows in the card's
+    order. After the means were added, their row comes too; a second edit is refused."""
+    model, card = _tiny()
+    edited, new = add_output_stats(model, card)
+    assert [o.name for o in new.outputs] == ["scores", "scores_visible", "scores_thermal", OUTPUT_STATS]
+    assert new.output(OUTPUT_STATS).shape == [3, 3]
+    pv = np.array([[[1.0], [0.5], [0.3]]], np.float32)
+    pt = np.array([[[0.0], [0.5], [0.3]]], np.float32)
+    (st,) = _run(edited, {"pv": pv, "pt": pt}, [OUTPUT_STATS])
+    np.testing.assert_allclose(st, [[1.8, 0.3, 1.0], [1.8, 0.3, 1.0], [0.8, 0.0, 0.5]], atol=1e-6)
+    with pytest.raises(GraphEditError, match="already has"):
+        add_output_stats(edited, new)
+    with pytest.raises(GraphEditError, match="must stay the last edit"):
+        add_inconsistency_output(edited, new)
+    both, card2 = add_output_stats(*add_inconsistency_output(model, card))
+    (st2,) = _run(both, {"pv": pv, "pt": pt}, [OUTPUT_STATS])
+    assert st2.shape == (4, 3)     # level 0 mean I = 0.5, level 1: 0 -> sum 0.5, min 0, max 0.5
+    np.testing.assert_allclose(st2[3], [0.5, 0.0, 0.5], atol=1e-5)   # p clipped to [1e-7, 1 - 1e-7]
+
+
 def test_the_edit_refuses_what_it_cannot_do(tmp_path):
     model, card = _tiny()
     edited, new = add_inconsistency_output(model, card)
@@ -149,21 +178,27 @@ def test_export_adds_the_means_and_graph_edit_adds_them_to_an_old_export(tmp_pat
     res = export_onnx(model, tmp_path / "new.onnx")
     assert res.card.output(INCONSISTENCY_OUTPUT) is not None
     assert res.parity_max_abs[INCONSISTENCY_OUTPUT] < 1e-6
-    old = export_onnx(model, tmp_path / "old.onnx", in_graph_inconsistency=False)
-    assert old.card.output(INCONSISTENCY_OUTPUT) is None
+    assert res.parity_max_abs[OUTPUT_STATS] < 1e-5 and res.card.outputs[-1].name == OUTPUT_STATS
+    old = export_onnx(model, tmp_path / "old.onnx", in_graph_inconsistency=False, output_stats=False)
+    assert old.card.output(INCONSISTENCY_OUTPUT) is None and old.card.output(OUTPUT_STATS) is None
     assert main(["graph-edit", str(tmp_path / "old.onnx"), "--out", str(tmp_path / "edited.onnx"), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert INCONSISTENCY_OUTPUT in summary["outputs"]
+    assert summary["outputs"][-2:] == [INCONSISTENCY_OUTPUT, OUTPUT_STATS]
     edited = read_card(tmp_path / "edited.onnx")
     assert json.loads((tmp_path / "edited.card.json").read_text())["graph_sha256"] == edited.graph_sha256
     # the same graph as a fresh export: same outputs on the same inputs
     rng = np.random.default_rng(1)
     feeds = {"visible": rng.integers(0, 256, (1, 3, 256, 320)).astype(np.uint8),
              "thermal": rng.integers(0, 256, (1, 1, 256, 320)).astype(np.uint8)}
-    a = _run(onnx.load(str(tmp_path / "new.onnx")), feeds, [INCONSISTENCY_OUTPUT, "scores"])
-    b = _run(onnx.load(str(tmp_path / "edited.onnx")), feeds, [INCONSISTENCY_OUTPUT, "scores"])
+    a = _run(onnx.load(str(tmp_path / "new.onnx")), feeds, [INCONSISTENCY_OUTPUT, "scores", OUTPUT_STATS])
+    b = _run(onnx.load(str(tmp_path / "edited.onnx")), feeds, [INCONSISTENCY_OUTPUT, "scores", OUTPUT_STATS])
     np.testing.assert_allclose(a[0], b[0], atol=1e-7)
     np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_allclose(a[2], b[2], rtol=1e-5)
+    # an export with the statistics but not the means cannot take the means (they would go unchecked)
+    export_onnx(model, tmp_path / "stats_only.onnx", in_graph_inconsistency=False)
+    code = main(["graph-edit", str(tmp_path / "stats_only.onnx"), "--out", str(tmp_path / "x.onnx")])
+    assert code != 0 and "must stay the last edit" in capsys.readouterr().err and not (tmp_path / "x.onnx").exists()
     # a model without mono branches is refused with the reason, nothing written
     code = main(["graph-edit", str(default_model()), "--out", str(tmp_path / "twice.onnx")])
     assert code != 0 and "already has" in capsys.readouterr().err

@@ -34,7 +34,8 @@ from ms_perception.core.anchors import BoxCoder, grid_anchors
 from ms_perception.core.atomic import atomic_write
 from ms_perception.core.card import CARD_KEY, ModelCard, Normalization, TensorSpec
 from ms_perception.core.inconsistency import INCONSISTENCY_OUTPUT, level_class_means
-from ms_perception_training.export.graph_edits import add_inconsistency_output, level_counts
+from ms_perception.core.postprocess import OUTPUT_STATS, output_stats
+from ms_perception_training.export.graph_edits import add_inconsistency_output, add_output_stats, level_counts
 
 OPSET = 17
 OPS_FILE = Path(__file__).with_name("tensorrt_onnx_ops.txt")
@@ -146,11 +147,14 @@ def build_card(cfg: ModelConfig, wrapper: ExportWrapper, outputs: list[torch.Ten
 def export_onnx(model: MultispectralModel, out: str | Path, *, uint8_input: bool = True, decode: bool = True,
                 batch: int = 1, dynamic_batch: bool = False, fold_bn: bool = True, opset: int = OPSET,
                 check_parity: bool = True, notes: str = "", lineage: dict | None = None,
-                in_graph_inconsistency: bool = True, fold_thermal: bool = True) -> ExportResult:
+                in_graph_inconsistency: bool = True, fold_thermal: bool = True,
+                output_stats: bool = True) -> ExportResult:
     """Export ``model`` to ``out`` (written atomically) and return the card and checks. A three-branch
     detector also gets the in-graph inconsistency means (graph_edits.add_inconsistency_output).
     ``fold_thermal``: a thermal image repeated to 3 channels enters the first conv once, with the
-    kernels summed (bn_fold.fold_thermal_repeat); parity is checked against the unfolded model."""
+    kernels summed (bn_fold.fold_thermal_repeat); parity is checked against the unfolded model.
+    ``output_stats``: the graph also gives the sum, min and max of each output, from which the
+    runtime checks them (graph_edits.add_output_stats; checked against numpy on the outputs)."""
     cfg = model.cfg
     model = copy.deepcopy(model).eval()
     folded = fold_batchnorm(model) if fold_bn else 0
@@ -195,9 +199,14 @@ def export_onnx(model: MultispectralModel, out: str | Path, *, uint8_input: bool
     card.graph_sha256 = hashlib.sha256(graph_bytes).hexdigest()
     card.notes = notes
     card.lineage = dict(lineage or {})
+    edits = []
     if in_graph_inconsistency and cfg.task == "detection" and {"scores_visible", "scores_thermal"} <= set(out_names):
-        m, card = add_inconsistency_output(m, card)     # also embeds the card
-    else:
+        edits.append(add_inconsistency_output)
+    if output_stats:
+        edits.append(add_output_stats)      # the last edit: it covers every output before it
+    for edit in edits:
+        m, card = edit(m, card)             # each embeds the card
+    if not edits:
         entry = m.metadata_props.add()
         entry.key, entry.value = CARD_KEY, card.to_json()
     unsupported = unsupported_ops(m)
@@ -211,6 +220,8 @@ def export_onnx(model: MultispectralModel, out: str | Path, *, uint8_input: bool
         parity = onnx_parity(out, reference, v, t, in_names, out_names)
         if card.output(INCONSISTENCY_OUTPUT) is not None:   # the graph's means vs the numpy definition
             parity[INCONSISTENCY_OUTPUT] = inconsistency_parity(out, card, v, t, in_names)
+        if card.output(OUTPUT_STATS) is not None:            # the graph's sum/min/max vs numpy on its outputs
+            parity[OUTPUT_STATS] = output_stats_parity(out, card, v, t, in_names)
     return ExportResult(out, card, parity, unsupported, folded)
 
 
@@ -222,6 +233,17 @@ def inconsistency_parity(path, card: ModelCard, v, t, in_names) -> float:
     sv, st, got = sess.run(["scores_visible", "scores_thermal", INCONSISTENCY_OUTPUT], feeds)
     counts = level_counts(card)
     return float(max(np.abs(got[i] - level_class_means(sv[i], st[i], counts)).max() for i in range(len(got))))
+
+
+def output_stats_parity(path, card: ModelCard, v, t, in_names) -> float:
+    """Max relative |graph − numpy| of ``output_stats`` (sum, min, max of each output, all items)."""
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {n: x.numpy() for n, x in zip(in_names, (x for x in (v, t) if x is not None))}
+    names = [o.name for o in card.outputs if o.name != OUTPUT_STATS]
+    got = sess.run([*names, OUTPUT_STATS], feeds)
+    want = output_stats(dict(zip(names, got)), names).astype(np.float64)
+    return float((np.abs(got[-1] - want) / np.maximum(np.abs(want), 1.0)).max())
 
 
 def onnx_parity(path, wrapper, v, t, in_names, out_names) -> dict[str, float]:
