@@ -147,6 +147,12 @@ def thermal_to_unit(frame: Frame, norm: ThermalNormalization) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
+def _sample_stride(shape) -> int:
+    """Every k-th row and column: about 5,000 pixels of any camera (80x64 of a 320x256 or a
+    640x512 image; stride 4 at least), plenty to tell 90 % of the pixels at one end."""
+    return max(4, int(math.sqrt(shape[0] * shape[1] / 5120)))
+
+
 class SaturationMonitor:
     """Detects a thermal input clipped at one end of the window: at least ``fraction`` of the pixels
     at 0 or at 1 for ``frames`` frames in a row (a wrong radiometric scale makes every pixel 0 with
@@ -167,10 +173,13 @@ class SaturationMonitor:
             self.run = 0
             return ""
         if unit is not None:
-            sub = unit[::4, ::4]
+            k = _sample_stride(unit.shape)
+            sub = unit[::k, ::k]
             low, high = float((sub <= 0.0).mean()), float((sub >= 1.0).mean())
         else:
-            sub = np.asarray(frame.data)[::4, ::4]
+            data = np.asarray(frame.data)
+            k = _sample_stride(data.shape)
+            sub = data[::k, ::k]
             lo, hi = (norm.celsius_min, norm.celsius_max) if frame.encoding == "32FC1" else (norm.raw_min, norm.raw_max)
             if sub.dtype.kind == "f":
                 finite = np.isfinite(sub)

@@ -80,3 +80,18 @@ def test_replay_warns_on_a_wrong_scale_and_the_scale_option_fixes_it(bag_0_04):
     ref, _ = replay(original, cal)
     # the same scene at 0.04 instead of 0.01 K/count: the detector sees (almost) the same thermal image
     assert abs(fixed["detections"] - ref["detections"]) <= max(1, ref["detections"] // 10)
+
+
+def test_saturation_reads_about_5000_pixels_of_any_camera():
+    """Every k-th row and column with k = max(4, sqrt(pixels / 5120)): 80x64 of a 320x256 and of a
+    640x512 frame. A 640x512 frame whose left 92.5 % of columns sit below the window (592 of 640)
+    is saturated (74 of the 80 sampled columns), one with 85 % (544 columns: 68 of 80) is not."""
+    from ms_perception.core.preprocess import _sample_stride
+    assert [_sample_stride(s) for s in ((256, 320), (512, 640), (1024, 1280), (24, 32))] == [4, 8, 16, 4]
+    norm = ThermalNormalization()
+    for cold_cols, want in ((592, 1), (544, 0)):
+        a = np.full((512, 640), 29315, np.uint16)
+        a[:, :cold_cols] = 7500
+        mon = SaturationMonitor(fraction=0.9, frames=1)
+        mon.update(Frame(a, 0, "mono16"), None, norm)
+        assert mon.saturated_frames == want
