@@ -75,3 +75,28 @@ def test_each_distiller_short_fit_on_cuda(tmp_path, capsys, teacher, student):
         assert code == 0
         s = json.loads(out.strip().splitlines()[-1])
         assert s["device"].startswith("cuda") and np.isfinite(s["last_loss"]) and s["images_per_second"] > 0
+
+
+
+def test_gpu_speed_cuda_graph_replays_what_eager_computes():
+    """bench/gpu_speed.py's cudagraph mode times a replay of the captured forward pass: the replay
+    must recompute the eager fp16 outputs (a capture that recorded nothing would time nothing)."""
+    import sys
+    sys.path.insert(0, str(REPO / "bench"))
+    import gpu_speed
+    dev = torch.device("cuda")
+    with torch.inference_mode():
+        net, inputs, _, _ = gpu_speed.prepare("paper_student", (320, 256), dev, torch.float16)
+        eager = [x.clone() for x in net(*inputs)]
+        replay = gpu_speed.runner(net, inputs, "cudagraph", dev)
+        static = replay()
+        for x in static:
+            x.zero_()
+        res = replay()
+        torch.cuda.synchronize()
+        assert all(torch.allclose(a, b, atol=1e-3) for a, b in zip(res, eager)) and float(res[0].abs().sum()) > 0
+    rep = gpu_speed.time_models(["paper_teacher", "paper_student"], (320, 256), iterations=5, warmup=2,
+                                modes=("eager", "cudagraph"))
+    assert rep["dtype"] == "float16" and "paper_student/paper_teacher cudagraph" in rep["ratios"]
+    for m in rep["models"].values():
+        assert m["score_max_abs_vs_unfolded_fp32"] < 0.05 and m["cudagraph"]["median_ms"] > 0
