@@ -69,8 +69,113 @@ def _load_state(module, state: dict, path) -> None:
 
 
 def load_weights(model, path: str | Path) -> None:
+    """Weights from a checkpoint, or from an ONNX export of the same model config (``.onnx``: see
+    :func:`state_from_onnx`; fine-tune with ``fit.bn: frozen``)."""
     p = Path(path)
     if not p.exists():
         raise RuntimeError(f"checkpoint not found: {p}")
+    if p.suffix == ".onnx":
+        _load_state(model, state_from_onnx(model, p), p)
+        return
     ck = _read(p)
     _load_state(model, ck["model"] if isinstance(ck, dict) and isinstance(ck.get("model"), dict) else ck, p)
+
+
+ONNX_PREFIX = "w.model."      # the export wrapper's name for the model (export/onnx_export.py::ExportWrapper)
+
+
+@torch.no_grad()
+def state_from_onnx(model, path: str | Path) -> dict:
+    """A state dict for ``model`` (built from the config the ONNX file was exported from) that
+    computes what the export computes, read from the export's initializers (named after the
+    model's parameters). The export folded each BatchNorm into the convolution before it
+    (``bn_fold.fold_batchnorm``: w' = w·γ/sqrt(σ²+ε), b' = (b−μ)·γ/sqrt(σ²+ε)+β): the convolution
+    takes w' (and b' when it has a bias), and the BatchNorm becomes the identity plus b': γ = 1,
+    β = b' (or 0), μ = 0, σ² = 1 − ε. Exact in eval mode, so fine-tune with ``fit.bn: frozen``
+    (in training mode a BatchNorm would renormalize by the batch). The folded thermal repeat
+    (one input channel with the three kernels summed) becomes three channels of a third each:
+    the same function of a repeated gray image. A module registered under two names (an encoder's
+    ``reference`` backbone) is read under its first name. What the export pruned (the box branch
+    of a mono head whose boxes the graph does not output) starts from the main head's weights of
+    the same name, and is listed in ``model.onnx_init_filled`` for the log."""
+    import onnx
+    from onnx import numpy_helper
+    from torch import nn
+    p = Path(path)
+    try:
+        graph = onnx.load(str(p), load_external_data=False).graph
+    except Exception as exc:  # protobuf errors come in many types
+        raise RuntimeError(f"{p}: not a readable ONNX model ({exc})") from None
+    inits = {i.name[len(ONNX_PREFIX):]: i for i in graph.initializer if i.name.startswith(ONNX_PREFIX)}
+    # the exporter keeps one initializer of several equal ones (the zero biases of an untrained layer)
+    # and gives the others by an Identity node named after them
+    same_as = {n.output[0][len(ONNX_PREFIX):]: n.input[0][len(ONNX_PREFIX):] for n in graph.node
+               if n.op_type == "Identity" and n.output[0].startswith(ONNX_PREFIX) and n.input[0].startswith(ONNX_PREFIX)}
+    if not inits:
+        raise RuntimeError(f"{p} has no weights named {ONNX_PREFIX}*: it was not exported by `train export`")
+    own = model.state_dict()
+    first = {}                     # tensor -> its first name (state_dict repeats aliased modules)
+    for k, v in model.state_dict(keep_vars=True).items():
+        first.setdefault(id(v), k)
+    alias = {k: first[id(v)] for k, v in model.state_dict(keep_vars=True).items() if first[id(v)] != k}
+    main = getattr(model, "main_branch", None)
+    filled: list = []
+    state: dict = {}
+    used: set = set()
+
+    def take(name: str) -> torch.Tensor:
+        def resolve(n):
+            return n if n in inits else (same_as[n] if same_as.get(n) in inits else None)
+        got = resolve(name)
+        if got is None and main and name.startswith("heads.") and name.split(".")[1] != main:
+            got = resolve(".".join(["heads", main] + name.split(".")[2:]))
+            if got is not None:
+                filled.append(name)
+        if got is None:
+            raise RuntimeError(f"{p} has no weight {ONNX_PREFIX}{name}: it was exported from another model config "
+                               "(build the model from the config named in its card)")
+        name = got
+        used.add(name)
+        return torch.from_numpy(numpy_helper.to_array(inits[name]).copy())
+
+    bn_of = {}                     # BatchNorm module name -> the convolution it was folded into
+    names = {m: n for n, m in model.named_modules()}
+    for parent in model.modules():
+        kids = list(parent.named_children())
+        for (_, a), (_, b) in zip(kids, kids[1:]):
+            if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d) and b.num_features == a.out_channels:
+                bn_of[names[b]] = names[a]
+    conv_of = {c: bn for bn, c in bn_of.items()}
+    for key, ref in own.items():
+        if key in alias:
+            continue
+        mod, _, leaf = key.rpartition(".")
+        if mod in bn_of:           # a folded BatchNorm: identity plus the folded bias
+            conv = model.get_submodule(bn_of[mod])
+            if leaf == "weight":
+                state[key] = torch.ones_like(ref)
+            elif leaf == "running_var":      # 1 / sqrt(σ² + ε) = 1
+                state[key] = torch.full_like(ref, 1.0 - model.get_submodule(mod).eps)
+            elif leaf == "bias":
+                state[key] = take(bn_of[mod] + ".bias") if conv.bias is None else torch.zeros_like(ref)
+            elif leaf == "running_mean":
+                state[key] = torch.zeros_like(ref)
+            else:                  # num_batches_tracked
+                state[key] = ref.clone()
+            continue
+        if mod in conv_of and leaf == "bias":
+            state[key] = take(key)
+            continue
+        w = take(key) if key in inits or not key.endswith("num_batches_tracked") else ref.clone()
+        if w.shape != ref.shape and leaf == "weight" and w.ndim == 4 and ref.shape[1] == w.shape[1] + 2:
+            c0 = w.shape[1] - 1    # the folded thermal repeat: channel c0 held the three kernels summed
+            w = torch.cat([w[:, :c0], (w[:, c0:] / 3).repeat(1, 3, 1, 1)], 1)
+        state[key] = w.to(ref.dtype)
+    for key, src in alias.items():
+        state[key] = state[src]
+    unused = sorted(set(inits) - used)
+    if unused:
+        raise RuntimeError(f"{p} has {len(unused)} weights this model config does not have (e.g. {unused[:2]}): it "
+                           "was exported from another config (build the model from the config named in its card)")
+    model.onnx_init_filled = filled
+    return state

@@ -96,7 +96,14 @@ def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print, resume: boo
     out_dir.mkdir(parents=True, exist_ok=True)
     model = build_model(mcfg).to(device).train()
     if cfg.init_checkpoint:
+        if str(cfg.init_checkpoint).endswith(".onnx") and cfg.bn != "frozen":
+            raise ConfigError(f"fit.init_checkpoint {cfg.init_checkpoint} is an ONNX export, whose BatchNorms are "
+                              "folded into the convolutions: fine-tune it with fit.bn: frozen (in training mode a "
+                              "BatchNorm would renormalize what the export computes)")
         load_weights(model, cfg.init_checkpoint)
+        if getattr(model, "onnx_init_filled", None):
+            log(f"init: {len(model.onnx_init_filled)} weights the export pruned (unused box branches of the mono "
+                f"heads) start from the main head's (e.g. {model.onnx_init_filled[0]})")
     t0 = time.perf_counter()
     if pool is None:
         pool = open_source(mcfg, cfg.data, log=log)

@@ -117,6 +117,17 @@ def parent_entry(init_checkpoint: str, parent_model: str) -> tuple[dict, dict]:
             raise ConfigError("fit.parent_model is set but fit.init_checkpoint is not: fine-tuning starts from the "
                               "parent's checkpoint (--init-checkpoint)")
         return {}, {}
+    if str(init_checkpoint).endswith(".onnx"):   # weights read from the deployed model itself
+        from ms_perception.core.card import read_card
+        card = read_card(init_checkpoint)
+        if parent_model and read_card(parent_model).graph_sha256 != card.graph_sha256:
+            raise ConfigError(f"fit.parent_model {parent_model} is not fit.init_checkpoint {init_checkpoint}, whose "
+                              "weights this run starts from: leave parent_model out (the ONNX file is the parent)")
+        parent = {"checkpoint": str(init_checkpoint), "model_sha256": card.graph_sha256, "model": card.name}
+        exported_from = (card.lineage or {}).get("checkpoint_sha256")
+        if exported_from:
+            parent["checkpoint_sha256"] = exported_from
+        return parent, card.lineage or {}
     parent = {"checkpoint": str(init_checkpoint), "checkpoint_sha256": file_sha256(init_checkpoint)}
     lineage = checkpoint_lineage(init_checkpoint)
     if parent_model:
