@@ -166,24 +166,38 @@ def worker(seed: int, iterations: int, pairs: int, arms: list[str], tag: str = "
         print(jsonio.dumps(r), flush=True)
 
 
-def run_active_experiment(seed: int, work: Path) -> dict:
+# Active-learning protocols: (pool, eval pairs, initial b, step b, budget B, first-cycle iterations,
+# fine-tuning iterations per cycle, threads). "short" is the first one-seed run (session 12); "cpu"
+# trains each cycle ~10x longer on a larger pool and evaluates on 300 held-out pairs.
+ACTIVE_PROTOCOLS = {"short": (200, 100, 30, 30, 90, 120, 60, 2),
+                    "cpu": (500, 300, 100, 100, 400, 1200, 600, 1)}
+
+
+def run_active_experiment(seed: int, work: Path, protocol: str = "short") -> dict:
     """Inconsistency vs random vs entropy at equal budgets on the three-branch GAFF model."""
+    import time
+
     import torch
     from ms_perception_training.active import load_active_config, run_active
-    torch.set_num_threads(2)
+    pairs, eval_pairs, initial, step, budget, its, ft_its, threads = ACTIVE_PROTOCOLS[protocol]
+    torch.set_num_threads(threads)
     acfg = load_active_config(EXP / "active_smoke.yaml")
     work.mkdir(parents=True, exist_ok=True)
     _variant(TINY / "gaff_three_branch_r18_retinanet.yaml", "active_three_branch", work)
     acfg.model = str(work / "active_three_branch_model.yaml")
-    acfg.data.pairs, acfg.data.seed, acfg.data.width, acfg.data.height = 200, 200 + seed, RIG["width"], RIG["height"]
-    acfg.eval.pairs = 100
-    acfg.initial, acfg.step, acfg.budget = 30, 30, 90
-    acfg.iterations, acfg.finetune_iterations, acfg.seed = 120, 60, seed
-    acfg.fit = {"batch_size": 8, "lr": 0.01, "warmup_iterations": 20, "checkpoint_every": 10000, "threads": 2,
+    acfg.data.pairs, acfg.data.seed, acfg.data.width, acfg.data.height = pairs, 200 + seed, RIG["width"], RIG["height"]
+    acfg.eval.pairs = eval_pairs
+    acfg.initial, acfg.step, acfg.budget = initial, step, budget
+    acfg.iterations, acfg.finetune_iterations, acfg.seed = its, ft_its, seed
+    acfg.fit = {"batch_size": 8, "lr": 0.01, "warmup_iterations": 20, "checkpoint_every": 200, "threads": threads,
                 "tensorboard": False}
-    res = run_active(acfg, work / f"active_s{seed}", log=print)
+    t0 = time.perf_counter()
+    name = "active" if protocol == "short" else f"active_{protocol}"
+    res = run_active(acfg, work / f"{name}_s{seed}", log=print)
+    res.update(protocol=protocol, wall_seconds=round(time.perf_counter() - t0, 1), threads=threads,
+               device="cpu", pool=pairs, eval_pairs=eval_pairs)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"active_seed{seed}.json").write_text(jsonio.dumps(res, indent=1))
+    (RESULTS / f"{name}_seed{seed}.json").write_text(jsonio.dumps(res, indent=1))
     return res
 
 
@@ -218,8 +232,8 @@ def summarize(tag: str = "") -> str:
             n = len(rows.get(a, []))
             lines.append(f"| {a} | {n} | {cell(a, 'all')} | {cell(a, 'day')} | {cell(a, 'night')} | "
                          f"{cell(a, 'map')} | {cell(a, 'ap50')} |")
-    act = sorted(RESULTS.glob("active_seed*.json"))
-    if act and not tag:
+    act = sorted(RESULTS.glob("active_seed*.json" if tag in ("", "short") else f"active_{tag}_seed*.json"))
+    if act:
         lines.append("\n**Active learning (three-branch GAFF): person MR all ↓ at each labeled-pair count**\n")
         curves = [json.loads(f.read_text())["curves"] for f in act]
         counts = [c[0] for c in next(iter(curves[0].values()))]
@@ -246,6 +260,8 @@ def main() -> int:
                     "(e.g. 'long' for longer runs); work dirs to <work>/<tag>")
     ap.add_argument("--summarize", action="store_true")
     ap.add_argument("--active", action="store_true", help="run the active-learning comparison (per seed)")
+    ap.add_argument("--active-protocol", default="short", choices=list(ACTIVE_PROTOCOLS),
+                    help="budgets and iterations of the active-learning comparison (see ACTIVE_PROTOCOLS)")
     ap.add_argument("--worker-seed", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.summarize:
@@ -254,8 +270,8 @@ def main() -> int:
     if a.active:
         work = Path(os.environ.get("MS_PERCEPTION_BENCH_WORK", "/tmp/ms_perception_train_bench"))
         for seed in a.seeds:
-            run_active_experiment(seed, work)
-        print(summarize())
+            run_active_experiment(seed, work, a.active_protocol)
+        print(summarize("" if a.active_protocol == "short" else a.active_protocol))
         return 0
     if a.worker_seed is not None:
         worker(a.worker_seed, a.iterations, a.pairs, a.arms, a.tag)

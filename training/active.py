@@ -17,6 +17,7 @@ curve of every strategy goes to ``OUT/curve.png`` and ``OUT/curves.json``.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -162,8 +163,20 @@ def run_active(cfg: ActiveConfig, out: Path, log=print, fit_fn=None) -> dict:
                            init_checkpoint="" if cycle == 0 else str(sdir / f"cycle_{cycle - 1}" / "last.pt"),
                            batch_size=min(base.batch_size, len(labeled)))
             resume = (cdir / "last.pt").exists()
-            summ = fit_fn(fcfg, mcfg, cdir, log=lambda *a: None, resume=resume,
-                          pool=[pool[i] for i in labeled], val_pool=val)
+            shared = out / "cycle_0.json"    # cycle 0 is the same run for every strategy: trained once
+            if cycle == 0 and not resume and shared.exists() and \
+                    json.loads(shared.read_text())["initial"] == state["initial"]:
+                first_run = json.loads(shared.read_text())
+                shutil.copytree(out / first_run["dir"], cdir, dirs_exist_ok=True)
+                summ = first_run["summary"]
+                log(f"[{strategy}] cycle 0: the same initial pairs and run as {first_run['dir']} (copied)")
+            else:
+                summ = fit_fn(fcfg, mcfg, cdir, log=lambda *a: None, resume=resume,
+                              pool=[pool[i] for i in labeled], val_pool=val)
+                if cycle == 0:
+                    atomic_write(shared, jsonio.dumps({"initial": state["initial"], "dir": f"{strategy}/cycle_0",
+                                                       "summary": {"eval": summ.get("eval"),
+                                                                   "last_loss": summ["last_loss"]}}))
             name, value = _metric(summ.get("eval", {}))
             state["curve"].append({"cycle": cycle, "labeled": len(labeled), name: value,
                                    "eval": summ.get("eval"), "train_last_loss": summ["last_loss"]})

@@ -415,13 +415,24 @@ def test_active_scores_come_from_the_runtime_implementation():
 def test_active_loop_runs_resumes_and_plots(tmp_path, capsys):
     from ms_perception_training import active
     cfg = active.load_active_config(EXP / "active_smoke.yaml")
+    from ms_perception_training.fit import fit
     cfg.iterations, cfg.finetune_iterations = 4, 2
-    res = active.run_active(cfg, tmp_path, log=lambda *a: None)
+    runs = []
+
+    def counted(fcfg, *a, **k):
+        runs.append(fcfg.iterations)
+        return fit(fcfg, *a, **k)
+    res = active.run_active(cfg, tmp_path, log=lambda *a: None, fit_fn=counted)
+    assert runs == [4, 2, 2, 2, 2, 2, 2]    # cycle 0 (the same initial pairs and seed) trained once, then copied
+    firsts = set()
     for s in ("inconsistency", "random", "entropy"):
         state = json.loads((tmp_path / s / "state.json").read_text())
         assert [c["labeled"] for c in state["curve"]] == [8, 16, 24]
         assert len(set(state["labeled"])) == 24
+        assert (tmp_path / s / "cycle_0" / "last.pt").exists()
+        firsts.add(json.dumps(state["curve"][0]["eval"], sort_keys=True))
         assert all(c["eval"] and "miss_rate" in c["eval"] for c in state["curve"])
+    assert len(firsts) == 1
     inc = json.loads((tmp_path / "inconsistency" / "state.json").read_text())
     rnd = json.loads((tmp_path / "random" / "state.json").read_text())
     assert inc["initial"] == rnd["initial"] and set(inc["labeled"]) != set(rnd["labeled"])
