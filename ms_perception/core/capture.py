@@ -88,6 +88,19 @@ def set_background_priority() -> str:
         return ""
 
 
+def restore_priority(tid: int) -> bool:
+    """Give thread ``tid`` back the normal policy (SCHED_OTHER, nice 0). Linux lets a process do this
+    when it is privileged or its RLIMIT_NICE allows nice 0; returns whether it happened."""
+    try:
+        if os.sched_getscheduler(tid) == os.SCHED_IDLE:
+            os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+        elif os.getpriority(os.PRIO_PROCESS, tid) > 0:
+            os.setpriority(os.PRIO_PROCESS, tid, 0)
+        return True
+    except (AttributeError, OSError):
+        return False
+
+
 def _json_score(score) -> float | None:
     """NaN (a record forced by the operator on a model without inconsistency) is stored as null."""
     return None if score is None or score != score else float(score)
@@ -223,6 +236,10 @@ class CaptureStats:
     unreadable_records: int = 0   # record folders without a valid record.json or with missing files: left alone
     failed_by_errno: dict = field(default_factory=dict)   # write errors by errno name (ENOSPC, EACCES, ...)
     last_error: str = ""
+    # close() gave up waiting (a busy machine starves the idle-priority writer): records taken off the
+    # queue unwritten, and the one the writer was still writing (it may yet finish, after the report)
+    dropped_at_close: int = 0
+    in_flight_at_close: int = 0
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -258,6 +275,8 @@ class CaptureWriter:
         self._reconcile()
         self.stats.bytes_used = sum(e["bytes"] for e in self.entries)
         self.background_priority = ""     # how the writer thread lowered its priority: idle / nice / ''
+        self._tid: int | None = None      # the writer thread's id (set by the thread)
+        self._busy = False                # the thread is writing a record
         self._thread = threading.Thread(target=self._run, name="ms_perception-capture", daemon=True)
         self._thread.start()
 
@@ -277,18 +296,47 @@ class CaptureWriter:
         return self.queue.qsize()
 
     def close(self, timeout: float = 30.0) -> None:
-        """Drain the queue (clean shutdown) and stop the thread; a second call does nothing."""
-        if self._thread.is_alive():
-            self.queue.put(None)
-            self._thread.join(timeout)
+        """Drain the queue (clean shutdown) and stop the thread; a second call does nothing.
+
+        The writer runs at SCHED_IDLE, which a machine busy with other work starves. The pipeline has
+        stopped by now, so the writer first gets the normal priority back where the OS allows it
+        (``restore_priority``). What it has not written after ``timeout`` seconds is taken off the
+        queue and counted (``dropped_at_close``, ``in_flight_at_close``): the counts always add up to
+        the records submitted, and the report never misses one silently."""
+        if not self._thread.is_alive():
+            return
+        if self._tid is not None:
+            restore_priority(self._tid)
+        deadline = time.monotonic() + timeout
+        try:
+            self.queue.put(None, timeout=timeout)
+        except queue.Full:
+            pass
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if not self._thread.is_alive():
+            return
+        left = 0
+        while True:
+            try:
+                left += self.queue.get_nowait() is not None
+            except queue.Empty:
+                break
+        self.stats.dropped_at_close += left
+        self.stats.in_flight_at_close += int(self._busy)
+        try:
+            self.queue.put_nowait(None)          # the writer stops after its record, whenever it gets the CPU
+        except queue.Full:
+            pass
 
     def summary_line(self) -> str:
         """decided / written / dropped / failed (by errno) / quota-skipped, for a report's one line."""
         s = self.stats
         failed = f"failed {s.write_errors}" + (f" ({', '.join(f'{k} {v}' for k, v in s.failed_by_errno.items())})"
                                                if s.failed_by_errno else "")
+        closing = (f", not written at shutdown {s.dropped_at_close + s.in_flight_at_close} (the writer was starved of "
+                   "CPU)" if s.dropped_at_close or s.in_flight_at_close else "")
         return (f"capture: decided {s.submitted}, written {s.written}, dropped (queue full) {s.dropped_queue_full}, "
-                f"{failed}, quota-skipped {s.quota_skipped} -> {self.dir}")
+                f"{failed}, quota-skipped {s.quota_skipped}{closing} -> {self.dir}")
 
     # ----------------------------------------------------------------- writer
     def _run(self):
@@ -297,15 +345,19 @@ class CaptureWriter:
         # alone (it runs only on a core nothing else wants; a nice value of 10 still took its share from
         # the engine's threads: +1.4 to +2.6 ms on the frame after a capture, against +0.0 to +0.6),
         # else a higher nice value. A writer that falls behind fills its queue, and the drops are counted.
+        self._tid = threading.get_native_id()
         self.background_priority = set_background_priority()
         while True:
             rec = self.queue.get()
             if rec is None:
                 return
+            self._busy = True
             try:
                 self._write(rec)
             except Exception as exc:  # never let the writer thread die: count and continue
                 self._failed(exc)
+            finally:
+                self._busy = False
 
     def _failed(self, exc: Exception) -> None:
         self.stats.write_errors += 1

@@ -35,6 +35,7 @@ from ms_perception.core.preprocess import (
     SaturationMonitor,
     ThermalNormalization,
     check_thermal,
+    chw_u8,
     load_calibration,
     thermal_input,
     visible_to_rgb,
@@ -132,6 +133,8 @@ class Pipeline:
 
     def _feed(self, unit_or_u8: np.ndarray, norm, is_u8: bool) -> np.ndarray:
         x = unit_or_u8
+        if norm.in_graph and is_u8:
+            return chw_u8(x)
         if x.ndim == 2:
             x = x[..., None]
         x = np.ascontiguousarray(x.transpose(2, 0, 1)[None])

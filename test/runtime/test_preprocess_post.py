@@ -183,3 +183,23 @@ def test_percentile_stretch_of_extreme_flat_float_images_stays_finite(value):
     data = np.array([[value, value], [value, -value]], np.float32)
     out = thermal_to_unit(Frame(data, 0, "32FC1"), ThermalNormalization(mode="percentile"))
     assert np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+
+
+def test_chw_u8_is_the_transpose_for_every_layout():
+    """The engine's (1, C, H, W) uint8 feed: OpenCV's split straight into the result's planes must
+    give exactly numpy's transpose, for colour, alpha, odd sizes, views that are not contiguous and
+    gray images; every call returns a new array (a feed is never overwritten by the next frame)."""
+    from ms_perception.core.preprocess import chw_u8
+    g = np.random.default_rng(0)
+    rgb = g.integers(0, 256, (257, 321, 3), dtype=np.uint8)
+    cases = [rgb, g.integers(0, 256, (5, 7, 4), dtype=np.uint8), rgb[10:100, 3:200], rgb[:, ::-1],
+             g.integers(0, 256, (9, 11), dtype=np.uint8), g.integers(0, 256, (6, 4, 1), dtype=np.uint8)]
+    for img in cases:
+        got = chw_u8(img)
+        want = (img[None, None] if img.ndim == 2 else img.transpose(2, 0, 1)[None])
+        assert got.dtype == np.uint8 and got.flags.c_contiguous and got.shape == want.shape
+        assert np.array_equal(got, want)
+    a, b = chw_u8(rgb), chw_u8(rgb)
+    assert a is not b and not np.shares_memory(a, b) and not np.shares_memory(a, rgb)
+    with pytest.raises(TypeError):
+        chw_u8(rgb.astype(np.float32))      # never a silent cast of a float image to 8 bits
