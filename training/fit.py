@@ -157,6 +157,9 @@ def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print, resume: boo
         (out_dir / "eval_curve.jsonl").unlink(missing_ok=True)   # a fresh run starts a fresh curve
     logger = Logger(out_dir, d.main, log, cfg.tensorboard, cfg.iterations)
     evals = []
+    if cfg.init_checkpoint and not resume and val_pool is not None and d.main and cfg.eval.every:
+        # a fine-tune's curve starts from the weights it was given: did the fine-tuning help?
+        evaluate_point(core, mcfg, val_pool, device, 0, out_dir, logger, log)
     loader = train_loader(pool, mcfg, sampler, start, cfg.iterations, cfg.seed, cfg.mixup, cfg.data.workers,
                           pin_memory=device.startswith("cuda"))
     batches = iter(loader)

@@ -127,9 +127,21 @@ def test_fit_from_an_export_needs_frozen_bn_and_records_the_model_as_parent(tmp_
                  "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "fit.bn: frozen" in err[0] and not (tmp_path / "a" / "last.pt").exists()
-    cfg = _experiment(tmp_path / "b.yaml", tmp_path / "parent.onnx", bn="frozen")
+    cfg = _experiment(tmp_path / "b.yaml", tmp_path / "parent.onnx", bn="frozen",
+                      eval={"pairs": 4, "seed": 1001, "every": 2})
     assert main(["fit", "--config", str(cfg), "--out", str(tmp_path / "b")]) == 0
     assert "start from the main head's" in capsys.readouterr().out
+    # the curve of a fine-tune starts with the parent's own score (iteration 0)
+    from ms_perception_training.evaluate import evaluate
+    from ms_perception_training.experiment import load_experiment
+    from ms_perception_training.fit import read_curve, validation_source
+    fcfg, mcfg, _ = load_experiment(cfg)
+    parent_model = build_model(mcfg)
+    load_weights(parent_model, tmp_path / "parent.onnx")
+    want = evaluate(parent_model, mcfg, validation_source(fcfg, mcfg), device="cpu")
+    curve = read_curve(tmp_path / "b" / "eval_curve.jsonl")
+    assert [r["iteration"] for r in curve] == [0, 2, 3]
+    assert curve[0]["miss_rate"] == want["miss_rate"] and curve[0]["map"] == want["map"]
     lin = json.loads((tmp_path / "b" / "lineage.json").read_text())
     parent = read_card(tmp_path / "parent.onnx")
     assert lin["generation"] == 1 and lin["parent"]["model_sha256"] == parent.graph_sha256
