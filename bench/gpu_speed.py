@@ -28,13 +28,13 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from ms_perception.core import jsonio
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = {"teacher": "gaff_r18_retinanet.yaml", "student": "md_student_r18_retinanet.yaml",
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
         return 2
     print_report(rep)
     if a.json:
-        Path(a.json).write_text(json.dumps(rep, indent=1) + "\n")
+        Path(a.json).write_text(jsonio.dumps(rep, indent=1) + "\n")
     return 0
 
 
