@@ -38,6 +38,8 @@ STUDENTS = ("student", "paper_student", "default")
 # 320x256, 4x fewer thermal pixels); the "default" role gives it a thermal camera as large as the
 # visible one (its card's thermal input equals its visible input), the heavier case
 RIG_THERMAL_FACTOR = {"default_demo_rig": 4}
+_PC = PipelineConfig()
+NMS_DEFAULTS = {"score_threshold": _PC.score_threshold, "nms_iou": _PC.nms_iou, "max_detections": _PC.max_detections}
 # bumped when `train export` makes a different graph from the same preset, so cached exports of an
 # earlier exporter are not timed as today's (2: the repeated thermal channels folded into the stem)
 EXPORT_REVISION = 2
@@ -134,6 +136,8 @@ class Peer:
             if dtype is None:
                 raise BenchError(f"--peer {path}: input {i.name!r} has type {i.type}, which bench cannot feed")
             x = rng.integers(0, 256, shape) if dtype == np.uint8 else rng.random(shape)
+            if i.name in NMS_DEFAULTS and shape == [1]:   # our in-graph NMS's thresholds: the pipeline's defaults
+                x = np.array([NMS_DEFAULTS[i.name]])
             self.feeds[i.name] = x.astype(dtype)
             self.shapes[i.name] = shape
         self.engine_ms: list[float] = []

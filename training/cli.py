@@ -91,7 +91,7 @@ def cmd_export(args) -> int:
 def cmd_graph_edit(args) -> int:
     from ms_perception_training.export.graph_edits import GraphEditError, edit_file
     try:
-        card = edit_file(args.model, args.out)
+        card = edit_file(args.model, args.out, nms=args.nms)
     except GraphEditError as exc:
         raise TrainCliError(str(exc)) from None
     summary = {"out": args.out, "card": str(Path(args.out).with_suffix(".card.json")),
@@ -253,10 +253,12 @@ def build_parser(prog: str = "ms-perception train") -> argparse.ArgumentParser:
     e.add_argument("--strict-tensorrt", action="store_true", help="exit 1 if an operator is not TensorRT-parsable")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_export)
-    ge = sub.add_parser("graph-edit", help="add the in-graph cross-modality inconsistency means to an exported "
-                        "three-branch detector (no checkpoint needed; the weights are untouched)")
+    ge = sub.add_parser("graph-edit", help="add the in-graph cross-modality inconsistency means (and "
+                        "with --nms the NMS) to an exported detector (no checkpoint needed; the weights are untouched)")
     ge.add_argument("model", help="an ONNX file written by `train export`")
     ge.add_argument("--out", required=True, help="the edited ONNX (its .card.json is written beside it)")
+    ge.add_argument("--nms", action="store_true", help="also move the class-aware NMS into the graph (ONNX "
+                    "NonMaxSuppression; thresholds stay runtime parameters; a TensorRT build strips it again)")
     ge.add_argument("--json", action="store_true")
     ge.set_defaults(func=cmd_graph_edit)
     return p

@@ -22,12 +22,16 @@ from ms_perception.core.inconsistency import (
     segmentation_inconsistency,
 )
 from ms_perception.core.postprocess import (
+    NMS_INPUTS,
+    NMS_OUTPUT,
     OUTPUT_STATS,
     Detections,
     ModelOutputError,
     check_boxes,
     check_by_stats,
+    detections_from_index,
     select_detections,
+    stats_names,
 )
 from ms_perception.core.preprocess import (
     InputError,
@@ -94,7 +98,9 @@ class Pipeline:
         outs = {o.name for o in self.card.outputs}
         self.mono = [b for b in ("visible", "thermal") if {f"scores_{b}", f"probs_{b}"} & outs]
         # the outputs the graph's output_stats rows describe, in order (graph_edits.add_output_stats)
-        self._stat_names = [o.name for o in self.card.outputs if o.name != OUTPUT_STATS] if OUTPUT_STATS in outs else []
+        self._stat_names = stats_names(o.name for o in self.card.outputs) if OUTPUT_STATS in outs else []
+        # the graph runs the NMS (graph_edits.add_nms): the runtime feeds its thresholds, reads the survivors
+        self.graph_nms = NMS_OUTPUT in outs and all(self.card.input(n) is not None for n in NMS_INPUTS)
         self._lb_cache: dict = {}
         if self.card.task == "detection" and self.card.box_decoding == "anchors":  # the runtime decodes
             self._anchors = grid_anchors(self.card.anchor_levels, [tuple(s) for s in self.card.level_sizes])
@@ -169,6 +175,11 @@ class Pipeline:
             if warning:
                 self.warnings.append(warning)
             feeds["thermal"] = self._feed(x, self.card.thermal_norm, True)
+        if self.graph_nms:   # read from the config each frame: a parameter change applies to the next frame
+            cfg = self.cfg
+            feeds["score_threshold"] = np.array([cfg.score_threshold], np.float32)
+            feeds["nms_iou"] = np.array([cfg.nms_iou], np.float32)
+            feeds["max_detections"] = np.array([cfg.max_detections], np.int64)
         return feeds, lb, rgb
 
     def process(self, pair: FramePair) -> Result:
@@ -192,8 +203,11 @@ class Pipeline:
             else:
                 check_by_stats("deltas", st.get("deltas"), out["deltas"][0])
                 boxes = self._coder.decode(self._anchors, out["deltas"][0])
-            det = select_detections(scores, boxes, self.cfg.score_threshold, self.cfg.nms_iou, self.cfg.max_detections,
-                                    checked=True)
+            if self.graph_nms:
+                det = detections_from_index(out[NMS_OUTPUT], scores, boxes, self.cfg.max_detections)
+            else:
+                det = select_detections(scores, boxes, self.cfg.score_threshold, self.cfg.nms_iou,
+                                        self.cfg.max_detections, checked=True)
             check_boxes(det.boxes)
             det.boxes = lb.boxes_to_image(det.boxes)
             res.detections = det

@@ -34,6 +34,42 @@ class Detections:
 OUTPUT_STATS = "output_stats"   # (T, 3): sum, min, max of each of the card's other outputs (graph_edits.add_output_stats)
 
 
+# In-graph class-aware NMS (graph_edits.add_nms): three scalar inputs the runtime feeds from its
+# parameters, and the survivors' [batch, class, anchor] rows (ONNX NonMaxSuppression's output).
+NMS_OUTPUT = "detections_index"
+NMS_INPUTS = ("score_threshold", "nms_iou", "max_detections")
+
+
+def stats_names(names) -> list[str]:
+    """The outputs the graph's ``output_stats`` rows describe, in order: the card's outputs but the
+    statistics themselves and the NMS row indices (which the runtime checks itself)."""
+    return [n for n in names if n not in (OUTPUT_STATS, NMS_OUTPUT)]
+
+
+def detections_from_index(index: np.ndarray, scores: np.ndarray, boxes: np.ndarray,
+                          max_detections: int = 100) -> Detections:
+    """The graph's NMS survivors (``index`` (N, 3) int64 rows [batch, class, anchor] of batch item 0)
+    -> Detections, best first, at most ``max_detections``: the same detections as
+    :func:`select_detections` on all candidates (tested equal), from N rows instead of a pass
+    over the (A, K) scores after the engine. Rows outside the outputs raise ModelOutputError."""
+    index = np.asarray(index)
+    if index.ndim != 2 or index.shape[1] != 3 or index.dtype.kind not in "iu":
+        raise ModelOutputError(f"model output {NMS_OUTPUT!r} is {index.dtype.name} {index.shape}, expected (N, 3) "
+                               "integer rows [batch, class, anchor] (ONNX NonMaxSuppression); re-run `train "
+                               "graph-edit --nms` on the export")
+    if not len(index):
+        return Detections()
+    a, k = scores.shape
+    cls, anchor = index[:, 1], index[:, 2]
+    if index[:, 0].any() or cls.min() < 0 or cls.max() >= k or anchor.min() < 0 or anchor.max() >= a:
+        raise ModelOutputError(f"model output {NMS_OUTPUT!r} indexes outside the outputs (batch 0, classes < {k}, "
+                               f"anchors < {a}); the graph's NMS is not wired to its scores and boxes")
+    sc = scores[anchor, cls]
+    keep = np.argsort(-sc, kind="stable")[:max_detections]
+    return Detections(boxes[anchor[keep]], sc[keep], cls[keep].astype(np.int64, copy=False),
+                      anchor[keep].astype(np.int64, copy=False))
+
+
 def output_stats(out: dict, names: list[str]) -> np.ndarray:
     """(T, 3) float32: sum, min, max of each named output: what the graph's ``output_stats`` gives
     (the numpy definition: export checks the graph against it; a test double that changes an

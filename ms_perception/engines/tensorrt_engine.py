@@ -28,6 +28,7 @@ import numpy as np
 from ms_perception.core.atomic import atomic_write
 from ms_perception.core.card import ModelCard, onnx_graph_sha256, read_card
 from ms_perception.engines.base import Engine, EngineError
+from ms_perception.engines.nms_strip import has_nms, strip_nms
 
 PRECISIONS = ("fp32", "fp16", "int8")
 WORKSPACE_BYTES = 1 << 30
@@ -100,8 +101,8 @@ def build_engine(onnx_path: str | Path, cache_dir: str | Path, precision: str = 
         card.graph_sha256 = actual
     key = cache_key(onnx_sha256(onnx_path), trt.__version__, compute_capability(cudart), precision)
     engine_path, card_path = engine_paths(cache_dir, key)
-    if engine_path.exists() and card_path.exists():
-        return engine_path, card
+    if engine_path.exists() and card_path.exists():   # the card the engine was built with (NMS taken out)
+        return engine_path, ModelCard.from_json(card_path.read_text(), str(card_path))
     stale = sorted(cache_dir.glob(f"{key.split('-')[0]}-*.engine")) if cache_dir.exists() else []
     if stale and not rebuild:
         raise EngineError(f"cached engine(s) {[s.name for s in stale]} were built for another TensorRT version, GPU "
@@ -110,7 +111,10 @@ def build_engine(onnx_path: str | Path, cache_dir: str | Path, precision: str = 
     builder = trt.Builder(logger)
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_path.read_bytes()):
+    graph = onnx_path.read_bytes()
+    if has_nms(card):   # a data-dependent output: the engine runs without it, the runtime does the NMS
+        graph, card = strip_nms(graph, card)
+    if not parser.parse(graph):
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineError(f"TensorRT cannot parse {onnx_path}: {errs}")
     config = builder.create_builder_config()

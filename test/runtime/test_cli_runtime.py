@@ -127,7 +127,8 @@ def test_bench_times_peers_and_the_paper_pair_side_by_side(tmp_path):
                    "paper_student": DEFAULT_MODEL, "default": DEFAULT_MODEL}, size_wh=(320, 256), iterations=2,
                   warmup=1, peers={"other": DEFAULT_MODEL})
     peer = r["peers"]["other"]
-    assert peer["engine_ms"] > 0 and peer["inputs"] == {"visible": [1, 3, 256, 320], "thermal": [1, 1, 256, 320]}
+    assert peer["engine_ms"] > 0 and peer["inputs"] == {"visible": [1, 3, 256, 320], "thermal": [1, 1, 256, 320],
+                                                        "score_threshold": [1], "nms_iou": [1], "max_detections": [1]}
     assert set(r["peer_ratios"]["other"]) == {"student", "paper_student", "default"}
     assert r["peer_ratios"]["other"]["default"] == pytest.approx(r["default"]["engine_ms"] / peer["engine_ms"], rel=1e-3)
     assert r["paper_student_teacher_ratio"] == pytest.approx(

@@ -28,7 +28,7 @@ import numpy as np
 
 from ms_perception.core.card import CARD_KEY, ModelCard, TensorSpec, onnx_graph_sha256
 from ms_perception.core.inconsistency import EPS32, INCONSISTENCY_OUTPUT
-from ms_perception.core.postprocess import OUTPUT_STATS
+from ms_perception.core.postprocess import NMS_INPUTS, NMS_OUTPUT, OUTPUT_STATS, stats_names
 
 
 class GraphEditError(ValueError):
@@ -133,10 +133,10 @@ def add_output_stats(model, card: ModelCard):
     refused). Returns (model, card), both edited copies."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
-    outs = [o.name for o in model.graph.output]
+    outs = [o.name for o in model.graph.output if o.name != NMS_OUTPUT]   # row indices: checked by the runtime
     if OUTPUT_STATS in outs:
         raise GraphEditError(f"{card.name}: the graph already has the {OUTPUT_STATS} output")
-    names = [o.name for o in card.outputs]
+    names = stats_names(o.name for o in card.outputs)
     if sorted(names) != sorted(outs):
         raise GraphEditError(f"{card.name}: the card's outputs {names} are not the graph's {outs}; the card does "
                              "not match the graph")
@@ -164,6 +164,72 @@ def add_output_stats(model, card: ModelCard):
                                           "sum, min, max of each output, in the card's order: " + ", ".join(names)))
 
 
+NMS_PREFIX = "ms_nms/"
+
+
+def add_nms(model, card: ModelCard):
+    """``model`` (a detector whose graph decodes its boxes: outputs ``scores`` (1, A, K) and
+    ``boxes`` (1, A, 4) xyxy) gains ONNX NonMaxSuppression over the fused scores: class-aware (per
+    class), keeping a box when its score is above ``score_threshold`` and dropping one whose IoU with
+    a kept box of its class is above ``nms_iou`` — the rule of ``postprocess.select_detections``,
+    which the runtime otherwise runs after the engine (0.25 ms per frame for the default model on
+    this CPU, cold caches; the graph's NMS costs less than the noise of the engine time). The three
+    thresholds are graph inputs the runtime feeds from its parameters (``score_threshold``,
+    ``nms_iou``: float32 (1,); ``max_detections``: int64 (1,), the most kept per class), so a
+    parameter change needs no new model; the output ``detections_index`` (N, 3) int64 holds the
+    kept [batch, class, anchor] rows (``postprocess.detections_from_index`` reads them). Unlike the
+    runtime path there is no pre-NMS top-1000 cut (every candidate takes part).
+
+    TensorRT cannot give a data-dependent output shape to this runtime's engine, so
+    ``strip_nms`` (ms_perception.engines.nms_strip) removes exactly these nodes before an engine is
+    built, and that engine uses the runtime's NMS. Returns (model, card), both edited copies."""
+    import onnx
+    from onnx import TensorProto, helper
+    if card.task != "detection" or card.box_decoding != "in_graph":
+        raise GraphEditError(f"{card.name}: in-graph NMS needs a detector whose graph decodes its boxes (task "
+                             f"{card.task!r}, box_decoding {card.box_decoding!r}); re-export with decoded boxes")
+    outs = {o.name for o in model.graph.output}
+    if not {"scores", "boxes"} <= outs:
+        raise GraphEditError(f"{card.name}: the graph has no scores and boxes outputs (outputs {sorted(outs)})")
+    if NMS_OUTPUT in outs or any(i.name in NMS_INPUTS for i in model.graph.input):
+        raise GraphEditError(f"{card.name}: the graph already has the in-graph NMS ({NMS_OUTPUT})")
+    spec = card.output("scores")
+    if spec is None or spec.shape[0] != 1:
+        raise GraphEditError(f"{card.name}: in-graph NMS is for a batch-1 model (scores {spec.shape if spec else None}); "
+                             "the runtime reads batch item 0")
+    if _opset(model) < 11:
+        raise GraphEditError(f"{card.name}: NonMaxSuppression with these inputs needs opset >= 11 (graph opset "
+                             f"{_opset(model)}); re-export")
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    p = NMS_PREFIX
+    g.node.append(helper.make_node("Transpose", ["scores"], [p + "scores_ka"], name=p + "scores_ka", perm=[0, 2, 1]))
+    g.node.append(helper.make_node("NonMaxSuppression", ["boxes", p + "scores_ka", "max_detections", "nms_iou",
+                                                         "score_threshold"], [NMS_OUTPUT], name=p + "nms",
+                                   center_point_box=0))
+    g.input.extend([helper.make_tensor_value_info("score_threshold", TensorProto.FLOAT, [1]),
+                    helper.make_tensor_value_info("nms_iou", TensorProto.FLOAT, [1]),
+                    helper.make_tensor_value_info("max_detections", TensorProto.INT64, [1])])
+    g.output.append(helper.make_tensor_value_info(NMS_OUTPUT, TensorProto.INT64, ["detections", 3]))
+    m, new = _with_card(m, card, TensorSpec(NMS_OUTPUT, [0, 3], "int64",
+                                            "class-aware NMS survivors, rows [batch, class, anchor] (N, 3); N varies "
+                                            "(the shape's 0)"))
+    new.inputs += [TensorSpec("score_threshold", [1], "float32", "keep scores above this (runtime parameter)"),
+                   TensorSpec("nms_iou", [1], "float32", "suppress IoU above this within a class (runtime parameter)"),
+                   TensorSpec("max_detections", [1], "int64", "the most kept per class (runtime parameter)")]
+    return _embed(m, new), new
+
+
+def _embed(m, card: ModelCard):
+    kept = [e for e in m.metadata_props if e.key != CARD_KEY]
+    del m.metadata_props[:]
+    m.metadata_props.extend(kept)
+    entry = m.metadata_props.add()
+    entry.key, entry.value = CARD_KEY, card.to_json()
+    return m
+
+
 def _with_card(m, card: ModelCard, spec: TensorSpec):
     """Check the edited graph; the card gains ``spec`` and the new graph hash (the card's own metadata
     entry is not hashed) and is embedded."""
@@ -182,10 +248,11 @@ def _with_card(m, card: ModelCard, spec: TensorSpec):
     return m, new
 
 
-def edit_file(src: str | Path, out: str | Path) -> ModelCard:
+def edit_file(src: str | Path, out: str | Path, nms: bool = False) -> ModelCard:
     """Read an exported model, add what it lacks (the in-graph inconsistency of a three-branch
-    detector, then the output statistics), write ``out`` and its ``.card.json`` (atomically).
-    Refuses a graph whose card hash does not match it (edited elsewhere) and one with both edits."""
+    detector, then the output statistics; with ``nms`` also the in-graph NMS, which needs no
+    statistics and so may follow them), write ``out`` and its ``.card.json`` (atomically).
+    Refuses a graph whose card hash does not match it (edited elsewhere) and one with every edit."""
     import onnx
 
     from ms_perception.core.atomic import atomic_write
@@ -201,11 +268,14 @@ def edit_file(src: str | Path, out: str | Path) -> ModelCard:
     todo = []
     if card.task == "detection" and INCONSISTENCY_OUTPUT not in outs and {"scores_visible", "scores_thermal"} <= outs:
         todo.append(add_inconsistency_output)    # refuses a graph with output_stats already, naming why
+    if nms and NMS_OUTPUT not in outs:
+        todo.append(add_nms)
     if OUTPUT_STATS not in outs:
         todo.append(add_output_stats)
     if not todo:
-        raise GraphEditError(f"{src}: the graph already has every edit ({', '.join(sorted(outs & {INCONSISTENCY_OUTPUT, OUTPUT_STATS}))}); "
-                             "nothing to add")
+        have = ', '.join(sorted(outs & {INCONSISTENCY_OUTPUT, OUTPUT_STATS, NMS_OUTPUT}))
+        raise GraphEditError(f"{src}: the graph already has every edit asked for ({have}); nothing to add"
+                             + ("" if nms or NMS_OUTPUT in outs else " (the in-graph NMS is added with --nms)"))
     new = card
     for edit in todo:
         model, new = edit(model, new)

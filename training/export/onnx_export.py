@@ -34,7 +34,7 @@ from ms_perception.core.anchors import BoxCoder, grid_anchors
 from ms_perception.core.atomic import atomic_write
 from ms_perception.core.card import CARD_KEY, ModelCard, Normalization, TensorSpec
 from ms_perception.core.inconsistency import INCONSISTENCY_OUTPUT, level_class_means
-from ms_perception.core.postprocess import OUTPUT_STATS, output_stats
+from ms_perception.core.postprocess import OUTPUT_STATS, output_stats, stats_names
 from ms_perception_training.export.graph_edits import add_inconsistency_output, add_output_stats, level_counts
 
 OPSET = 17
@@ -240,7 +240,7 @@ def output_stats_parity(path, card: ModelCard, v, t, in_names) -> float:
     import onnxruntime as ort
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feeds = {n: x.numpy() for n, x in zip(in_names, (x for x in (v, t) if x is not None))}
-    names = [o.name for o in card.outputs if o.name != OUTPUT_STATS]
+    names = stats_names(o.name for o in card.outputs)
     got = sess.run([*names, OUTPUT_STATS], feeds)
     want = output_stats(dict(zip(names, got)), names).astype(np.float64)
     return float((np.abs(got[-1] - want) / np.maximum(np.abs(want), 1.0)).max())
