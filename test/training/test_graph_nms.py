@@ -169,3 +169,47 @@ def test_a_tensorrt_build_takes_the_nms_out_exactly_and_graph_edit_puts_it_back(
     assert onnx_graph_sha256((tmp_path / "y.onnx").read_bytes()) == shipped.graph_sha256
     assert main(["graph-edit", str(default_model()), "--out", str(tmp_path / "z.onnx"), "--nms"]) != 0
     assert "already has every edit" in capsys.readouterr().err
+
+
+def test_the_tensorrt_build_parses_the_graph_without_the_nms(tmp_path, monkeypatch):
+    """TensorRT cannot be installed here: a stand-in for its builder records what build_engine hands
+    the ONNX parser (the real parser and builder run on a Jetson; test/runtime/test_tensorrt_device.py)."""
+    import types
+
+    import ms_perception.engines.tensorrt_engine as te
+    parsed = []
+
+    class Any:
+        WARNING = 2
+
+        def __init__(self, *a, **k):
+            pass
+
+        def __getattr__(self, name):
+            return lambda *a, **k: Any()
+
+    class Parser(Any):
+        num_errors = 0
+
+        def parse(self, data):
+            parsed.append(data)
+            return True
+
+    class Builder(Any):
+        platform_has_fast_fp16 = True
+
+        def build_serialized_network(self, network, config):
+            return b"engine"
+
+    trt = types.SimpleNamespace(__version__="10.0", Logger=Any, Builder=Builder, OnnxParser=Parser,
+                                MemoryPoolType=types.SimpleNamespace(WORKSPACE=0),
+                                BuilderFlag=types.SimpleNamespace(FP16=0, INT8=1))
+    cudart = types.SimpleNamespace(cudaGetDeviceProperties=lambda d: (0, types.SimpleNamespace(major=8, minor=7)))
+    monkeypatch.setattr(te, "_import_trt", lambda: (trt, cudart))
+    monkeypatch.setattr(te, "_check", lambda r, what: r[1])
+    path, card = te.build_engine(default_model(), tmp_path / "engines")
+    assert len(parsed) == 1 and onnx_graph_sha256(parsed[0]) == SHIPPED_BEFORE_NMS
+    assert card.output(NMS_OUTPUT) is None and [s.name for s in card.inputs] == ["visible", "thermal"]
+    # the cached engine comes back with the card it was built with
+    path2, card2 = te.build_engine(default_model(), tmp_path / "engines")
+    assert path2 == path and card2.to_dict() == card.to_dict() and len(parsed) == 1
