@@ -57,17 +57,21 @@ def detections_from_index(index: np.ndarray, scores: np.ndarray, boxes: np.ndarr
         raise ModelOutputError(f"model output {NMS_OUTPUT!r} is {index.dtype.name} {index.shape}, expected (N, 3) "
                                "integer rows [batch, class, anchor] (ONNX NonMaxSuppression); re-run `train "
                                "graph-edit --nms` on the export")
-    if not len(index):
+    rows = index.tolist()          # a few rows: plain Python costs less than numpy calls after the engine
+    if not rows:
         return Detections()
     a, k = scores.shape
+    for b, c, j in rows:
+        if b or not 0 <= c < k or not 0 <= j < a:
+            raise ModelOutputError(f"model output {NMS_OUTPUT!r} indexes outside the outputs (batch 0, classes < {k}, "
+                                   f"anchors < {a}): row {[b, c, j]}; the graph's NMS is not wired to its scores and "
+                                   "boxes")
     cls, anchor = index[:, 1], index[:, 2]
-    if index[:, 0].any() or cls.min() < 0 or cls.max() >= k or anchor.min() < 0 or anchor.max() >= a:
-        raise ModelOutputError(f"model output {NMS_OUTPUT!r} indexes outside the outputs (batch 0, classes < {k}, "
-                               f"anchors < {a}); the graph's NMS is not wired to its scores and boxes")
     sc = scores[anchor, cls]
-    keep = np.argsort(-sc, kind="stable")[:max_detections]
-    return Detections(boxes[anchor[keep]], sc[keep], cls[keep].astype(np.int64, copy=False),
-                      anchor[keep].astype(np.int64, copy=False))
+    if len(rows) > 1:
+        keep = sorted(range(len(rows)), key=sc.tolist().__getitem__, reverse=True)[:max_detections]
+        cls, anchor, sc = cls[keep], anchor[keep], sc[keep]
+    return Detections(boxes[anchor], sc, cls.astype(np.int64, copy=False), anchor.astype(np.int64, copy=False))
 
 
 def output_stats(out: dict, names: list[str]) -> np.ndarray:
@@ -110,7 +114,8 @@ def check_by_stats(name: str, stats: tuple[float, float, float] | None, a: np.nd
 
 
 def check_boxes(boxes: np.ndarray) -> None:
-    bad = int(((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).sum()) if len(boxes) else 0
+    # at most max_detections rows: plain Python (a numpy call after the engine costs more than these comparisons)
+    bad = sum(1 for x0, y0, x1, y1 in boxes.tolist() if x1 < x0 or y1 < y0)
     if bad:
         raise ModelOutputError(f"{bad} detection box(es) have x1 < x0 or y1 < y0; the model's box output is not xyxy "
                                "or is broken (check the card's box_decoding)")

@@ -375,15 +375,16 @@ def warp_thermal(unit: np.ndarray, thermal_to_visible: np.ndarray, letterbox: Le
 
 @functools.lru_cache(maxsize=64)
 def _registration(thermal_to_visible: bytes, letterbox: Letterbox, out_hw: tuple[int, int],
-                  src_hw: tuple[int, int]) -> tuple[np.ndarray, bool]:
-    """Camera thermal pixel -> model thermal pixel (3x3, read-only), and whether it is the identity
-    on a same-size image; once per calibration, rig and model (the per-frame 3x3 arithmetic costs
-    more than the table look-up after the engine has run)."""
+                  src_hw: tuple[int, int]) -> tuple[np.ndarray, bool, bool]:
+    """Camera thermal pixel -> model thermal pixel (3x3, read-only), whether it is the identity
+    on a same-size image, and whether it is a whole-factor shrink (``_warp``'s resize path); once
+    per calibration, rig and model (the per-frame 3x3 arithmetic and tests cost more than the table
+    look-up after the engine has run)."""
     H, W = letterbox.dst_hw
     m = np.diag([out_hw[1] / W, out_hw[0] / H, 1.0]) @ letterbox.matrix @ \
         np.frombuffer(thermal_to_visible, np.float64).reshape(3, 3)
     m.setflags(write=False)
-    return m, _is_identity(m) and tuple(src_hw) == tuple(out_hw)
+    return m, _is_identity(m) and tuple(src_hw) == tuple(out_hw), _integer_shrink(m, tuple(src_hw), tuple(out_hw))
 
 
 def thermal_input(frame: Frame, norm: ThermalNormalization, thermal_to_visible: np.ndarray, letterbox: Letterbox,
@@ -398,13 +399,18 @@ def thermal_input(frame: Frame, norm: ThermalNormalization, thermal_to_visible: 
     only where a pixel's neighbours straddle the window's ends (windowing after the interpolation
     is what a camera with fewer pixels would see)."""
     a = _check(frame, "thermal", THERMAL_ENCODINGS)
-    m, same = _registration(np.asarray(thermal_to_visible, np.float64).tobytes(), letterbox, tuple(out_hw),
-                            a.shape[:2])
+    m, same, shrink = _registration(np.asarray(thermal_to_visible, np.float64).tobytes(), letterbox, tuple(out_hw),
+                                    a.shape[:2])
     if frame.encoding == "mono8" or (norm.mode == "window" and a.dtype == np.uint16):
-        # outside the camera's view: the count at the window's low end, which the table maps to 0, so
-        # the pixels at the view's edge blend towards 0 as the float order blends towards 0.0
-        border = 0 if a.dtype == np.uint8 else float(min(max(math.ceil(norm.raw_min), 0), 65535))
-        w = a if same else _warp(np.ascontiguousarray(a), m, out_hw, cv2.INTER_LINEAR, border)
+        if same:
+            w = a
+        elif shrink:   # _warp's whole-factor path, decided once per registration
+            w = cv2.resize(np.ascontiguousarray(a), (out_hw[1], out_hw[0]), interpolation=cv2.INTER_LINEAR)
+        else:
+            # outside the camera's view: the count at the window's low end, which the table maps to 0, so
+            # the pixels at the view's edge blend towards 0 as the float order blends towards 0.0
+            border = 0 if a.dtype == np.uint8 else float(min(max(math.ceil(norm.raw_min), 0), 65535))
+            w = _warp(np.ascontiguousarray(a), m, out_hw, cv2.INTER_LINEAR, border)
         return np.ascontiguousarray(w) if a.dtype == np.uint8 else norm.lut16().take(w)
     unit = thermal_to_unit(frame, norm)
     w = unit if same else _warp(unit, m, out_hw, cv2.INTER_LINEAR)

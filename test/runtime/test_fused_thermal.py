@@ -176,7 +176,8 @@ def test_registration_is_cached_per_calibration_not_served_stale():
         outs.append(got)
     assert not np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
     key = np.diag([2.0, 2.0, 1.0]).tobytes()
-    m, same = _registration(key, lb, (48, 64), (48, 60))
-    assert not m.flags.writeable and not same
+    m, same, shrink = _registration(key, lb, (48, 64), (48, 60))
+    assert not m.flags.writeable and not same and not shrink      # padded: not a plain shrink
+    assert _registration(key, Letterbox.fit((96, 128), (48, 64)), (24, 32), (48, 64))[2]   # 64x48 -> 32x24: 2x
     # camera pixel (x 10, y 10) -> visible (20, 20) -> model (10 + 2 px padding on the left, 10)
     assert (m @ [10, 10, 1]).tolist() == [12.0, 10.0, 1.0]

@@ -203,3 +203,30 @@ def test_chw_u8_is_the_transpose_for_every_layout():
     assert a is not b and not np.shares_memory(a, b) and not np.shares_memory(a, rgb)
     with pytest.raises(TypeError):
         chw_u8(rgb.astype(np.float32))      # never a silent cast of a float image to 8 bits
+
+
+def test_score_from_level_means_is_numpys_mean_bit_for_bit():
+    """inconsistency_from_level_class sums its few numbers in a plain loop (no numpy call per mean
+    after the engine); numpy's means of rows shorter than 8 are that loop, so the numbers are equal
+    exactly, and a hand value: levels [0.1, 0.3] x classes [1, 0] -> per level 0.05, 0.15; per class 0.2, 0."""
+    from ms_perception.core.inconsistency import inconsistency_from_level_class
+    r = inconsistency_from_level_class(np.array([[0.1, 0.0], [0.3, 0.0]], np.float32))
+    assert r.per_level == [float(np.float32(0.1)) / 2, float(np.float32(0.3)) / 2]
+    assert r.per_class == [(float(np.float32(0.1)) + float(np.float32(0.3))) / 2, 0.0]
+    assert r.score == pytest.approx(0.1, rel=1e-6)
+    rng = np.random.default_rng(0)
+    for shape in [(4, 3), (1, 1), (5, 7), (3, 1)]:
+        for _ in range(300):
+            a = rng.random(shape).astype(np.float32) * rng.choice([1e-3, 0.37, 1.0])
+            r, b = inconsistency_from_level_class(a), a.astype(np.float64)
+            assert r.per_level == b.mean(1).tolist() and r.per_class == b.mean(0).tolist()
+            assert r.score == float(b.mean(1).mean())
+    assert inconsistency_from_level_class(np.zeros((0, 3), np.float32)).per_class == [0.0, 0.0, 0.0]
+
+
+def test_check_boxes_counts_the_reversed_boxes():
+    from ms_perception.core.postprocess import ModelOutputError, check_boxes
+    check_boxes(np.zeros((0, 4), np.float32))
+    check_boxes(np.array([[0, 0, 1, 1], [2, 2, 2, 2]], np.float32))          # a point box is not reversed
+    with pytest.raises(ModelOutputError, match="^2 detection box"):
+        check_boxes(np.array([[0, 0, 1, 1], [2, 0, 1, 1], [0, 3, 1, 1]], np.float32))
