@@ -67,7 +67,7 @@ def cmd_export(args) -> int:
         lineage = {**checkpoint_lineage(args.checkpoint), "checkpoint_sha256": file_sha256(args.checkpoint)}
     res = export_onnx(model.eval(), args.out, uint8_input=not args.float_input, decode=not args.no_decode,
                       batch=args.batch, dynamic_batch=args.dynamic_batch, fold_bn=not args.no_fold_bn,
-                      opset=args.opset, notes=args.notes or "", lineage=lineage)
+                      opset=args.opset, notes=args.notes or "", lineage=lineage, in_graph_nms=args.nms)
     side = Path(args.out).with_suffix(".card.json")
     from ms_perception_training.export.onnx_export import card_json
 
@@ -251,6 +251,8 @@ def build_parser(prog: str = "ms-perception train") -> argparse.ArgumentParser:
     e.add_argument("--opset", type=int, default=17)
     e.add_argument("--notes", help="free text stored in the card (e.g. the training command)")
     e.add_argument("--strict-tensorrt", action="store_true", help="exit 1 if an operator is not TensorRT-parsable")
+    e.add_argument("--nms", action="store_true", help="the class-aware NMS in the graph too (graph-edit --nms); the "
+                   "pipeline feeds its thresholds; a TensorRT build takes it out again")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_export)
     ge = sub.add_parser("graph-edit", help="add the in-graph cross-modality inconsistency means (and "

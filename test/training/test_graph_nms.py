@@ -213,3 +213,35 @@ def test_the_tensorrt_build_parses_the_graph_without_the_nms(tmp_path, monkeypat
     # the cached engine comes back with the card it was built with
     path2, card2 = te.build_engine(default_model(), tmp_path / "engines")
     assert path2 == path and card2.to_dict() == card.to_dict() and len(parsed) == 1
+
+
+def test_export_puts_the_nms_in_the_graph_on_request(tmp_path):
+    import torch
+    from pathlib import Path
+
+    from ms_perception.core.postprocess import OUTPUT_STATS
+    from ms_perception_training.export.onnx_export import export_onnx
+    from ms_perception_training.models.build import build_model
+    from ms_perception_training.models.config import load_model_config
+    cfg = load_model_config(Path(__file__).resolve().parents[2] / "config/models/default_gaff_three_branch.yaml")
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    with torch.no_grad():   # spread the scores as training does (untrained, all sit at the 0.01 prior and tie)
+        for name, p in model.named_parameters():
+            if "cls_logits" in name:
+                p.normal_(0.0, 0.3)
+    res = export_onnx(model, tmp_path / "nms.onnx", in_graph_nms=True)
+    assert res.parity_max_abs[NMS_OUTPUT] == 0.0 and res.parity_max_abs[OUTPUT_STATS] < 1e-5
+    assert res.card.output(NMS_OUTPUT) is not None and res.card.input("max_detections").dtype == "int64"
+    # the pipeline runs it: its detections are the runtime NMS's on the same frame
+    plain_res = export_onnx(model, tmp_path / "plain.onnx")
+    gen = SyntheticGenerator(SynthConfig(width=320, height=256, thermal_factor=1), seed=2)
+    sp = next(iter(gen.pairs(1)))
+    pair = FramePair(Frame(sp.visible, sp.stamp_visible_ns, "rgb8"), Frame(sp.thermal_raw, sp.stamp_thermal_ns, "mono16"))
+    a = Pipeline(create_engine("onnxruntime", plain_res.path), PipelineConfig()).process(pair)
+    b = Pipeline(create_engine("onnxruntime", res.path), PipelineConfig()).process(pair)
+    assert len(a.detections) > 5
+    np.testing.assert_array_equal(a.detections.anchor_index, b.detections.anchor_index)
+    np.testing.assert_array_equal(a.detections.boxes, b.detections.boxes)
+    with pytest.raises(ValueError, match="batch-1 detector"):
+        export_onnx(model, tmp_path / "dyn.onnx", in_graph_nms=True, dynamic_batch=True, check_parity=False)

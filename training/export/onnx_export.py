@@ -34,8 +34,15 @@ from ms_perception.core.anchors import BoxCoder, grid_anchors
 from ms_perception.core.atomic import atomic_write
 from ms_perception.core.card import CARD_KEY, ModelCard, Normalization, TensorSpec
 from ms_perception.core.inconsistency import INCONSISTENCY_OUTPUT, level_class_means
-from ms_perception.core.postprocess import OUTPUT_STATS, output_stats, stats_names
-from ms_perception_training.export.graph_edits import add_inconsistency_output, add_output_stats, level_counts
+from ms_perception.core.postprocess import (
+    NMS_OUTPUT,
+    OUTPUT_STATS,
+    detections_from_index,
+    output_stats,
+    select_detections,
+    stats_names,
+)
+from ms_perception_training.export.graph_edits import add_inconsistency_output, add_nms, add_output_stats, level_counts
 
 OPSET = 17
 OPS_FILE = Path(__file__).with_name("tensorrt_onnx_ops.txt")
@@ -148,13 +155,15 @@ def export_onnx(model: MultispectralModel, out: str | Path, *, uint8_input: bool
                 batch: int = 1, dynamic_batch: bool = False, fold_bn: bool = True, opset: int = OPSET,
                 check_parity: bool = True, notes: str = "", lineage: dict | None = None,
                 in_graph_inconsistency: bool = True, fold_thermal: bool = True,
-                output_stats: bool = True) -> ExportResult:
+                output_stats: bool = True, in_graph_nms: bool = False) -> ExportResult:
     """Export ``model`` to ``out`` (written atomically) and return the card and checks. A three-branch
     detector also gets the in-graph inconsistency means (graph_edits.add_inconsistency_output).
     ``fold_thermal``: a thermal image repeated to 3 channels enters the first conv once, with the
     kernels summed (bn_fold.fold_thermal_repeat); parity is checked against the unfolded model.
     ``output_stats``: the graph also gives the sum, min and max of each output, from which the
-    runtime checks them (graph_edits.add_output_stats; checked against numpy on the outputs)."""
+    runtime checks them (graph_edits.add_output_stats; checked against numpy on the outputs).
+    ``in_graph_nms``: the class-aware NMS in the graph too (graph_edits.add_nms: batch-1 detectors
+    with decoded boxes; its rows are checked against the runtime's NMS on the export's outputs)."""
     cfg = model.cfg
     model = copy.deepcopy(model).eval()
     folded = fold_batchnorm(model) if fold_bn else 0
@@ -202,8 +211,13 @@ def export_onnx(model: MultispectralModel, out: str | Path, *, uint8_input: bool
     edits = []
     if in_graph_inconsistency and cfg.task == "detection" and {"scores_visible", "scores_thermal"} <= set(out_names):
         edits.append(add_inconsistency_output)
+    if in_graph_nms:
+        if cfg.task != "detection" or not decode or batch != 1 or dynamic_batch:
+            raise ValueError("in-graph NMS is for a batch-1 detector with decoded boxes (no --no-decode, "
+                             "--batch 1, no --dynamic-batch)")
+        edits.append(add_nms)
     if output_stats:
-        edits.append(add_output_stats)      # the last edit: it covers every output before it
+        edits.append(add_output_stats)      # covers every output before it but the NMS rows
     for edit in edits:
         m, card = edit(m, card)             # each embeds the card
     if not edits:
@@ -217,20 +231,60 @@ def export_onnx(model: MultispectralModel, out: str | Path, *, uint8_input: bool
     parity = {}
     if check_parity:
         reference = wrapper if unfolded is model else ExportWrapper(unfolded, uint8_input, decode, anchors).eval()
-        parity = onnx_parity(out, reference, v, t, in_names, out_names)
+        parity = onnx_parity(out, reference, v, t, in_names, out_names, card)
         if card.output(INCONSISTENCY_OUTPUT) is not None:   # the graph's means vs the numpy definition
             parity[INCONSISTENCY_OUTPUT] = inconsistency_parity(out, card, v, t, in_names)
         if card.output(OUTPUT_STATS) is not None:            # the graph's sum/min/max vs numpy on its outputs
             parity[OUTPUT_STATS] = output_stats_parity(out, card, v, t, in_names)
+        if card.output(NMS_OUTPUT) is not None:              # the graph's NMS rows vs the runtime's NMS
+            parity[NMS_OUTPUT] = nms_parity(out, card, v, t, in_names)
     return ExportResult(out, card, parity, unsupported, folded)
+
+
+def _feeds(card: ModelCard, v, t, in_names) -> dict:
+    """The export check's inputs, with the pipeline's default NMS thresholds when the graph has the NMS."""
+    feeds = {n: x.numpy() for n, x in zip(in_names, (x for x in (v, t) if x is not None))}
+    if card.output(NMS_OUTPUT) is not None:
+        from ms_perception.core.pipeline import PipelineConfig
+        c = PipelineConfig()
+        feeds.update(score_threshold=np.array([c.score_threshold], np.float32),
+                     nms_iou=np.array([c.nms_iou], np.float32), max_detections=np.array([c.max_detections], np.int64))
+    return feeds
+
+
+def nms_parity(path, card: ModelCard, v, t, in_names) -> float:
+    """The fraction of detections in which the graph's NMS rows and the runtime's NMS
+    (postprocess.select_detections, no pre-NMS cut) differ on the export's own outputs (0.0: the
+    same detections in the same order), at the default thresholds and at a score threshold that
+    keeps the top 1 % of the scores (an untrained model scores nothing above 0.3). Only exactly tied
+    scores can make them differ (which of two equal scores comes first): an untrained model, whose
+    scores all sit near the prior 0.01, has hundreds of ties; a trained one next to none."""
+    import onnxruntime as ort
+
+    from ms_perception.core.pipeline import PipelineConfig
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = _feeds(card, v, t, in_names)
+    scores, = sess.run(["scores"], feeds)
+    c, worst = PipelineConfig(), 0.0
+    for thr in (c.score_threshold, float(np.quantile(scores[0], 0.99))):
+        feeds["score_threshold"] = np.array([thr], np.float32)
+        scores, boxes, index = sess.run(["scores", "boxes", NMS_OUTPUT], feeds)
+        got = detections_from_index(index, scores[0], boxes[0], c.max_detections)
+        want = select_detections(scores[0], boxes[0], float(np.float32(thr)), c.nms_iou, c.max_detections,
+                                 pre_nms_top_k=scores.shape[1] * scores.shape[2])
+        a = list(zip(got.anchor_index.tolist(), got.labels.tolist()))
+        b = list(zip(want.anchor_index.tolist(), want.labels.tolist()))
+        n = max(len(a), len(b))
+        if n:
+            worst = max(worst, sum(x != y for x, y in zip(a, b)) / n + abs(len(a) - len(b)) / n)
+    return round(worst, 4)
 
 
 def inconsistency_parity(path, card: ModelCard, v, t, in_names) -> float:
     """Max |graph − level_class_means(numpy)| of the in-graph inconsistency means, every batch item."""
     import onnxruntime as ort
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feeds = {n: x.numpy() for n, x in zip(in_names, (x for x in (v, t) if x is not None))}
-    sv, st, got = sess.run(["scores_visible", "scores_thermal", INCONSISTENCY_OUTPUT], feeds)
+    sv, st, got = sess.run(["scores_visible", "scores_thermal", INCONSISTENCY_OUTPUT], _feeds(card, v, t, in_names))
     counts = level_counts(card)
     return float(max(np.abs(got[i] - level_class_means(sv[i], st[i], counts)).max() for i in range(len(got))))
 
@@ -239,18 +293,18 @@ def output_stats_parity(path, card: ModelCard, v, t, in_names) -> float:
     """Max relative |graph − numpy| of ``output_stats`` (sum, min, max of each output, all items)."""
     import onnxruntime as ort
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feeds = {n: x.numpy() for n, x in zip(in_names, (x for x in (v, t) if x is not None))}
     names = stats_names(o.name for o in card.outputs)
-    got = sess.run([*names, OUTPUT_STATS], feeds)
+    got = sess.run([*names, OUTPUT_STATS], _feeds(card, v, t, in_names))
     want = output_stats(dict(zip(names, got)), names).astype(np.float64)
     return float((np.abs(got[-1] - want) / np.maximum(np.abs(want), 1.0)).max())
 
 
-def onnx_parity(path, wrapper, v, t, in_names, out_names) -> dict[str, float]:
+def onnx_parity(path, wrapper, v, t, in_names, out_names, card: ModelCard | None = None) -> dict[str, float]:
     """Max |ONNX Runtime − PyTorch| per output on the same inputs."""
     import onnxruntime as ort
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feeds = {n: x.numpy() for n, x in zip(in_names, (x for x in (v, t) if x is not None))}
+    feeds = _feeds(card, v, t, in_names) if card is not None else \
+        {n: x.numpy() for n, x in zip(in_names, (x for x in (v, t) if x is not None))}
     got = sess.run(out_names, feeds)
     with torch.no_grad():
         ref = wrapper(v, t)
