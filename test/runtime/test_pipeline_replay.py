@@ -65,6 +65,21 @@ def test_pipeline_bad_input(engine, synth_pair):
         p.process(FramePair(Frame(synth_pair.visible, 0, "bayer_rggb8"), None))
     with pytest.raises(ValueError, match="score_threshold"):
         PipelineConfig(score_threshold=2)
+    with pytest.raises(ValueError, match="opencv_threads"):
+        PipelineConfig(opencv_threads=-1)
+
+
+def test_pipeline_sets_opencv_threads_as_configured(engine):
+    import cv2
+    before = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(2)
+        Pipeline(engine, PipelineConfig(opencv_threads=None))
+        assert cv2.getNumThreads() == 2            # None: OpenCV's setting stays
+        Pipeline(engine, PipelineConfig())
+        assert cv2.getNumThreads() == 1            # the default: no pool for the per-frame resizes
+    finally:
+        cv2.setNumThreads(before)
 
 
 def test_nan_output_is_a_clear_error(engine, synth_pair):
