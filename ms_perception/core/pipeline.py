@@ -110,6 +110,7 @@ class Pipeline:
         self._stat_names = stats_names(o.name for o in self.card.outputs) if OUTPUT_STATS in outs else []
         # the graph runs the NMS (graph_edits.add_nms): the runtime feeds its thresholds, reads the survivors
         self.graph_nms = NMS_OUTPUT in outs and all(self.card.input(n) is not None for n in NMS_INPUTS)
+        self._nms_key, self._nms_arrays = None, {}
         self._lb_cache: dict = {}
         if self.card.task == "detection" and self.card.box_decoding == "anchors":  # the runtime decodes
             self._anchors = grid_anchors(self.card.anchor_levels, [tuple(s) for s in self.card.level_sizes])
@@ -185,11 +186,19 @@ class Pipeline:
                 self.warnings.append(warning)
             feeds["thermal"] = self._feed(x, self.card.thermal_norm, True)
         if self.graph_nms:   # read from the config each frame: a parameter change applies to the next frame
-            cfg = self.cfg
-            feeds["score_threshold"] = np.array([cfg.score_threshold], np.float32)
-            feeds["nms_iou"] = np.array([cfg.nms_iou], np.float32)
-            feeds["max_detections"] = np.array([cfg.max_detections], np.int64)
+            feeds.update(self._nms_feeds())
         return feeds, lb, rgb
+
+    def _nms_feeds(self) -> dict:
+        """The graph NMS's three inputs from the config, rebuilt only when a value changed."""
+        cfg = self.cfg
+        key = (cfg.score_threshold, cfg.nms_iou, cfg.max_detections)
+        if self._nms_key != key:
+            self._nms_key = key
+            self._nms_arrays = {"score_threshold": np.array([cfg.score_threshold], np.float32),
+                                "nms_iou": np.array([cfg.nms_iou], np.float32),
+                                "max_detections": np.array([cfg.max_detections], np.int64)}
+        return self._nms_arrays
 
     def process(self, pair: FramePair) -> Result:
         t0 = time.perf_counter()
