@@ -174,6 +174,12 @@ def run(args) -> int:
             if t and t not in done:
                 pending += 1
                 continue                 # the teacher is still training
+            if t and not (work / f"{t}_s{seed}" / "last.pt").exists():
+                pending += 1             # its row is recorded, its weights are not in this --work
+                print(f"{arm} seed {seed}: its teacher {t} is done in {out.name}, but {work / f'{t}_s{seed}'}/last.pt "
+                      f"is missing: run with the --work that trained it, or delete {t}'s row from {out.name} to "
+                      "train the teacher again", flush=True)
+                continue
             row = run_chunk(arm, seed, Path(args.root), args.iterations, args.eval_every, args.chunk, work,
                             args.device, args.workers)
             if row is None:

@@ -84,3 +84,22 @@ def test_driver_trains_in_resumable_chunks_on_a_kaist_folder(tmp_path):
     for k, v in row["miss_rate"].items():
         assert (got[k] is None and v is None) or abs(got[k] - v) < 0.01, (k, got, row["miss_rate"])
     assert (tmp_path / "mr_all.png").stat().st_size > 0 and (tmp_path / "mr_night.png").stat().st_size > 0
+
+
+def test_a_student_whose_teacher_weights_are_gone_is_named_and_left_pending(tmp_path):
+    # the teacher's row is recorded but its checkpoint is not in this --work (another machine, a
+    # wiped /tmp): one line naming the file and the fix, the run stays pending, nothing trains
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "evidence_t_seed0.jsonl").write_text(json.dumps({"arm": "gaff", "seed": 0}) + "\n")
+    env = {**os.environ, "MS_PERCEPTION_EVIDENCE_RESULTS": str(results)}
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "evidence.py"), "run", "--root", str(tmp_path / "none"),
+                        "--tag", "t", "--seeds", "0", "--arms", "md_distilled_16x", "--iterations", "4",
+                        "--eval-every", "2", "--work", str(tmp_path / "w")],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "md_distilled_16x seed 0: its teacher gaff is done" in r.stdout
+    assert str(tmp_path / "w" / "t" / "gaff_s0") + "/last.pt is missing" in r.stdout
+    assert "1 run(s) still pending" in r.stdout
+    assert not (tmp_path / "w" / "t" / "md_distilled_16x_s0").exists()
+    assert (results / "evidence_t_seed0.jsonl").read_text().count("\n") == 1
