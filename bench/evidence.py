@@ -17,6 +17,9 @@ holds / not shown / reversed / not read (``ms_perception_training.evidence``).
     python bench/evidence.py curves --root /data/ms_evidence --tag gpu --seed 0 \
         --arms add_fusion visible_only thermal_only --out bench/results/evidence_gpu_mr_fppi
 
+    # 5. the test split's own noise: each final model's MR over scene-block bootstrap resamples
+    python bench/evidence.py noise --root /data/ms_evidence --tag gpu --seed 0 --arms gaff add_fusion
+
 Teachers are trained before their students in each seed (a distillation arm waits for its
 teacher's run to finish), and a distillation claim is read only where the teacher beats the
 student trained alone.
@@ -116,32 +119,44 @@ def run_chunk(arm: str, seed: int, root: Path, iterations: int, eval_every: int,
             "converged": converged(curve, "all"), **(curve[-1] if curve else {})}
 
 
-def mr_fppi_curves(args) -> dict:
-    """Each arm's final checkpoint of one seed, evaluated on the benchmark's test split; writes
-    ``<out>_<subset>.png`` (miss rate vs FPPI, KAIST devkit axes) and returns {arm: {subset: MR %}}."""
+def final_predictions(arm: str, args):
+    """(model config, test items, predictions) of ``arm``'s final checkpoint of ``args.seed`` on the
+    benchmark's test split, or None (named on stderr) when the checkpoint is not in ``args.work``."""
     import torch
     from ms_perception_training.checkpoints import load_weights
     from ms_perception_training.data.sources import DataConfig, open_one
-    from ms_perception_training.evaluate import _items, person_curves, predict_pool
+    from ms_perception_training.evaluate import _items, predict_pool
     from ms_perception_training.models.build import build_model
-
-    from ms_perception.metrics.plots import plot_miss_rate_curves
     train_experiments.SCALE["input"] = {"width": args.input[0], "height": args.input[1]}
     work = Path(args.work) / args.tag
+    ckpt = work / f"{arm}_s{args.seed}" / "last.pt"
+    if not ckpt.exists():
+        print(f"{arm}: no {ckpt}; train it first (evidence.py run, same --work and --tag)", file=sys.stderr)
+        return None
+    _, mcfg, _, _ = arm_configs(arm, work)
+    model = build_model(mcfg)
+    load_weights(model, str(ckpt))
+    pool = open_one(mcfg, DataConfig(type="kaist", root=str(args.root), split="test", thermal_dir="lwir16",
+                                     workers=0), split="test")
+    with torch.no_grad():
+        preds = predict_pool(model, mcfg, pool)
+    return mcfg, _items(pool), preds
+
+
+def mr_fppi_curves(args) -> dict:
+    """Each arm's final checkpoint of one seed, evaluated on the benchmark's test split; writes
+    ``<out>_<subset>.png`` (miss rate vs FPPI, KAIST devkit axes) and returns {arm: {subset: MR %}}."""
+    from ms_perception_training.evaluate import person_curves
+
+    from ms_perception.metrics.plots import plot_miss_rate_curves
     per_subset: dict[str, dict] = {}
     table = {}
     for arm in args.arms:
-        ckpt = work / f"{arm}_s{args.seed}" / "last.pt"
-        if not ckpt.exists():
-            print(f"{arm}: no {ckpt}; train it first (evidence.py run)", file=sys.stderr)
+        got = final_predictions(arm, args)
+        if got is None:
             continue
-        _, mcfg, _, _ = arm_configs(arm, work)
-        model = build_model(mcfg)
-        load_weights(model, str(ckpt))
-        pool = open_one(mcfg, DataConfig(type="kaist", root=str(args.root), split="test", thermal_dir="lwir16",
-                                         workers=0), split="test")
-        with torch.no_grad():
-            res = person_curves(_items(pool), predict_pool(model, mcfg, pool), mcfg.class_names)
+        mcfg, items, preds = got
+        res = person_curves(items, preds, mcfg.class_names)
         table[arm] = {k: (None if r.miss_rate != r.miss_rate else round(100 * float(r.miss_rate), 2))
                       for k, r in res.items()}           # None: no regular ground truth in that subset
         for k, r in res.items():
@@ -151,6 +166,41 @@ def mr_fppi_curves(args) -> dict:
         print(f"wrote {path}")
     print(jsonio.dumps(table))
     return table
+
+
+def eval_noise(args) -> dict:
+    """How much of a difference between two runs the test split alone can make: each arm's final
+    model of one seed on the test split, its person MR, and the spread of that MR over scene-block
+    bootstrap resamples of the test split (``ms_perception_training.evidence.scene_bootstrap``).
+    Prints a JSON line per arm and returns {arm: {...}}."""
+    import numpy as np
+    from ms_perception_training.evaluate import person_curves, person_images
+    from ms_perception_training.evidence import scene_bootstrap
+
+    from ms_perception.metrics.kaist import person_miss_rates
+    out = {}
+    for arm in args.arms:
+        got = final_predictions(arm, args)
+        if got is None:
+            continue
+        mcfg, items, preds = got
+        full = person_curves(items, preds, mcfg.class_names)
+        rig_h, rig_w = items[0].letterbox.src_hw
+        scenes = [it.name.rsplit("/", 1)[0] for it in items]     # setXX/VYYY: one scene's frames
+        images = person_images(items, preds, mcfg.class_names)   # built once; a resample picks from them
+        res = {}
+        for k, r in full.items():
+            def mr(idx, k=k):
+                m = person_miss_rates([images[i] for i in idx], (rig_h, rig_w), height_floor=55.0 * rig_h / 512)
+                return 100.0 * float(m[k].miss_rate)
+            vals = scene_bootstrap(scenes, mr, args.resamples, args.seed)
+            vals = vals[np.isfinite(vals)]                         # a resample with no person of a subset
+            res[k] = {"miss_rate": round(100.0 * float(r.miss_rate), 2), "bootstrap_std": round(float(vals.std()), 2),
+                      "p5": round(float(np.percentile(vals, 5)), 2), "p95": round(float(np.percentile(vals, 95)), 2),
+                      "resamples": int(vals.size)}
+        out[arm] = {"seed": args.seed, "test_pairs": len(items), "scenes": len(set(scenes)), **res}
+        print(f"{arm}: " + jsonio.dumps(out[arm]), flush=True)
+    return out
 
 
 def run(args) -> int:
@@ -255,6 +305,14 @@ def main() -> int:
     c.add_argument("--input", type=_size, default=(256, 192))
     c.add_argument("--work", default="/tmp/ms_perception_evidence")
     c.add_argument("--out", required=True, help="PNG path prefix: <out>_all.png, <out>_day.png, <out>_night.png")
+    n = sub.add_parser("noise", help="the test split's own noise: scene-block bootstrap of final models' MR")
+    n.add_argument("--root", required=True)
+    n.add_argument("--tag", required=True)
+    n.add_argument("--seed", type=int, default=0)
+    n.add_argument("--arms", nargs="+", required=True, choices=list(ARMS))
+    n.add_argument("--input", type=_size, default=(256, 192))
+    n.add_argument("--work", default="/tmp/ms_perception_evidence")
+    n.add_argument("--resamples", type=int, default=200)
     s = sub.add_parser("summarize")
     s.add_argument("--tag", required=True)
     s.add_argument("--min-seeds", type=int, default=3)
@@ -266,6 +324,8 @@ def main() -> int:
         return run(args)
     if args.cmd == "curves":
         return 0 if mr_fppi_curves(args) else 1
+    if args.cmd == "noise":
+        return 0 if eval_noise(args) else 1
     print(summarize(args.tag, args.min_seeds))
     if args.plot:
         from ms_perception.metrics.plots import plot_learning_curves

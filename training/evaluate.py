@@ -96,6 +96,12 @@ def person_curves(pool, preds, class_names: list[str]) -> dict:
     (``MissRateResult``), at the rig's resolution (height floor 55 px at 512 rows)."""
     from ms_perception.metrics.kaist import person_miss_rates
     rig_h, rig_w = pool[0].letterbox.src_hw
+    return person_miss_rates(person_images(pool, preds, class_names), (rig_h, rig_w),
+                             height_floor=55.0 * rig_h / 512)
+
+
+def person_images(pool, preds, class_names: list[str]) -> list[tuple]:
+    """Each image's persons and person detections in rig pixels, as ``person_miss_rates`` reads them."""
     pid = class_names.index("person")
     images = []
     for it, d in zip(pool, preds):
@@ -104,7 +110,7 @@ def person_curves(pool, preds, class_names: list[str]) -> dict:
         rb = it.letterbox.boxes_to_image(d.boxes[ds]) if len(d) else np.zeros((0, 4), np.float32)
         images.append((it.rig_boxes[sel], it.occlusion[sel], it.condition, rb,
                        d.scores[ds] if len(d) else np.zeros(0), it.ignore[sel]))
-    return person_miss_rates(images, (rig_h, rig_w), height_floor=55.0 * rig_h / 512)
+    return images
 
 
 def detection_scores(pool, preds, class_names: list[str]) -> dict:

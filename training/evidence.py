@@ -62,3 +62,20 @@ def read_claim(claim: Claim, runs: dict[str, list[dict]], min_seeds: int = 3) ->
     else:
         label = "not shown"
     return {**out, "label": label, "difference": round(float(np.mean(b) - np.mean(a)), 2)}
+
+
+def scene_bootstrap(groups: list[str], statistic, resamples: int = 200, seed: int = 0) -> np.ndarray:
+    """How far ``statistic`` moves with the test set alone: resample whole scenes (``groups[i]``
+    names image i's scene; frames of one scene are not independent) with replacement, as many
+    scenes as there are, and evaluate ``statistic(indices)`` on each resample. Returns the
+    ``resamples`` values; their standard deviation is the evaluation noise of one model."""
+    names = sorted(set(groups))
+    members = {g: [] for g in names}
+    for i, g in enumerate(groups):
+        members[g].append(i)
+    rng = np.random.default_rng(seed)
+    out = np.empty(resamples, np.float64)
+    for r in range(resamples):
+        pick = rng.integers(0, len(names), len(names))
+        out[r] = statistic([i for k in pick for i in members[names[k]]])
+    return out

@@ -6,7 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ms_perception_training.evidence import Claim, converged, read_claim
+import numpy as np
+from ms_perception_training.evidence import Claim, converged, read_claim, scene_bootstrap
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -84,6 +85,13 @@ def test_driver_trains_in_resumable_chunks_on_a_kaist_folder(tmp_path):
     for k, v in row["miss_rate"].items():
         assert (got[k] is None and v is None) or abs(got[k] - v) < 0.01, (k, got, row["miss_rate"])
     assert (tmp_path / "mr_all.png").stat().st_size > 0 and (tmp_path / "mr_night.png").stat().st_size > 0
+    # the test split's own noise: the same model's MR first (as the run recorded it), then its spread
+    out = call("noise", "--root", str(root), "--tag", "t", "--seed", "0", "--arms", "add_fusion", "--input",
+               "128x96", "--work", str(tmp_path / "w"), "--resamples", "20")
+    noise = json.loads(out.strip().splitlines()[-1].split(": ", 1)[1])
+    assert noise["test_pairs"] == 4 and noise["scenes"] == 1      # 24 pairs: the 5th scene of 4 is the test split
+    assert abs(noise["all"]["miss_rate"] - row["miss_rate"]["all"]) < 0.01
+    assert noise["all"]["resamples"] == 20 and noise["all"]["bootstrap_std"] == 0.0   # one scene: every resample is it
 
 
 def test_a_student_whose_teacher_weights_are_gone_is_named_and_left_pending(tmp_path):
@@ -103,3 +111,22 @@ def test_a_student_whose_teacher_weights_are_gone_is_named_and_left_pending(tmp_
     assert "1 run(s) still pending" in r.stdout
     assert not (tmp_path / "w" / "t" / "md_distilled_16x_s0").exists()
     assert (results / "evidence_t_seed0.jsonl").read_text().count("\n") == 1
+
+
+def test_scene_bootstrap_resamples_whole_scenes_by_hand():
+    # two scenes of two frames, values 0 0 | 1 1; the mean over a resample of 2 scenes is 0, 0.5 or
+    # 1 with probabilities 1/4, 1/2, 1/4: standard deviation sqrt(1/8) = 0.3536
+    values = np.array([0.0, 0.0, 1.0, 1.0])
+    seen = []
+
+    def mean(idx):
+        seen.append(sorted(idx))
+        return float(values[idx].mean())
+
+    got = scene_bootstrap(["a", "a", "b", "b"], mean, resamples=4000, seed=1)
+    assert abs(got.std() - np.sqrt(1 / 8)) < 0.02 and abs(got.mean() - 0.5) < 0.03
+    assert set(np.round(got, 6)) == {0.0, 0.5, 1.0}
+    # every resample holds whole scenes, as many scenes as there are
+    assert {tuple(x) for x in seen} == {(0, 0, 1, 1), (0, 1, 2, 3), (2, 2, 3, 3)}
+    # the same seed, the same resamples
+    assert np.array_equal(got, scene_bootstrap(["a", "a", "b", "b"], lambda i: float(values[i].mean()), 4000, 1))
