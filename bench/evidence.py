@@ -115,8 +115,36 @@ def run_chunk(arm: str, seed: int, root: Path, iterations: int, eval_every: int,
     wall = sum(float(x) for x in (out / "wall_seconds.txt").read_text().split())
     return {"arm": arm, "seed": seed, "iterations": iterations, "model": mcfg.name, "device": s["device"],
             "wall_seconds": round(wall, 1), "images_per_second": s["images_per_second"],
-            "data_wait_fraction": s["data_wait_fraction"], "curve": curve,
+            "data_wait_fraction": s["data_wait_fraction"], "environment": environment(), "curve": curve,
             "converged": converged(curve, "all"), **(curve[-1] if curve else {})}
+
+
+def environment() -> dict:
+    """What a run's numbers rest on besides the code and the seed. The same seed reproduces a run
+    bit for bit on one machine and environment (tested); a session-19 seed rerun on a rebuilt one
+    did not, so each row says where it ran."""
+    import platform
+
+    import cv2
+    import numpy as np
+    import torch
+    cpu = platform.processor()
+    try:
+        cpu = next(x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text().splitlines()
+                   if x.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "opencv": cv2.__version__, "cpu": cpu, "cpu_flags_avx512": "avx512f" in _cpu_flags(),
+            "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def _cpu_flags() -> set:
+    try:
+        return set(next(x.split(":", 1)[1].split() for x in Path("/proc/cpuinfo").read_text().splitlines()
+                        if x.startswith("flags")))
+    except (OSError, StopIteration):
+        return set()
 
 
 def final_predictions(arm: str, args):

@@ -72,6 +72,18 @@ def test_driver_trains_in_resumable_chunks_on_a_kaist_folder(tmp_path):
     assert row["arm"] == "add_fusion" and [r["iteration"] for r in row["curve"]] == [2, 4]
     # the last fifth (iterations >= 3.2) holds one evaluation: convergence unknown, so no claim reads it
     assert row["converged"] is None and row["wall_seconds"] > 0
+    import torch
+    assert row["environment"]["torch"] == torch.__version__ and row["environment"]["numpy"] == np.__version__
+    # the same seed in one go, in another work folder: the same weights bit for bit as the two chunks
+    # (the resume is exact, and a run is reproducible on one machine and environment)
+    once = run[:run.index("--chunk")] + ["--input", "128x96", "--workers", "0", "--work", str(tmp_path / "w2")]
+    env["MS_PERCEPTION_EVIDENCE_RESULTS"] = str(tmp_path / "results2")
+    call(*once)
+    a = torch.load(tmp_path / "w" / "t" / "add_fusion_s0" / "last.pt", weights_only=True, map_location="cpu")
+    b = torch.load(tmp_path / "w2" / "t" / "add_fusion_s0" / "last.pt", weights_only=True, map_location="cpu")
+    assert a["iteration"] == b["iteration"] == 4
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), "same seed, different weights"
+    env["MS_PERCEPTION_EVIDENCE_RESULTS"] = str(tmp_path / "results")
     table = call("summarize", "--tag", "t", "--min-seeds", "1", "--plot", str(tmp_path / "curves.png"))
     assert (tmp_path / "curves.png").stat().st_size > 0
     assert "| add_fusion | 0 | 4 |" in table and "fusion beats visible-only at night" in table
