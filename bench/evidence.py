@@ -201,12 +201,11 @@ def eval_noise(args) -> dict:
     model of one seed on the test split, its person MR, and the spread of that MR over scene-block
     bootstrap resamples of the test split (``ms_perception_training.evidence.scene_bootstrap``).
     Prints a JSON line per arm and returns {arm: {...}}."""
-    import numpy as np
     from ms_perception_training.evaluate import person_curves, person_images
-    from ms_perception_training.evidence import scene_bootstrap
+    from ms_perception_training.evidence import bootstrap_summary, scene_bootstrap
 
     from ms_perception.metrics.kaist import person_miss_rates
-    out = {}
+    out, draws = {}, {}
     for arm in args.arms:
         got = final_predictions(arm, args)
         if got is None:
@@ -222,12 +221,21 @@ def eval_noise(args) -> dict:
                 m = person_miss_rates([images[i] for i in idx], (rig_h, rig_w), height_floor=55.0 * rig_h / 512)
                 return 100.0 * float(m[k].miss_rate)
             vals = scene_bootstrap(scenes, mr, args.resamples, args.seed)
-            vals = vals[np.isfinite(vals)]                         # a resample with no person of a subset
-            res[k] = {"miss_rate": round(100.0 * float(r.miss_rate), 2), "bootstrap_std": round(float(vals.std()), 2),
-                      "p5": round(float(np.percentile(vals, 5)), 2), "p95": round(float(np.percentile(vals, 95)), 2),
-                      "resamples": int(vals.size)}
+            draws.setdefault(k, {})[arm] = vals                    # same seed and scenes: the same resamples
+            res[k] = {"miss_rate": round(100.0 * float(r.miss_rate), 2), **bootstrap_summary(vals)}
         out[arm] = {"seed": args.seed, "test_pairs": len(items), "scenes": len(set(scenes)), **res}
         print(f"{arm}: " + jsonio.dumps(out[arm]), flush=True)
+    # paired: the first arm against each other one on the same resamples (the test split's share of
+    # a difference between two models; the seeds' share is the protocol's min-max ranges)
+    first = next(iter(out), None)
+    for arm in list(out)[1:]:
+        diff = {}
+        for k, by_arm in draws.items():
+            if first in by_arm and arm in by_arm:
+                diff[k] = {"difference": round(out[arm][k]["miss_rate"] - out[first][k]["miss_rate"], 2),
+                           **bootstrap_summary(by_arm[arm] - by_arm[first])}
+        out[f"{arm} - {first}"] = diff
+        print(f"{arm} - {first}: " + jsonio.dumps(diff), flush=True)
     return out
 
 

@@ -79,3 +79,15 @@ def scene_bootstrap(groups: list[str], statistic, resamples: int = 200, seed: in
         pick = rng.integers(0, len(names), len(names))
         out[r] = statistic([i for k in pick for i in members[names[k]]])
     return out
+
+
+def bootstrap_summary(values: np.ndarray) -> dict:
+    """Standard deviation and the 5th / 95th percentiles of bootstrap values (a statistic, or the
+    difference of two arms on the same resamples), leaving out resamples where it is undefined (NaN:
+    no person of a subset was drawn)."""
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return {"bootstrap_std": None, "p5": None, "p95": None, "resamples": 0}
+    return {"bootstrap_std": round(float(v.std()), 2), "p5": round(float(np.percentile(v, 5)), 2),
+            "p95": round(float(np.percentile(v, 95)), 2), "resamples": int(v.size)}

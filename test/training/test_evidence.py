@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from ms_perception_training.evidence import Claim, converged, read_claim, scene_bootstrap
+from ms_perception_training.evidence import Claim, bootstrap_summary, converged, read_claim, scene_bootstrap
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -142,3 +142,11 @@ def test_scene_bootstrap_resamples_whole_scenes_by_hand():
     assert {tuple(x) for x in seen} == {(0, 0, 1, 1), (0, 1, 2, 3), (2, 2, 3, 3)}
     # the same seed, the same resamples
     assert np.array_equal(got, scene_bootstrap(["a", "a", "b", "b"], lambda i: float(values[i].mean()), 4000, 1))
+
+
+def test_bootstrap_summary_by_hand():
+    # a paired difference on the same resamples, NaN where a subset had no person: [1, 3] remain
+    a, b = np.array([1.0, 2.0, np.nan]), np.array([2.0, 5.0, 5.0])
+    got = bootstrap_summary(b - a)
+    assert got == {"bootstrap_std": 1.0, "p5": 1.1, "p95": 2.9, "resamples": 2}
+    assert bootstrap_summary(np.array([np.nan]))["resamples"] == 0
