@@ -147,9 +147,10 @@ def _cpu_flags() -> set:
         return set()
 
 
-def final_predictions(arm: str, args):
-    """(model config, test items, predictions) of ``arm``'s final checkpoint of ``args.seed`` on the
-    benchmark's test split, or None (named on stderr) when the checkpoint is not in ``args.work``."""
+def final_predictions(args):
+    """(arm, model config, test items, predictions) of each of ``args.arms``' final checkpoint of
+    ``args.seed`` on the benchmark's test split; an arm whose checkpoint is not in ``args.work`` is
+    named on stderr and left out."""
     import torch
     from ms_perception_training.checkpoints import load_weights
     from ms_perception_training.data.sources import DataConfig, open_one
@@ -157,18 +158,19 @@ def final_predictions(arm: str, args):
     from ms_perception_training.models.build import build_model
     train_experiments.SCALE["input"] = {"width": args.input[0], "height": args.input[1]}
     work = Path(args.work) / args.tag
-    ckpt = work / f"{arm}_s{args.seed}" / "last.pt"
-    if not ckpt.exists():
-        print(f"{arm}: no {ckpt}; train it first (evidence.py run, same --work and --tag)", file=sys.stderr)
-        return None
-    _, mcfg, _, _ = arm_configs(arm, work)
-    model = build_model(mcfg)
-    load_weights(model, str(ckpt))
-    pool = open_one(mcfg, DataConfig(type="kaist", root=str(args.root), split="test", thermal_dir="lwir16",
-                                     workers=0), split="test")
-    with torch.no_grad():
-        preds = predict_pool(model, mcfg, pool)
-    return mcfg, _items(pool), preds
+    for arm in args.arms:
+        ckpt = work / f"{arm}_s{args.seed}" / "last.pt"
+        if not ckpt.exists():
+            print(f"{arm}: no {ckpt}; train it first (evidence.py run, same --work and --tag)", file=sys.stderr)
+            continue
+        _, mcfg, _, _ = arm_configs(arm, work)
+        model = build_model(mcfg)
+        load_weights(model, str(ckpt))
+        pool = open_one(mcfg, DataConfig(type="kaist", root=str(args.root), split="test", thermal_dir="lwir16",
+                                         workers=0), split="test")
+        with torch.no_grad():
+            preds = predict_pool(model, mcfg, pool)
+        yield arm, mcfg, _items(pool), preds
 
 
 def mr_fppi_curves(args) -> dict:
@@ -179,11 +181,7 @@ def mr_fppi_curves(args) -> dict:
     from ms_perception.metrics.plots import plot_miss_rate_curves
     per_subset: dict[str, dict] = {}
     table = {}
-    for arm in args.arms:
-        got = final_predictions(arm, args)
-        if got is None:
-            continue
-        mcfg, items, preds = got
+    for arm, mcfg, items, preds in final_predictions(args):
         res = person_curves(items, preds, mcfg.class_names)
         table[arm] = {k: (None if r.miss_rate != r.miss_rate else round(100 * float(r.miss_rate), 2))
                       for k, r in res.items()}           # None: no regular ground truth in that subset
@@ -206,11 +204,7 @@ def eval_noise(args) -> dict:
 
     from ms_perception.metrics.kaist import person_miss_rates
     out, draws = {}, {}
-    for arm in args.arms:
-        got = final_predictions(arm, args)
-        if got is None:
-            continue
-        mcfg, items, preds = got
+    for arm, mcfg, items, preds in final_predictions(args):
         full = person_curves(items, preds, mcfg.class_names)
         rig_h, rig_w = items[0].letterbox.src_hw
         scenes = [it.name.rsplit("/", 1)[0] for it in items]     # setXX/VYYY: one scene's frames
