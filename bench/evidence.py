@@ -278,7 +278,8 @@ def run(args) -> int:
 
 
 def summarize(tag: str, min_seeds: int = 3) -> str:
-    from ms_perception_training.evidence import Claim, read_claim
+    import numpy as np
+    from ms_perception_training.evidence import Claim, late_changes, read_claim
     runs: dict[str, list[dict]] = {}
     for f in sorted(RESULTS.glob(f"evidence_{tag}_seed*.jsonl")):
         for line in f.read_text().splitlines():
@@ -304,6 +305,12 @@ def summarize(tag: str, min_seeds: int = 3) -> str:
             mr = r.get("miss_rate", {}).get("all")
             conv.append(f"| {arm} | {r['seed']} | {r['iterations']} | {r['converged']} | {mr} | {r['device']} | "
                         f"{r['wall_seconds']} | {r['images_per_second']} |")
+    steps = [d for rows in runs.values() for r in rows for d in late_changes(r.get("curve", []))]
+    if steps:
+        q = np.percentile(steps, [50, 90])
+        conv += ["", f"Change of MR (all) from one evaluation to the next over the last fifth, {len(steps)} steps in "
+                 f"{sum(len(v) for v in runs.values())} runs: median {q[0]:.2f}, 90th percentile {q[1]:.2f} points "
+                 "(the convergence rule allows less than 1.0 from the first to the last)."]
     return "\n".join(lines + conv)
 
 

@@ -91,3 +91,14 @@ def bootstrap_summary(values: np.ndarray) -> dict:
         return {"bootstrap_std": None, "p5": None, "p95": None, "resamples": 0}
     return {"bootstrap_std": round(float(v.std()), 2), "p5": round(float(np.percentile(v, 5)), 2),
             "p95": round(float(np.percentile(v, 95)), 2), "resamples": int(v.size)}
+
+
+def late_changes(curve: list[dict], key: str = "all", last_fraction: float = 0.2) -> list[float]:
+    """The absolute change of the held-out miss rate from one evaluation to the next within the last
+    fifth of training (the points :func:`converged` reads): what the convergence rule's ``tol`` is
+    up against when a run has stopped learning."""
+    pts = [(r["iteration"], r["miss_rate"].get(key)) for r in curve if r.get("miss_rate", {}).get(key) is not None]
+    if not pts:
+        return []
+    tail = [mr for it, mr in pts if it >= (1.0 - last_fraction) * pts[-1][0]]
+    return [round(abs(b - a), 6) for a, b in zip(tail, tail[1:])]

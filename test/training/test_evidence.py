@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from ms_perception_training.evidence import Claim, bootstrap_summary, converged, read_claim, scene_bootstrap
+from ms_perception_training.evidence import (Claim, bootstrap_summary, converged, late_changes, read_claim,
+                                            scene_bootstrap)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,6 +27,12 @@ def test_converged_reads_the_last_fifth():
     # one evaluation in the last fifth cannot say
     assert converged(_curve([(500, 60.0), (1000, 49.0)])) is None
     assert converged([]) is None
+
+
+def test_late_changes_by_hand():
+    # the last fifth of 1000 iterations holds 800, 900, 1000: steps |49.5 - 50.0|, |51.0 - 49.5|
+    assert late_changes(_curve([(100, 90.0), (500, 60.0), (800, 50.0), (900, 49.5), (1000, 51.0)])) == [0.5, 1.5]
+    assert late_changes(_curve([(500, 60.0), (1000, 49.0)])) == [] and late_changes([]) == []
 
 
 def _rows(vals, ok=True):
@@ -88,6 +95,7 @@ def test_driver_trains_in_resumable_chunks_on_a_kaist_folder(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 0
     assert "| add_fusion | 0 | 4 |" in table and "fusion beats visible-only at night" in table
     assert "visible_only has 0 seed(s), needs 1" in table
+    assert "Change of MR (all) from one evaluation to the next over the last fifth, 0 steps" not in table
     # the MR-FPPI curves re-evaluate the final checkpoint on the same test split: the same miss rates
     # as the run's last evaluation, recomputed from the saved weights (a wrong checkpoint, split or
     # model config would not reproduce them)
