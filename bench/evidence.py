@@ -121,8 +121,10 @@ def run_chunk(arm: str, seed: int, root: Path, iterations: int, eval_every: int,
 
 def environment() -> dict:
     """What a run's numbers rest on besides the code and the seed. The same seed reproduces a run
-    bit for bit on one machine and environment (tested); a session-19 seed rerun on a rebuilt one
-    did not, so each row says where it ran."""
+    bit for bit on one machine and environment (tested), but not across CPUs: the kernels PyTorch
+    picks for the instruction set change the sums (seed 0 of CFL+MAF at iteration 300: 93.1 with
+    AVX-512, 94.5 with ONEDNN_MAX_CPU_ISA=AVX2 on the same machine, 90.5 on session 19's), so
+    each row says where it ran."""
     import platform
 
     import cv2
@@ -136,6 +138,8 @@ def environment() -> dict:
         pass
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "opencv": cv2.__version__, "cpu": cpu, "cpu_flags_avx512": "avx512f" in _cpu_flags(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
             "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
