@@ -158,3 +158,38 @@ def test_bootstrap_summary_by_hand():
     got = bootstrap_summary(b - a)
     assert got == {"bootstrap_std": 1.0, "p5": 1.1, "p95": 2.9, "resamples": 2}
     assert bootstrap_summary(np.array([np.nan]))["resamples"] == 0
+
+
+def test_maf_weights_reads_a_trained_cfl_maf_run(tmp_path):
+    # bench/maf_weights.py on an evidence run of cfl_maf: one line per seed with the thermal weight μ
+    # by condition, over every test pair of that condition; a seed without weights is named
+    env = {**os.environ, "MS_PERCEPTION_EVIDENCE_RESULTS": str(tmp_path / "results")}
+
+    def call(script, *args, rc=0):
+        r = subprocess.run([sys.executable, str(REPO / "bench" / script), *args], capture_output=True, text=True,
+                           env=env, timeout=600)
+        assert r.returncode == rc, r.stderr[-3000:]
+        return r
+
+    root = tmp_path / "kaist"
+    call("evidence.py", "dataset", "--root", str(root), "--pairs", "40", "--size", "160x128")
+    call("evidence.py", "run", "--root", str(root), "--tag", "t", "--seeds", "0", "--arms", "cfl_maf",
+         "--iterations", "2", "--eval-every", "2", "--input", "128x96", "--workers", "0", "--work", str(tmp_path / "w"))
+    out = call("maf_weights.py", "--root", str(root), "--tag", "t", "--seeds", "0", "1", "--input", "128x96",
+               "--work", str(tmp_path / "w")).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    test = (root / "imageSets" / "test.txt").read_text().split()
+    condition = {}
+    for line in (root / "synth_meta.jsonl").read_text().splitlines():
+        m = json.loads(line)
+        condition[m["name"]] = m["condition"]
+    assert r["seed"] == 0 and r["pairs"] == len(test)
+    assert sum(v["pairs"] for k, v in r.items() if isinstance(v, dict)) == len(test)
+    for c in ("day", "dusk", "fog", "night"):
+        n = sum(condition[x] == c for x in test)
+        assert (r[c]["pairs"] if c in r else 0) == n, (c, r, n)
+        if n:
+            assert 0.0 < r[c]["p5"] <= r[c]["thermal_weight_mean"] <= r[c]["p95"] < 1.0
+    missing = call("maf_weights.py", "--root", str(root), "--tag", "t", "--seeds", "1", "--input", "128x96",
+                   "--work", str(tmp_path / "w"), rc=1)
+    assert "cfl_maf seed 1: no " in missing.stderr and "train it with bench/evidence.py run" in missing.stderr
