@@ -45,11 +45,14 @@ def teachers(tmp_path_factory):
                                   "gaff_segmentation_smoke", "rgb_only_plain_smoke",
                                   "md_native_student_smoke", "pdf_student_plain_smoke"])
 def test_method_trains_through_the_cli(name, tmp_path, capsys):
-    s = fit_cli(name, tmp_path / name, capsys)
-    assert s["iterations"] == 30 and np.isfinite(s["last_loss"])
+    # the configs' own 60 iterations: at 30, just past the warm-up, md_native_student_smoke's loss
+    # fell 9 % in one process and only 4 % in a CI pytest worker on an AVX-512 machine (numerics
+    # differ with the CPU and the process); at 60 the methods end at 0.29-0.84 of their start
+    s = fit_cli(name, tmp_path / name, capsys, iterations=60)
+    assert s["iterations"] == 60 and np.isfinite(s["last_loss"])
     assert s["last_loss"] < 0.95 * s["first_loss"], s
     rows = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-    parts = set(rows[-1])
+    parts = set().union(*(r for r in rows if r.get("kind") == "train"))   # a part absent from a batch is not logged
     if name == "cfr_smoke":
         assert "cfr_masks" in parts and "fused_cls" in parts
     if name == "cfl_maf_smoke":      # both modality heads, the MAF-combined output and the seg-aux loss
