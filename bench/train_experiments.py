@@ -33,7 +33,11 @@ EXP = REPO / "config" / "experiments"
 TINY = REPO / "config" / "models" / "tiny"
 RESULTS = REPO / "bench" / "results"
 
-# arm -> (experiment yaml, overrides of the fit config, model-config overrides or None, teacher arm)
+# the cross-modal distiller with every soft / teacher term off (Liu et al. eq. 15-18's hard halves)
+CM_OFF = {"distill.zeta": 1.0, "distill.epsilon": 0.0, "distill.xi": 1.0, "distill.rho": 0.0}
+
+# arm -> (experiment yaml, overrides of the fit config ("distill.zeta": a nested field), model-config
+# overrides or None, teacher arm)
 ARMS = {
     # fusion vs one modality (day / night)
     "add_fusion": ("halfway_baseline_fssd_smoke", {"model": str(TINY / "twostream_add_r18_retinanet.yaml")}, None, None),
@@ -62,6 +66,16 @@ ARMS = {
     # RGB-only student: distilled from CFL vs plain
     "rgb_only_plain": ("rgb_only_plain_smoke", {}, None, None),
     "rgb_only_distilled": ("crossmodal_smoke", {}, None, "cfl_maf"),
+    # Liu et al. Table IV, one distillation term at a time. Each term's hard-label half stays (the
+    # student's own task loss): ζ = 1 / ε = 0 / ξ = 1 / ρ = 0 switch the soft classification, the
+    # teacher-bounded regression, the soft segmentation and the feature term off. "hard" has all
+    # four off: the same student and losses, with eq. 17's smooth L1 where the plain student has
+    # the objective's balanced L1.
+    "rgb_only_cm_hard": ("crossmodal_smoke", {**CM_OFF}, None, "cfl_maf"),
+    "rgb_only_cm_fea": ("crossmodal_smoke", {**CM_OFF, "distill.rho": 0.5}, None, "cfl_maf"),
+    "rgb_only_cm_cls": ("crossmodal_smoke", {**CM_OFF, "distill.zeta": 0.5}, None, "cfl_maf"),
+    "rgb_only_cm_bbr": ("crossmodal_smoke", {**CM_OFF, "distill.epsilon": 0.5}, None, "cfl_maf"),
+    "rgb_only_cm_seg": ("crossmodal_smoke", {**CM_OFF, "distill.xi": 0.5}, None, "cfl_maf"),
     # PDF-Distil vs FitNets vs none (R34-PAFPN teacher -> R18-FPN student)
     "pdf_teacher": ("pdf_teacher_smoke", {}, None, None),
     "pdf_none": ("pdf_student_plain_smoke", {}, None, None),
@@ -79,6 +93,9 @@ COMPARISONS = [
     ("MD student (16x fewer thermal pixels) vs native student vs teacher", ["md_distilled_16x", "md_native_16x", "gaff"]),
     ("MD student without thermal: distilled vs native", ["md_distilled_no_thermal", "md_native_no_thermal"]),
     ("RGB-only: cross-modal distilled vs plain", ["rgb_only_distilled", "rgb_only_plain"]),
+    ("RGB-only: one distillation term at a time (Liu et al. Table IV)",
+     ["rgb_only_cm_hard", "rgb_only_cm_fea", "rgb_only_cm_cls", "rgb_only_cm_bbr", "rgb_only_cm_seg",
+      "rgb_only_distilled", "rgb_only_plain"]),
     ("Mutual Guidance vs IoU assignment (GAFF detector)", ["gaff_mutual_guidance", "gaff"]),
     ("PDF-Distil vs FitNets vs no distillation (student R18-FPN)", ["pdf_distil", "pdf_fitnets", "pdf_none", "pdf_teacher"]),
 ]
@@ -109,7 +126,13 @@ def arm_configs(arm: str, work: Path):
     raw = load_yaml(EXP / f"{exp}.yaml")
     for k, v in over.items():
         if k != "model":
-            setattr(cfg, k, v)
+            *path, leaf = k.split(".")
+            obj = cfg
+            for part in path:
+                obj = getattr(obj, part)
+            if not hasattr(obj, leaf):
+                raise KeyError(f"{arm}: the fit config has no field {k!r}")
+            setattr(obj, leaf, v)
     model_path = Path(over["model"]) if "model" in over else EXP / raw["model"]
     if model_over:
         model_path, extra = TINY / f"{model_over[0]}.yaml", model_over[1]

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from ms_perception_training.evidence import (Claim, bootstrap_summary, converged, late_changes, read_claim,
                                             scene_bootstrap)
 
@@ -193,3 +194,28 @@ def test_maf_weights_reads_a_trained_cfl_maf_run(tmp_path):
     missing = call("maf_weights.py", "--root", str(root), "--tag", "t", "--seeds", "1", "--input", "128x96",
                    "--work", str(tmp_path / "w"), rc=1)
     assert "cfl_maf seed 1: no " in missing.stderr and "train it with bench/evidence.py run" in missing.stderr
+
+
+def test_arm_overrides_reach_nested_fit_fields(tmp_path):
+    """The Table IV ablation arms set one distillation weight each through a dotted key
+    ("distill.epsilon"); a key the fit config lacks is refused by name."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import train_experiments as te
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    weights = {}
+    for arm in ("rgb_only_cm_hard", "rgb_only_cm_bbr", "rgb_only_cm_fea", "rgb_only_distilled"):
+        cfg, _, tcfg, teacher = te.arm_configs(arm, tmp_path)
+        d = cfg.distill
+        weights[arm] = (d.method, d.zeta, d.epsilon, d.xi, d.rho, teacher, tcfg is not None)
+    assert weights["rgb_only_cm_hard"] == ("crossmodal", 1.0, 0.0, 1.0, 0.0, "cfl_maf", True)
+    assert weights["rgb_only_cm_bbr"] == ("crossmodal", 1.0, 0.5, 1.0, 0.0, "cfl_maf", True)
+    assert weights["rgb_only_cm_fea"] == ("crossmodal", 1.0, 0.0, 1.0, 0.5, "cfl_maf", True)
+    assert weights["rgb_only_distilled"] == ("crossmodal", 0.5, 0.5, 0.5, 0.5, "cfl_maf", True)
+    te.ARMS["_bad"] = ("crossmodal_smoke", {"distill.nope": 1.0}, None, None)
+    try:
+        with pytest.raises(KeyError, match="distill.nope"):
+            te.arm_configs("_bad", tmp_path)
+    finally:
+        del te.ARMS["_bad"]

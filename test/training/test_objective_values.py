@@ -106,6 +106,45 @@ def test_cross_modal_feature_term_by_hand():
     assert parts["cm_feature"].item() == pytest.approx(2.0, rel=1e-6)
 
 
+def test_cross_modal_distiller_without_its_soft_terms_is_the_plain_students_loss():
+    """Liu et al. Table IV's ablation arms (bench/train_experiments.py, rgb_only_cm_*) switch one
+    term at a time; with all four off (ζ = 1, ε = 0, ξ = 1, ρ = 0) what is left must be the plain
+    RGB-only student's own losses on the same batch: the focal loss over the positive count, the
+    segmentation CE, and eq. 17's smooth L1, which the plain objective gives with balanced_l1 off.
+    The project's default objective (balanced L1) differs in the box term only."""
+    from ms_perception_training.data.loader import make_batch
+    from ms_perception_training.data.sources import make_pool
+    from ms_perception_training.distillers import build_distiller
+    from ms_perception_training.experiment import load_experiment
+    from ms_perception_training.models.build import build_model
+    cfg, mcfg, tcfg = load_experiment(REPO / "config/experiments/crossmodal_smoke.yaml")
+    dcfg = replace(cfg.distill, zeta=1.0, epsilon=0.0, xi=1.0, rho=0.0)
+    pool = make_pool(mcfg, replace(cfg.data, pairs=24))        # scene 0 (pairs 0-19) holds no person
+    torch.manual_seed(0)
+    student, teacher = build_model(mcfg), build_model(tcfg)
+    b = make_batch(pool, [20, 21, 22, 23], mcfg, augment=False)
+    assert sum(len(t[0]) for t in b.targets) == 8
+    dist = build_distiller(dcfg, teacher, tcfg, student, mcfg, b)
+    s_out, t_out = student(*student.inputs(b.visible, b.thermal)), dist.forward_teacher(b)
+    hw = tuple(b.visible.shape[-2:])
+    parts = dist.losses(student, s_out, t_out, b, Objective(student, mcfg))
+    main = s_out.main_branch
+    smooth = Objective(student, mcfg, balanced_l1=False)
+    plain = {**smooth.task_losses(s_out, b.targets), **smooth.module_losses(s_out, b.targets, hw)}
+    assert parts["cm_feature"].item() == 0.0 and parts["cm_reg"].item() > 0
+    assert parts["cm_cls"].item() == pytest.approx(plain[f"{main}_cls"].item(), rel=1e-5)
+    assert parts["cm_reg"].item() == pytest.approx(plain[f"{main}_box"].item(), rel=1e-5)
+    assert parts["cm_seg"].item() == pytest.approx(plain["seg_aux"].item(), rel=1e-5)
+    balanced = Objective(student, mcfg).task_losses(s_out, b.targets)
+    assert balanced[f"{main}_cls"].item() == pytest.approx(plain[f"{main}_cls"].item(), rel=1e-6)
+    assert abs(balanced[f"{main}_box"].item() - parts["cm_reg"].item()) > 1e-3 * parts["cm_reg"].item()
+    # the full distiller (the paper's weights) halves the hard focal term and adds the soft ones
+    dist.dcfg = cfg.distill
+    assert cfg.distill.zeta == 0.5
+    parts_full = dist.losses(student, s_out, t_out, b, Objective(student, mcfg))
+    assert parts_full["cm_cls"].item() != pytest.approx(parts["cm_cls"].item(), rel=1e-3)
+
+
 def test_maf_weights_by_hand():
     """MAF: μ = softmax(MLP(concat_m pool(o^m))). One channel, a 2x2 grid: the visible map
     arange(16) (4x4) pools to quadrant means 2.5, 4.5, 10.5, 12.5; thermal 0. With a hidden unit
