@@ -181,12 +181,15 @@ def mr_fppi_curves(args) -> dict:
     """Each arm's final checkpoint of one seed, evaluated on the benchmark's test split; writes
     ``<out>_<subset>.png`` (miss rate vs FPPI, KAIST devkit axes) and returns {arm: {subset: MR %}}."""
     from ms_perception_training.evaluate import person_curves
+    from ms_perception_training.evidence import operating_points
 
     from ms_perception.metrics.plots import plot_miss_rate_curves
     per_subset: dict[str, dict] = {}
     table = {}
     for arm, mcfg, items, preds in final_predictions(args):
         res = person_curves(items, preds, mcfg.class_names)
+        for k, r in res.items():
+            print(f"{arm} {k}: " + jsonio.dumps(operating_points(r)), flush=True)
         table[arm] = {k: (None if r.miss_rate != r.miss_rate else round(100 * float(r.miss_rate), 2))
                       for k, r in res.items()}           # None: no regular ground truth in that subset
         for k, r in res.items():

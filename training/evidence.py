@@ -102,3 +102,17 @@ def late_changes(curve: list[dict], key: str = "all", last_fraction: float = 0.2
         return []
     tail = [mr for it, mr in pts if it >= (1.0 - last_fraction) * pts[-1][0]]
     return [round(abs(b - a), 6) for a, b in zip(tail, tail[1:])]
+
+
+def operating_points(result) -> dict:
+    """Where on the miss-rate-vs-FPPI curve a log-average miss rate comes from: the miss rate (%) at
+    FPPI 10⁻², 10⁻¹ and 10⁰ (the first, fifth and ninth of the 9 reference points), and the recall
+    (%) the detector reaches at its lowest score with the FPPI it pays there. Two models with the
+    same log-average can differ here, and mAP (all recall, several IoUs) weighs the far end."""
+    at = np.asarray(result.miss_at_points, dtype=float)
+    fppi = np.asarray(result.fppi, dtype=float)
+
+    def pct(x):
+        return None if x != x else round(100.0 * float(x), 2)
+    return {"mr_at_fppi_0.01": pct(at[0]), "mr_at_fppi_0.1": pct(at[4]), "mr_at_fppi_1": pct(at[8]),
+            "recall": round(100.0 * result.recall, 2), "fppi_at_recall": round(float(fppi[-1]), 3) if len(fppi) else 0.0}

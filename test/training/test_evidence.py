@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ms_perception_training.evidence import (Claim, bootstrap_summary, converged, late_changes, read_claim,
-                                            scene_bootstrap)
+from ms_perception_training.evidence import (Claim, bootstrap_summary, converged, late_changes,
+                                            operating_points, read_claim, scene_bootstrap)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,6 +34,20 @@ def test_late_changes_by_hand():
     # the last fifth of 1000 iterations holds 800, 900, 1000: steps |49.5 - 50.0|, |51.0 - 49.5|
     assert late_changes(_curve([(100, 90.0), (500, 60.0), (800, 50.0), (900, 49.5), (1000, 51.0)])) == [0.5, 1.5]
     assert late_changes(_curve([(500, 60.0), (1000, 49.0)])) == [] and late_changes([]) == []
+
+
+def test_operating_points_by_hand():
+    from ms_perception.metrics.kaist import FPPI_POINTS, MissRateResult
+    # the first, fifth and ninth reference points are FPPI 10^-2, 10^-1, 10^0
+    assert FPPI_POINTS[[0, 4, 8]] == pytest.approx([0.01, 0.1, 1.0])
+    r = MissRateResult(miss_rate=0.5, fppi=np.array([0.005, 0.05, 0.5, 2.0]), miss=np.array([0.9, 0.6, 0.3, 0.2]),
+                       miss_at_points=np.linspace(0.9, 0.1, 9), num_images=10, num_gt=10, num_detections=4)
+    # miss 0.9 / 0.5 / 0.1 at the three points; the last detection reaches recall 1 - 0.2 at FPPI 2
+    assert operating_points(r) == {"mr_at_fppi_0.01": 90.0, "mr_at_fppi_0.1": 50.0, "mr_at_fppi_1": 10.0,
+                                   "recall": 80.0, "fppi_at_recall": 2.0}
+    none = MissRateResult(float("nan"), np.zeros(0), np.zeros(0), np.full(9, np.nan), 0, 0, 0)
+    assert operating_points(none) == {"mr_at_fppi_0.01": None, "mr_at_fppi_0.1": None, "mr_at_fppi_1": None,
+                                      "recall": 0.0, "fppi_at_recall": 0.0}
 
 
 def _rows(vals, ok=True):
@@ -103,6 +117,8 @@ def test_driver_trains_in_resumable_chunks_on_a_kaist_folder(tmp_path):
     out = call("curves", "--root", str(root), "--tag", "t", "--seed", "0", "--arms", "add_fusion", "--input",
                "128x96", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "mr"))
     got = json.loads(out.strip().splitlines()[-1])["add_fusion"]
+    points = json.loads(next(x for x in out.splitlines() if x.startswith("add_fusion all: ")).split(": ", 1)[1])
+    assert set(points) == {"mr_at_fppi_0.01", "mr_at_fppi_0.1", "mr_at_fppi_1", "recall", "fppi_at_recall"}
     for k, v in row["miss_rate"].items():
         assert (got[k] is None and v is None) or abs(got[k] - v) < 0.01, (k, got, row["miss_rate"])
     assert (tmp_path / "mr_all.png").stat().st_size > 0 and (tmp_path / "mr_night.png").stat().st_size > 0
