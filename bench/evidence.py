@@ -68,6 +68,8 @@ CLAIMS = [  # (name, better, worse, subset, names of the claims it requires to h
     ("regression distillation alone beats none (Table IV)", "rgb_only_cm_bbr", "rgb_only_cm_hard", "all", ()),
     ("segmentation distillation alone beats none (Table IV)", "rgb_only_cm_seg", "rgb_only_cm_hard", "all", ()),
     ("all four distillation terms beat none (Table IV)", "rgb_only_distilled", "rgb_only_cm_hard", "all", ()),
+    ("balanced L1 beats smooth L1 (thesis Table 3.2; the RGB-only student)", "rgb_only_plain",
+     "rgb_only_plain_smoothl1", "all", ()),
 ]
 
 

@@ -229,6 +229,9 @@ def test_arm_overrides_reach_nested_fit_fields(tmp_path):
     assert weights["rgb_only_cm_bbr"] == ("crossmodal", 1.0, 0.5, 1.0, 0.0, "cfl_maf", True)
     assert weights["rgb_only_cm_fea"] == ("crossmodal", 1.0, 0.0, 1.0, 0.5, "cfl_maf", True)
     assert weights["rgb_only_distilled"] == ("crossmodal", 0.5, 0.5, 0.5, 0.5, "cfl_maf", True)
+    cfg, _, tcfg, teacher = te.arm_configs("rgb_only_plain_smoothl1", tmp_path)
+    assert (cfg.balanced_l1, cfg.distill.method, tcfg, teacher) == (False, "", None, None)
+    assert te.arm_configs("rgb_only_plain", tmp_path)[0].balanced_l1 is True
     te.ARMS["_bad"] = ("crossmodal_smoke", {"distill.nope": 1.0}, None, None)
     try:
         with pytest.raises(KeyError, match="distill.nope"):
