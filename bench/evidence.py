@@ -19,6 +19,8 @@ holds / not shown / reversed / not read (``ms_perception_training.evidence``).
 
     # 5. the test split's own noise: each final model's MR over scene-block bootstrap resamples
     python bench/evidence.py noise --root /data/ms_evidence --tag gpu --seed 0 --arms gaff add_fusion
+    # 6. what each loss part weighs: mean train-loss parts over the first and last fifth of each run
+    python bench/evidence.py parts --tag gpu --seeds 0 1 2 --arms rgb_only_cm_hard rgb_only_distilled
 
 Teachers are trained before their students in each seed (a distillation arm waits for its
 teacher's run to finish), and a distillation claim is read only where the teacher beats the
@@ -249,6 +251,30 @@ def eval_noise(args) -> dict:
     return out
 
 
+def loss_parts(args) -> dict:
+    """Each run's mean train-loss parts over the first and the last fifth of training (what a
+    distillation term adds, next to the task losses it shares the gradient with). Prints one JSON
+    line per arm and seed; a run without ``metrics.jsonl`` in --work is named and left out."""
+    from ms_perception_training.evidence import mean_loss_parts
+    work = Path(args.work) / args.tag
+    out = {}
+    for arm in args.arms:
+        for seed in args.seeds:
+            f = work / f"{arm}_s{seed}" / "metrics.jsonl"
+            if not f.exists():
+                print(f"{arm} seed {seed}: no {f}; train it first (evidence.py run, same --work and --tag)",
+                      file=sys.stderr)
+                continue
+            rows = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+            its = sorted(r["iteration"] for r in rows if r.get("kind") == "train")
+            k = max(1, len(its) // 5)                 # a fifth of the logged train rows, at least one
+            res = {"first_fifth": mean_loss_parts(rows, its[0], its[k - 1] + 1) if its else {},
+                   "last_fifth": mean_loss_parts(rows, its[-k], its[-1] + 1) if its else {}}
+            out[f"{arm} s{seed}"] = res
+            print(f"{arm} s{seed}: " + jsonio.dumps(res), flush=True)
+    return out
+
+
 def run(args) -> int:
     # every arm's model input (the presets' own anchors suit 640x512; train_experiments' scale: 256x192)
     train_experiments.SCALE["input"] = {"width": args.input[0], "height": args.input[1]}
@@ -366,6 +392,11 @@ def main() -> int:
     n.add_argument("--input", type=_size, default=(256, 192))
     n.add_argument("--work", default="/tmp/ms_perception_evidence")
     n.add_argument("--resamples", type=int, default=200)
+    lp = sub.add_parser("parts", help="each run's mean train-loss parts over the first and last fifth")
+    lp.add_argument("--tag", required=True)
+    lp.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    lp.add_argument("--arms", nargs="+", required=True, choices=list(ARMS))
+    lp.add_argument("--work", default="/tmp/ms_perception_evidence")
     s = sub.add_parser("summarize")
     s.add_argument("--tag", required=True)
     s.add_argument("--min-seeds", type=int, default=3)
@@ -379,6 +410,8 @@ def main() -> int:
         return 0 if mr_fppi_curves(args) else 1
     if args.cmd == "noise":
         return 0 if eval_noise(args) else 1
+    if args.cmd == "parts":
+        return 0 if loss_parts(args) else 1
     print(summarize(args.tag, args.min_seeds))
     if args.plot:
         from ms_perception.metrics.plots import plot_learning_curves

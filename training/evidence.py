@@ -116,3 +116,17 @@ def operating_points(result) -> dict:
         return None if x != x else round(100.0 * float(x), 2)
     return {"mr_at_fppi_0.01": pct(at[0]), "mr_at_fppi_0.1": pct(at[4]), "mr_at_fppi_1": pct(at[8]),
             "recall": round(100.0 * result.recall, 2), "fppi_at_recall": round(float(fppi[-1]), 3) if len(fppi) else 0.0}
+
+
+def mean_loss_parts(rows: list[dict], start: int, stop: int) -> dict:
+    """Mean of every logged train-loss part (``metrics.jsonl`` rows of kind "train") over the
+    iterations in [start, stop); a part is averaged over the rows that log it (GAFF's inter loss
+    is absent from a batch without one). {} when no row falls in the window."""
+    sums: dict[str, list[float]] = {}
+    for r in rows:
+        if r.get("kind") != "train" or not start <= r.get("iteration", -1) < stop:
+            continue
+        for k, v in r.items():
+            if k not in ("iteration", "kind", "lr") and isinstance(v, (int, float)):
+                sums.setdefault(k, []).append(float(v))
+    return {k: round(float(np.mean(v)), 4) for k, v in sorted(sums.items())}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ms_perception_training.evidence import (Claim, bootstrap_summary, converged, late_changes,
+from ms_perception_training.evidence import (Claim, bootstrap_summary, converged, late_changes, mean_loss_parts,
                                             operating_points, read_claim, scene_bootstrap)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,6 +48,17 @@ def test_operating_points_by_hand():
     none = MissRateResult(float("nan"), np.zeros(0), np.zeros(0), np.full(9, np.nan), 0, 0, 0)
     assert operating_points(none) == {"mr_at_fppi_0.01": None, "mr_at_fppi_0.1": None, "mr_at_fppi_1": None,
                                       "recall": 0.0, "fppi_at_recall": 0.0}
+
+
+def test_mean_loss_parts_by_hand():
+    rows = [{"iteration": 0, "kind": "train", "loss": 3.0, "lr": 0.1, "cls": 2.0, "inter": 1.0},
+            {"iteration": 20, "kind": "train", "loss": 1.0, "lr": 0.1, "cls": 1.0},          # no inter this batch
+            {"iteration": 20, "kind": "eval", "loss": 9.0},
+            {"iteration": 40, "kind": "train", "loss": 7.0, "cls": 5.0}]
+    # [0, 40): the two train rows; inter is averaged over the one row that logs it; lr is not a part
+    assert mean_loss_parts(rows, 0, 40) == {"cls": 1.5, "inter": 1.0, "loss": 2.0}
+    assert mean_loss_parts(rows, 40, 41) == {"cls": 5.0, "loss": 7.0}
+    assert mean_loss_parts(rows, 100, 200) == {}
 
 
 def _rows(vals, ok=True):
@@ -129,6 +140,10 @@ def test_driver_trains_in_resumable_chunks_on_a_kaist_folder(tmp_path):
     assert noise["test_pairs"] == 4 and noise["scenes"] == 1      # 24 pairs: the 5th scene of 4 is the test split
     assert abs(noise["all"]["miss_rate"] - row["miss_rate"]["all"]) < 0.01
     assert noise["all"]["resamples"] == 20 and noise["all"]["bootstrap_std"] == 0.0   # one scene: every resample is it
+    # the loss parts of the run: the first and last fifth of its metrics.jsonl
+    out = call("parts", "--tag", "t", "--seeds", "0", "--arms", "add_fusion", "--work", str(tmp_path / "w"))
+    parts = json.loads(out.strip().splitlines()[-1].split(": ", 1)[1])
+    assert {"loss", "fused_cls", "fused_box"} <= set(parts["first_fifth"]) and parts["last_fifth"]
 
 
 def test_a_student_whose_teacher_weights_are_gone_is_named_and_left_pending(tmp_path):
