@@ -60,6 +60,10 @@ CLAIMS = [  # (name, better, worse, subset, names of the claims it requires to h
     ("GAFF teacher beats the native MD student (16x)", "gaff", "md_native_16x", "all", ()),
     ("MD distillation beats the native student (16x)", "md_distilled_16x", "md_native_16x", "all",
      ("GAFF teacher beats the native MD student (16x)",)),
+    *[c for k in (1, 4, 64) for c in (
+        (f"GAFF teacher beats the native MD student ({k}x)", "gaff", f"md_native_{k}x", "all", ()),
+        (f"MD distillation beats the native student ({k}x)", f"md_distilled_{k}x", f"md_native_{k}x", "all",
+         (f"GAFF teacher beats the native MD student ({k}x)",)))],
     ("MD distillation beats the native student (no thermal)", "md_distilled_no_thermal", "md_native_no_thermal",
      "all", ()),
     ("cross-modal distillation beats the plain RGB-only student", "rgb_only_distilled", "rgb_only_plain", "all", ()),
@@ -275,6 +279,42 @@ def loss_parts(args) -> dict:
     return out
 
 
+def recorded_row(out: Path, arm: str) -> dict | None:
+    rows = [json.loads(x) for x in out.read_text().splitlines() if x.strip()] if out.exists() else []
+    return next((r for r in rows if r["arm"] == arm), None)
+
+
+def retrain_teacher(teacher: str, seed: int, out: Path, args, work: Path) -> bool:
+    """Train the weights of a teacher whose row is recorded but whose weights are gone (``--retrain-teachers``),
+    without a second row. Its students may use them only if the run reproduces the recorded curve (the
+    trainer is deterministic on one machine); True when they may."""
+    rec = recorded_row(out, teacher)
+    tdir = work / f"{teacher}_s{seed}"
+    retrain = work.parent / f"{work.name}.retrain"
+    retrain.mkdir(parents=True, exist_ok=True)
+    if rec is None or rec["iterations"] != args.iterations:
+        print(f"{teacher} seed {seed}: no recorded row of {args.iterations} iterations in {out.name} to reproduce",
+              flush=True)
+        return False
+    row = run_chunk(teacher, seed, Path(args.root), args.iterations, args.eval_every, args.chunk, retrain,
+                    args.device, args.workers)
+    if row is None:
+        print(f"{teacher} seed {seed}: retraining its weights, chunk done, run again to continue", flush=True)
+        return False
+    same = [p["miss_rate"] for p in row["curve"]] == [p["miss_rate"] for p in rec["curve"]]
+    if not same:
+        print(f"{teacher} seed {seed}: the retrained teacher does not reproduce its recorded curve (final miss rate "
+              f"{row.get('miss_rate')} vs {rec.get('miss_rate')}; another machine?): its students are not trained "
+              f"from it; its weights stay in {work.name}.retrain for inspection", flush=True)
+        return False
+    if tdir.exists():   # a folder without last.pt: an interrupted run, kept aside rather than deleted
+        tdir.rename(tdir.with_name(f"{tdir.name}.incomplete-{int(time.time())}"))
+    (retrain / tdir.name).rename(tdir)
+    print(f"{teacher} seed {seed}: weights retrained, the recorded curve reproduced exactly "
+          f"(final miss rate {row.get('miss_rate')})", flush=True)
+    return True
+
+
 def run(args) -> int:
     # every arm's model input (the presets' own anchors suit 640x512; train_experiments' scale: 256x192)
     train_experiments.SCALE["input"] = {"width": args.input[0], "height": args.input[1]}
@@ -296,6 +336,10 @@ def run(args) -> int:
             if t and t not in done:
                 pending += 1
                 continue                 # the teacher is still training
+            if t and not (work / f"{t}_s{seed}" / "last.pt").exists() and args.retrain_teachers:
+                if not retrain_teacher(t, seed, out, args, work):
+                    pending += 1
+                    continue
             if t and not (work / f"{t}_s{seed}" / "last.pt").exists():
                 pending += 1             # its row is recorded, its weights are not in this --work
                 print(f"{arm} seed {seed}: its teacher {t} is done in {out.name}, but {work / f'{t}_s{seed}'}/last.pt "
@@ -376,6 +420,9 @@ def main() -> int:
     r.add_argument("--workers", type=int, default=2)
     r.add_argument("--input", type=_size, default=(256, 192), help="model input WxH of every arm (default 256x192)")
     r.add_argument("--work", default="/tmp/ms_perception_evidence")
+    r.add_argument("--retrain-teachers", action="store_true",
+                   help="a teacher whose row is recorded but whose weights are not in --work is trained again "
+                        "(no second row); its students use it only if it reproduces the recorded curve exactly")
     c = sub.add_parser("curves")
     c.add_argument("--root", required=True)
     c.add_argument("--tag", required=True)

@@ -63,6 +63,11 @@ ARMS = {
     "md_distilled_16x": ("md_student_smoke", {}, None, "gaff"),
     "md_native_no_thermal": ("md_no_thermal_native_smoke", {}, None, None),
     "md_distilled_no_thermal": ("md_no_thermal_student_smoke", {}, None, "gaff"),
+    # the same at the paper's other thermal factors (K times fewer thermal pixels than the model input)
+    **{f"md_native_{k}x": ("md_native_student_smoke", {},
+                           ("md_student_r18_retinanet", {"input": {"thermal_factor": k}}), None) for k in (1, 4, 64)},
+    **{f"md_distilled_{k}x": ("md_student_smoke", {},
+                              ("md_student_r18_retinanet", {"input": {"thermal_factor": k}}), "gaff") for k in (1, 4, 64)},
     # RGB-only student: distilled from CFL vs plain
     "rgb_only_plain": ("rgb_only_plain_smoke", {}, None, None),
     "rgb_only_distilled": ("crossmodal_smoke", {}, None, "cfl_maf"),
@@ -94,6 +99,8 @@ COMPARISONS = [
     ("CFL + MAF vs decision-level average", ["cfl_maf", "decision_avg"]),
     ("MD student (16x fewer thermal pixels) vs native student vs teacher", ["md_distilled_16x", "md_native_16x", "gaff"]),
     ("MD student without thermal: distilled vs native", ["md_distilled_no_thermal", "md_native_no_thermal"]),
+    *[(f"MD student ({k}x fewer thermal pixels) vs native student vs teacher", [f"md_distilled_{k}x", f"md_native_{k}x", "gaff"])
+      for k in (1, 4, 64)],
     ("RGB-only: cross-modal distilled vs plain", ["rgb_only_distilled", "rgb_only_plain"]),
     ("RGB-only: one distillation term at a time (Liu et al. Table IV)",
      ["rgb_only_cm_hard", "rgb_only_cm_fea", "rgb_only_cm_cls", "rgb_only_cm_bbr", "rgb_only_cm_seg",

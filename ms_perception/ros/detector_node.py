@@ -21,6 +21,7 @@ import traceback
 
 import message_filters
 import rclpy
+from rclpy.executors import SingleThreadedExecutor
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.exceptions import ParameterUninitializedException
@@ -275,23 +276,40 @@ class DetectorNode(LifecycleNode):
         return response
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+class _StopRequest:
+    """The SIGINT/SIGTERM handler: it records the signal and wakes the executor, nothing more.
+
+    Raising from a signal handler (KeyboardInterrupt) lands at whatever bytecode the main thread runs,
+    and inside rclpy that can be the middle of ``take_message``'s conversion of a message, which then
+    fails with a bare pybind11 RuntimeError while the context is still fine (seen on a real Jazzy graph:
+    exit 1 with a traceback, one run in about thirty). rclpy's own handlers shut the context down from
+    another thread, which races the executor the same way. So both signals are handled here: the spin
+    loop checks the flag between callbacks, and the capture queue is drained after the loop ends."""
+
+    def __init__(self):
+        self.signum = None
+        self.wake = None   # a guard condition on the node, triggered so a waiting executor returns at once
+
+    def __call__(self, signum, frame):
+        self.signum = signum
+        if self.wake is not None:
+            self.wake.trigger()
 
 
 def main(args=None) -> int:
-    """Entry point. SIGINT and SIGTERM end the node with exit code 0 after draining the capture queue,
-    whether they arrive as KeyboardInterrupt (a terminal's Ctrl-C) or through rclpy's signal handler
-    (ExternalShutdownException: SIGTERM, or SIGINT to a process started in the background by launch or
-    a service manager, where Python ignores SIGINT)."""
+    """Entry point. SIGINT and SIGTERM end the node with exit code 0 after draining the capture queue:
+    a terminal's Ctrl-C, SIGTERM from a service manager, and SIGINT to a process started in the background
+    by launch (where Python itself ignores SIGINT). The handlers replace rclpy's, whose C-level handlers
+    Python's ``signal.getsignal`` cannot see (it reports SIG_DFL for SIGTERM after ``rclpy.init`` on
+    Jazzy)."""
     node = None
+    stop = _StopRequest()
     try:
         rclpy.init(args=args)
-        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-            # rclpy without a SIGTERM handler (Humble installs SIGINT only, by reading its sources): make
-            # SIGTERM end spin like Ctrl-C so the capture queue is drained instead of the process dying
-            signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
         node = DetectorNode()
+        stop.wake = node.create_guard_condition(lambda: None)
         if node.get_parameter("autostart").value:
             # activate only what configured: activating an unconfigured node is not a registered transition
             # decided on the node's own state, not trigger_configure()'s return value: the first
@@ -302,12 +320,15 @@ def main(args=None) -> int:
             else:
                 node.get_logger().error("autostart: configure failed; the node stays unconfigured (fix the "
                                         "parameter, then `ros2 lifecycle set <node> configure`)")
-        rclpy.spin(node)
+        executor = SingleThreadedExecutor(context=node.context)
+        executor.add_node(node)
+        while stop.signum is None and node.context.ok():
+            executor.spin_once(timeout_sec=0.25)
     except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        pass   # a signal before the handlers were in place, or another owner shut the context down
     except Exception:   # noqa: BLE001
-        # a signal shut the context down while the executor was taking a message (rclpy raises a bare
-        # RuntimeError there): that is a normal shutdown; anything while the context is fine is a bug
+        # the context was shut down (not by this process's handlers) while the executor was taking a
+        # message (rclpy raises a bare RuntimeError there): a normal shutdown; while it is fine, a bug
         if node is None or node.context.ok():
             raise
     finally:

@@ -165,6 +165,45 @@ def test_a_student_whose_teacher_weights_are_gone_is_named_and_left_pending(tmp_
     assert (results / "evidence_t_seed0.jsonl").read_text().count("\n") == 1
 
 
+def test_retrain_teachers_reproduces_a_lost_teacher_before_its_students_use_it(tmp_path):
+    # the teacher's row is recorded, its weights are gone: --retrain-teachers trains it again (no second
+    # row) and lets its students use it only when the new curve equals the recorded one
+    results = tmp_path / "results"
+    env = {**os.environ, "MS_PERCEPTION_EVIDENCE_RESULTS": str(results)}
+    script = [sys.executable, str(REPO / "bench" / "evidence.py")]
+
+    def call(*args):
+        r = subprocess.run(script + list(args), capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r.stdout
+
+    root = tmp_path / "kaist"
+    call("dataset", "--root", str(root), "--pairs", "24", "--size", "160x128")
+    run = ["run", "--root", str(root), "--tag", "t", "--seeds", "0", "--iterations", "4", "--eval-every", "2",
+           "--input", "128x96", "--workers", "0", "--work", str(tmp_path / "w")]
+    call(*run, "--arms", "gaff")
+    rows = results / "evidence_t_seed0.jsonl"
+    recorded = json.loads(rows.read_text())
+    import shutil
+    shutil.rmtree(tmp_path / "w" / "t" / "gaff_s0")
+    # a tampered record: the retrained teacher cannot match it, so no student trains from it
+    tampered = {**recorded, "curve": [{**p, "miss_rate": {**p["miss_rate"], "all": 1.0}} for p in recorded["curve"]]}
+    rows.write_text(json.dumps(tampered) + "\n")
+    out = call(*run, "--arms", "md_distilled_64x", "--retrain-teachers")
+    assert "gaff seed 0: the retrained teacher does not reproduce its recorded curve" in out, out
+    assert "1 run(s) still pending" in out
+    assert not (tmp_path / "w" / "t" / "gaff_s0").exists() and not (tmp_path / "w" / "t" / "md_distilled_64x_s0").exists()
+    # the true record: reproduced bit for bit on this machine, moved into --work, and the student trains
+    shutil.rmtree(tmp_path / "w" / "t.retrain")
+    rows.write_text(json.dumps(recorded) + "\n")
+    out = call(*run, "--arms", "md_distilled_64x", "--retrain-teachers")
+    assert "gaff seed 0: weights retrained, the recorded curve reproduced exactly" in out, out
+    assert "md_distilled_64x seed 0: done" in out and "every run is done" in out
+    got = [json.loads(x) for x in rows.read_text().splitlines()]
+    assert [r["arm"] for r in got] == ["gaff", "md_distilled_64x"]     # no second teacher row
+    assert (tmp_path / "w" / "t" / "gaff_s0" / "last.pt").exists()
+
+
 def test_scene_bootstrap_resamples_whole_scenes_by_hand():
     # two scenes of two frames, values 0 0 | 1 1; the mean over a resample of 2 scenes is 0, 0.5 or
     # 1 with probabilities 1/4, 1/2, 1/4: standard deviation sqrt(1/8) = 0.3536
