@@ -128,6 +128,10 @@ def thermal_to_unit(frame: Frame, norm: ThermalNormalization) -> np.ndarray:
     finite = np.isfinite(x)
     if norm.mode == "percentile":
         vals = x[finite]
+        if frame.encoding == "32FC1":
+            # float data may span the whole float32 range: numpy's interpolation between two order
+            # statistics (b - a) overflows in float32 to inf, and lo became inf (every pixel 0)
+            vals = vals.astype(np.float64)
         if vals.size == 0:
             raise InputError("thermal image has no finite value (all NaN/inf); check the camera driver")
         lo, hi = np.percentile(vals, [norm.low_percentile, norm.high_percentile])

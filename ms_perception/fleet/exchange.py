@@ -90,7 +90,9 @@ def read_selection(path: Path) -> dict:
 
 def thermal_view(thermal: np.ndarray, meta: dict, visible_hw: tuple[int, int]) -> np.ndarray:
     """The annotator's thermal image: 1st-99th percentile stretch to 8 bits, warped into the visible grid."""
-    t = np.asarray(thermal, np.float32)
+    # float64: a radiometric float image may span the whole float32 range, where the percentile's
+    # interpolation and t - lo overflow in float32
+    t = np.asarray(thermal, np.float64)
     if t.ndim == 3:
         t = t.mean(2)
     finite = np.isfinite(t)

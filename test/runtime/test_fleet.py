@@ -410,3 +410,19 @@ def test_bad_pool_and_selection_inputs_get_one_line(tmp_path, capsys):
         Pool(tmp_path / "p")
     assert main(["captures", "merge", str(tmp_path / "missing"), "--out", str(tmp_path / "q")]) == 1
     assert "no such folder or archive" in capsys.readouterr().out
+
+
+def test_the_annotators_thermal_view_of_extreme_float_values_by_hand():
+    # a 32FC1 frame spanning the float32 range: sorted (-v, v, v, v), the 1st percentile -v + 0.03 * 2v,
+    # the 99th v, so the three pixels at v are white and -v black (float32 arithmetic overflowed to inf)
+    import warnings
+    from ms_perception.fleet.exchange import thermal_view
+    v = 3e38
+    t = np.array([[v, v], [v, -v]], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        u8 = thermal_view(t, {}, (2, 2))
+    assert u8.tolist() == [[255, 255], [255, 0]]
+    # an ordinary 16-bit frame: 1st-99th percentile of (1000, 1000, 2000, 3000) is 1000 .. 2970
+    u8 = thermal_view(np.array([[1000, 1000], [2000, 3000]], np.uint16), {}, (2, 2))
+    assert u8.tolist() == [[0, 0], [int(1000 * 255 / 1970), 255]]

@@ -1,5 +1,6 @@
 """Image conversion, thermal normalization, registration, letterbox, NMS, inconsistency."""
 import math
+import warnings
 
 import cv2
 import numpy as np
@@ -181,8 +182,14 @@ def test_percentile_stretch_of_extreme_flat_float_images_stays_finite(value):
     from ms_perception.core.frames import Frame
     from ms_perception.core.preprocess import ThermalNormalization, thermal_to_unit
     data = np.array([[value, value], [value, -value]], np.float32)
-    out = thermal_to_unit(Frame(data, 0, "32FC1"), ThermalNormalization(mode="percentile"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")     # no overflow on the way (it made lo inf: every pixel 0)
+        out = thermal_to_unit(Frame(data, 0, "32FC1"), ThermalNormalization(mode="percentile"))
     assert np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+    # sorted values (-v, v, v, v) for v > 0: the 1st percentile is -v + 0.03 * 2v, the 99th v, so the three
+    # pixels at v map to 1 and -v to 0; for v < 0 the lone -v is the top and maps to 1 (clipped), v to 0
+    expected = [[1, 1], [1, 0]] if value > 0 else [[0, 0], [0, 1]]
+    np.testing.assert_allclose(out, expected, atol=1e-6)
 
 
 def test_chw_u8_is_the_transpose_for_every_layout():
