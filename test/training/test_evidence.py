@@ -187,20 +187,30 @@ def test_retrain_teachers_reproduces_a_lost_teacher_before_its_students_use_it(t
     import shutil
     shutil.rmtree(tmp_path / "w" / "t" / "gaff_s0")
     # a tampered record: the retrained teacher cannot match it, so no student trains from it
-    tampered = {**recorded, "curve": [{**p, "miss_rate": {**p["miss_rate"], "all": 1.0}} for p in recorded["curve"]]}
+    tampered = {**recorded, "curve": [{**p, "miss_rate": {**p["miss_rate"], "all": 1.0}} for p in recorded["curve"]],
+                "miss_rate": {**recorded["miss_rate"], "all": 1.0}}
     rows.write_text(json.dumps(tampered) + "\n")
     out = call(*run, "--arms", "md_distilled_64x", "--retrain-teachers")
     assert "gaff seed 0: the retrained teacher does not reproduce its recorded curve" in out, out
     assert "1 run(s) still pending" in out
     assert not (tmp_path / "w" / "t" / "gaff_s0").exists() and not (tmp_path / "w" / "t" / "md_distilled_64x_s0").exists()
+    # asked to accept it: the finished retrain is picked up, and the student's row says which teacher it had
+    out = call(*run, "--arms", "md_distilled_64x", "--retrain-teachers", "--accept-retrained-teachers")
+    assert "gaff seed 0: weights retrained, NOT the recorded curve" in out and "every run is done" in out, out
+    student = json.loads(rows.read_text().splitlines()[-1])
+    info = student["teacher_retrained"]
+    assert student["arm"] == "md_distilled_64x" and info["reproduced"] is False
+    assert info["recorded_miss_rate"]["all"] == 1.0 and info["retrained_miss_rate"] == recorded["miss_rate"]
     # the true record: reproduced bit for bit on this machine, moved into --work, and the student trains
     shutil.rmtree(tmp_path / "w" / "t.retrain")
+    shutil.rmtree(tmp_path / "w" / "t")
     rows.write_text(json.dumps(recorded) + "\n")
     out = call(*run, "--arms", "md_distilled_64x", "--retrain-teachers")
     assert "gaff seed 0: weights retrained, the recorded curve reproduced exactly" in out, out
     assert "md_distilled_64x seed 0: done" in out and "every run is done" in out
     got = [json.loads(x) for x in rows.read_text().splitlines()]
     assert [r["arm"] for r in got] == ["gaff", "md_distilled_64x"]     # no second teacher row
+    assert got[1]["teacher_retrained"]["reproduced"] is True
     assert (tmp_path / "w" / "t" / "gaff_s0" / "last.pt").exists()
 
 
