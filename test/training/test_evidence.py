@@ -81,7 +81,9 @@ def test_claim_labels_by_hand():
     assert late["label"] == "not read" and "a did not converge in seed(s) [1]" in late["why"]
 
 
-def test_driver_trains_in_resumable_chunks_on_a_kaist_folder(tmp_path):
+def _driver(tmp_path):
+    """``bench/evidence.py`` as a subprocess writing its rows under tmp_path/results (``env`` may be
+    changed between calls), and a 24-pair KAIST folder written by its ``dataset`` command."""
     env = {**os.environ, "MS_PERCEPTION_EVIDENCE_RESULTS": str(tmp_path / "results")}
     script = [sys.executable, str(REPO / "bench" / "evidence.py")]
 
@@ -92,6 +94,11 @@ def test_driver_trains_in_resumable_chunks_on_a_kaist_folder(tmp_path):
 
     root = tmp_path / "kaist"
     call("dataset", "--root", str(root), "--pairs", "24", "--size", "160x128")
+    return call, env, root
+
+
+def test_driver_trains_in_resumable_chunks_on_a_kaist_folder(tmp_path):
+    call, env, root = _driver(tmp_path)
     assert any(root.iterdir())
     run = ["run", "--root", str(root), "--tag", "t", "--seeds", "0", "--arms", "add_fusion", "--iterations", "4",
            "--eval-every", "2", "--chunk", "2", "--input", "128x96", "--workers", "0", "--work", str(tmp_path / "w")]
@@ -169,16 +176,7 @@ def test_retrain_teachers_reproduces_a_lost_teacher_before_its_students_use_it(t
     # the teacher's row is recorded, its weights are gone: --retrain-teachers trains it again (no second
     # row) and lets its students use it only when the new curve equals the recorded one
     results = tmp_path / "results"
-    env = {**os.environ, "MS_PERCEPTION_EVIDENCE_RESULTS": str(results)}
-    script = [sys.executable, str(REPO / "bench" / "evidence.py")]
-
-    def call(*args):
-        r = subprocess.run(script + list(args), capture_output=True, text=True, env=env, timeout=600)
-        assert r.returncode == 0, r.stderr[-3000:]
-        return r.stdout
-
-    root = tmp_path / "kaist"
-    call("dataset", "--root", str(root), "--pairs", "24", "--size", "160x128")
+    call, _, root = _driver(tmp_path)
     run = ["run", "--root", str(root), "--tag", "t", "--seeds", "0", "--iterations", "4", "--eval-every", "2",
            "--input", "128x96", "--workers", "0", "--work", str(tmp_path / "w")]
     call(*run, "--arms", "gaff")
