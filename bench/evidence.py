@@ -24,7 +24,10 @@ holds / not shown / reversed / not read (``ms_perception_training.evidence``).
 
 Teachers are trained before their students in each seed (a distillation arm waits for its
 teacher's run to finish), and a distillation claim is read only where the teacher beats the
-student trained alone.
+student trained alone. A teacher whose row is recorded but whose weights are gone (a wiped /tmp,
+another machine) is trained again with ``run --retrain-teachers``: its students use it when it
+reproduces the recorded curve exactly, or, with ``--accept-retrained-teachers``, whatever it gives,
+and each student's row then records the teacher it had (``teacher_retrained``).
 """
 from __future__ import annotations
 
