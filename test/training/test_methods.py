@@ -172,7 +172,7 @@ def test_pdf_distiller_sums_the_weighted_imitation_over_pyramid_levels():
         d = disagreement_map(torch.sigmoid(t_out.main.cls_logits[lv]), torch.sigmoid(s_out.main.cls_logits[lv]), 9)
         want += pdf_distill_loss(dist.adapters[lv](s_out.features[f"neck.visible.{lv}"]),
                                  t_out.features[f"neck.visible.{lv}"], pdf_weights(d, "soft"))
-    assert levels == 5 and got.detach().item() == pytest.approx(float(want), rel=1e-6)
+    assert levels == 5 and got.detach().item() == pytest.approx(float(want.detach()), rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- trainer mechanics
