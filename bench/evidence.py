@@ -467,6 +467,7 @@ def main() -> int:
     s.add_argument("--tag", required=True)
     s.add_argument("--min-seeds", type=int, default=3)
     s.add_argument("--plot", help="also write every run's learning curve (miss rate, all) to this PNG")
+    s.add_argument("--plot-arms", nargs="+", choices=list(ARMS), help="only these arms' runs in --plot")
     args = ap.parse_args()
     if args.cmd == "dataset":
         return make_dataset(Path(args.root), args.pairs, args.size, args.seed)
@@ -485,7 +486,12 @@ def main() -> int:
         for f in sorted(RESULTS.glob(f"evidence_{args.tag}_seed*.jsonl")):
             for line in f.read_text().splitlines():
                 r = json.loads(line)
-                curves[f"{r['arm']} s{r['seed']}"] = r["curve"]
+                if not args.plot_arms or r["arm"] in args.plot_arms:
+                    curves[f"{r['arm']} s{r['seed']}"] = r["curve"]
+        if not curves:
+            print(f"--plot: no run of {' '.join(args.plot_arms or ['any arm'])} in evidence_{args.tag}_seed*.jsonl; "
+                  "nothing drawn")
+            return 1
         print(f"wrote {plot_learning_curves(curves, args.plot, f'evidence {args.tag}', subsets=('all',))}")
     return 0
 

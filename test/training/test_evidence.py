@@ -126,6 +126,10 @@ def test_driver_trains_in_resumable_chunks_on_a_kaist_folder(tmp_path):
     env["MS_PERCEPTION_EVIDENCE_RESULTS"] = str(tmp_path / "results")
     table = call("summarize", "--tag", "t", "--min-seeds", "1", "--plot", str(tmp_path / "curves.png"))
     assert (tmp_path / "curves.png").stat().st_size > 0
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "evidence.py"), "summarize", "--tag", "t", "--plot",
+                        str(tmp_path / "none.png"), "--plot-arms", "visible_only"], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 1 and "--plot: no run of visible_only" in r.stdout and not (tmp_path / "none.png").exists()
     assert "| add_fusion | 0 | 4 |" in table and "fusion beats visible-only at night" in table
     assert "visible_only has 0 seed(s), needs 1" in table
     assert "Change of MR (all) from one evaluation to the next over the last fifth, 0 steps" not in table
