@@ -304,3 +304,54 @@ def test_arm_overrides_reach_nested_fit_fields(tmp_path):
             te.arm_configs("_bad", tmp_path)
     finally:
         del te.ARMS["_bad"]
+
+
+def _train_experiments():
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import train_experiments as te
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    return te
+
+
+def test_active_table_labels_the_final_budget_by_hand():
+    """Inconsistency vs each baseline at the last labeled-pair count, over 3 seeds: lower MR is better
+    for detection, higher mIoU for segmentation; ranges that touch are "not shown"."""
+    te = _train_experiments()
+
+    def runs(task, final):   # final[strategy] = the three seeds' values at the last count
+        return [{"task": task, "curves": {s: [[50, 1.0], [100, v[k]]] for s, v in final.items()}} for k in range(3)]
+    det = te.active_table(runs("detection", {"inconsistency": [60, 61, 62], "random": [63, 64, 65],
+                                             "entropy": [59, 62, 66]}))
+    assert "person MR all ↓" in det and "| inconsistency | 3 | 1.0 [1.0–1.0] | 61.0 [60.0–62.0] |" in det
+    assert "beats random at 100 labeled pairs: holds." in det
+    assert "beats entropy at 100 labeled pairs: not shown (the ranges overlap)." in det
+    seg = te.active_table(runs("segmentation", {"inconsistency": [60, 61, 62], "random": [63, 64, 65],
+                                                "entropy": [50, 55, 60]}))
+    assert "mIoU ↑" in seg
+    assert "beats random at 100 labeled pairs: reversed." in seg
+    assert "beats entropy at 100 labeled pairs: not shown (the ranges overlap)." in seg
+    two = te.active_table(runs("segmentation", {"inconsistency": [70, 71, 72], "random": [63, 64, 65]})[:2])
+    assert "beats random at 100 labeled pairs: not read (2 seed(s), needs 3)." in two
+
+
+def test_the_segmentation_protocol_runs_the_papers_budgets_on_the_segmentation_model(tmp_path, monkeypatch):
+    """`--active --active-protocol seg_cpu`: the 1x1-conv three-branch model, b = 50, B = 350
+    (ICIP 2021's segmentation budgets); the detection protocol keeps its model and budgets."""
+    te = _train_experiments()
+    from ms_perception_training import active
+    from ms_perception_training.models.config import load_model_config
+    seen = {}
+
+    def fake_run_active(cfg, out, log=print):
+        seen[out.name] = (load_model_config(cfg.model).task, cfg.initial, cfg.step, cfg.budget, cfg.data.pairs,
+                          cfg.eval.pairs, cfg.data.width)
+        return {"curves": {}}
+    monkeypatch.setattr(active, "run_active", fake_run_active)
+    monkeypatch.setattr(te, "RESULTS", tmp_path / "results")
+    assert te.run_active_experiment(1, tmp_path, "seg_cpu")["task"] == "segmentation"
+    te.run_active_experiment(1, tmp_path, "cpu")
+    assert seen == {"active_seg_cpu_s1": ("segmentation", 50, 50, 350, 500, 300, 512),
+                    "active_cpu_s1": ("detection", 100, 100, 400, 500, 300, 512)}
+    assert json.loads((tmp_path / "results" / "active_seg_cpu_seed1.json").read_text())["protocol"] == "seg_cpu"
