@@ -21,6 +21,8 @@ holds / not shown / reversed / not read (``ms_perception_training.evidence``).
     python bench/evidence.py noise --root /data/ms_evidence --tag gpu --seed 0 --arms gaff add_fusion
     # 6. what each loss part weighs: mean train-loss parts over the first and last fifth of each run
     python bench/evidence.py parts --tag gpu --seeds 0 1 2 --arms rgb_only_cm_hard rgb_only_distilled
+    # 7. Modality Distillation across thermal resolutions (the paper's Table 3 beside ours), and a plot
+    python bench/evidence.py factors --tag gpu --plot bench/results/evidence_gpu_md_factors.png
 
 Teachers are trained before their students in each seed (a distillation arm waits for its
 teacher's run to finish), and a distillation claim is read only where the teacher beats the
@@ -379,14 +381,84 @@ def run(args) -> int:
     return 0
 
 
-def summarize(tag: str, min_seeds: int = 3) -> str:
-    import numpy as np
-    from ms_perception_training.evidence import Claim, late_changes, read_claim
+def read_runs(tag: str) -> dict[str, list[dict]]:
+    """Every recorded row of ``tag``, by arm."""
     runs: dict[str, list[dict]] = {}
     for f in sorted(RESULTS.glob(f"evidence_{tag}_seed*.jsonl")):
         for line in f.read_text().splitlines():
             r = json.loads(line)
             runs.setdefault(r["arm"], []).append(r)
+    return runs
+
+
+# Modality Distillation, Table 3 (KAIST, ResNet-18 RetinaNet, MR % all): native -> distilled.
+MD_FACTORS = ("1x", "4x", "16x", "64x", "no_thermal")
+MD_PAPER = {"1x": (9.40, 7.78), "4x": (9.84, 7.91), "16x": (10.17, 8.03), "64x": (13.37, 9.50),
+            "no_thermal": (22.84, 21.08)}
+
+
+def md_factors(tag: str, plot: str | None = None) -> str:
+    """The native and the distilled MD student at each thermal factor (mean [min–max] over seeds; * marks
+    a seed that failed the convergence rule), the teacher, and the paper's Table 3 beside them."""
+    import numpy as np
+    runs = read_runs(tag)
+
+    def stats(arm, subset="all"):
+        vals = [r["miss_rate"][subset] for r in runs.get(arm, [])]
+        return (float(np.mean(vals)), min(vals), max(vals), len(vals)) if vals else None
+
+    def cell(arm, subset="all"):
+        st = stats(arm, subset)
+        if not st:
+            return "–"
+        nc = sum(1 for r in runs[arm] if not r.get("converged"))
+        return f"{st[0]:.1f} [{st[1]:.1f}–{st[2]:.1f}] ({st[3]}{'*' * nc})"
+    lines = ["| thermal input | native student | distilled student | distilled − native (mean) | "
+             "native, night | distilled, night | paper: native → MD |", "|---|---|---|---|---|---|---|"]
+    points = {}
+    for k in MD_FACTORS:
+        nat, dis = f"md_native_{k}", f"md_distilled_{k}"
+        a, b = stats(nat), stats(dis)
+        diff = f"{b[0] - a[0]:+.1f}" if a and b else "–"
+        label = k.replace("_", " ") if k == "no_thermal" else f"{k} fewer pixels" if k != "1x" else "full resolution"
+        lines.append(f"| {label} | {cell(nat)} | {cell(dis)} | {diff} | {cell(nat, 'night')} | {cell(dis, 'night')} | "
+                     f"{MD_PAPER[k][0]:.2f} → {MD_PAPER[k][1]:.2f} |")
+        points[k] = (a, b)
+    teacher = stats("gaff")
+    if teacher:
+        lines.append(f"\nTeacher (GAFF two-stream, full-resolution thermal): {cell('gaff')}; paper 7.77. "
+                     "(n*: n seeds, one * per seed that failed the convergence rule.)")
+    if plot:
+        from ms_perception.metrics.plots import _pyplot
+        plt = _pyplot()
+        fig, ax = plt.subplots(figsize=(6, 3.8))
+        xs = np.arange(len(MD_FACTORS))
+        for j, (name, color) in enumerate((("native", "tab:gray"), ("distilled (MD)", "tab:blue"))):
+            got = [(x, points[k][j]) for x, k in zip(xs, MD_FACTORS) if points[k][j]]
+            if got:
+                x = np.array([g[0] for g in got]) + (j - 0.5) * 0.12
+                m = np.array([g[1][0] for g in got])
+                err = np.array([[g[1][0] - g[1][1] for g in got], [g[1][2] - g[1][0] for g in got]])
+                ax.errorbar(x, m, yerr=err, fmt="o-", capsize=3, color=color, label=f"{name}, mean [min–max]")
+        if teacher:
+            ax.axhline(teacher[0], color="tab:red", ls="--", lw=1, label=f"teacher (GAFF) {teacher[0]:.1f}")
+        ax.set_xticks(xs, ["1x", "4x", "16x", "64x", "none"])
+        ax.set_xlabel("thermal pixels divided by")
+        ax.set_ylabel("person miss rate, all (%) ↓")
+        ax.set_title(f"Modality Distillation vs thermal resolution ({tag})")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        Path(plot).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(plot, dpi=110)
+        plt.close(fig)
+        lines.append(f"\nwrote {plot}")
+    return "\n".join(lines)
+
+
+def summarize(tag: str, min_seeds: int = 3) -> str:
+    import numpy as np
+    from ms_perception_training.evidence import Claim, late_changes, read_claim
+    runs = read_runs(tag)
     lines = ["| claim | subset | better arm (MR mean [min–max]) | worse arm | label |", "|---|---|---|---|---|"]
     read = {}
     for name, better, worse, subset, requires in CLAIMS:
@@ -463,6 +535,9 @@ def main() -> int:
     lp.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     lp.add_argument("--arms", nargs="+", required=True, choices=list(ARMS))
     lp.add_argument("--work", default="/tmp/ms_perception_evidence")
+    fa = sub.add_parser("factors", help="Modality Distillation across thermal factors, beside the paper's Table 3")
+    fa.add_argument("--tag", required=True)
+    fa.add_argument("--plot", help="also draw miss rate vs thermal factor (native, distilled, teacher) to this PNG")
     s = sub.add_parser("summarize")
     s.add_argument("--tag", required=True)
     s.add_argument("--min-seeds", type=int, default=3)
@@ -479,6 +554,9 @@ def main() -> int:
         return 0 if eval_noise(args) else 1
     if args.cmd == "parts":
         return 0 if loss_parts(args) else 1
+    if args.cmd == "factors":
+        print(md_factors(args.tag, args.plot))
+        return 0
     print(summarize(args.tag, args.min_seeds))
     if args.plot:
         from ms_perception.metrics.plots import plot_learning_curves

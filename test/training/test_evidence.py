@@ -355,3 +355,28 @@ def test_the_segmentation_protocol_runs_the_papers_budgets_on_the_segmentation_m
     assert seen == {"active_seg_cpu_s1": ("segmentation", 50, 50, 350, 500, 300, 512),
                     "active_cpu_s1": ("detection", 100, 100, 400, 500, 300, 512)}
     assert json.loads((tmp_path / "results" / "active_seg_cpu_seed1.json").read_text())["protocol"] == "seg_cpu"
+
+
+def test_md_factors_table_and_plot_from_hand_rows(tmp_path):
+    """`evidence.py factors`: mean [min–max] per thermal factor, one * per unconverged seed, the
+    distilled − native difference and the paper's Table 3 beside them; the plot is drawn."""
+    res = tmp_path / "results"
+    res.mkdir()
+    mr = {("md_native_4x", 0): 70.0, ("md_native_4x", 1): 66.0, ("md_native_4x", 2): 68.0,
+          ("md_distilled_4x", 0): 61.0, ("md_distilled_4x", 1): 65.0, ("md_distilled_4x", 2): 66.0,
+          ("gaff", 0): 47.0}
+    for seed in range(3):
+        rows = [{"arm": a, "seed": s, "converged": (a, s) != ("md_distilled_4x", 2),
+                 "miss_rate": {"all": v, "day": v, "night": v - 2}} for (a, s), v in mr.items() if s == seed]
+        (res / f"evidence_hand_seed{seed}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    png = tmp_path / "factors.png"
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "evidence.py"), "factors", "--tag", "hand", "--plot",
+                          str(png)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "MS_PERCEPTION_EVIDENCE_RESULTS": str(res)})
+    assert out.returncode == 0, out.stderr
+    row = next(line for line in out.stdout.splitlines() if line.startswith("| 4x fewer pixels"))
+    assert row == ("| 4x fewer pixels | 68.0 [66.0–70.0] (3) | 64.0 [61.0–66.0] (3*) | -4.0 | "
+                   "66.0 [64.0–68.0] (3) | 62.0 [59.0–64.0] (3*) | 9.84 → 7.91 |")
+    assert "| 16x fewer pixels | – | – | – | – | – | 10.17 → 8.03 |" in out.stdout
+    assert "Teacher (GAFF two-stream, full-resolution thermal): 47.0 [47.0–47.0] (1)" in out.stdout
+    assert png.stat().st_size > 5000
