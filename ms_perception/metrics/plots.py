@@ -15,7 +15,12 @@ def _pyplot():
 
 
 def _finish(plt, fig, ax, path, title: str) -> str:
-    ax.legend(loc="lower left")
+    n = len(ax.get_legend_handles_labels()[1])
+    if n > 8:   # many runs: the legend goes beside the axes, where it hides no curve
+        fig.set_size_inches(fig.get_figwidth() + 3.5, max(fig.get_figheight(), 0.19 * n + 1))
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, borderaxespad=0)
+    else:
+        ax.legend(loc="lower left")
     if title:
         ax.set_title(title)
     fig.tight_layout()
