@@ -228,9 +228,10 @@ def finite_loss(parts: dict, it: int, ckpt: Path) -> torch.Tensor:
     """The summed loss; a non-finite one stops the run, naming the parts and the last good checkpoint."""
     loss = sum(parts.values())
     if not torch.isfinite(loss):
-        bad = {k: float(v) for k, v in parts.items() if not math.isfinite(float(v))}
-        raise RuntimeError(f"loss became {float(loss)} at iteration {it} (non-finite parts: {bad}; all: "
-                           f"{ {k: round(float(v), 4) for k, v in parts.items()} }); the last good "
+        vals = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in parts.items()}
+        bad = {k: v for k, v in vals.items() if not math.isfinite(v)}
+        raise RuntimeError(f"loss became {float(loss.detach())} at iteration {it} (non-finite parts: {bad}; all: "
+                           f"{ {k: round(v, 4) for k, v in vals.items()} }); the last good "
                            f"checkpoint is {ckpt if ckpt.exists() else 'none (none written yet)'}. Lower "
                            "fit.lr, check the data, or turn off amp")
     return loss
