@@ -36,6 +36,9 @@ RESULTS = REPO / "bench" / "results"
 # the cross-modal distiller with every soft / teacher term off (Liu et al. eq. 15-18's hard halves)
 CM_OFF = {"distill.zeta": 1.0, "distill.epsilon": 0.0, "distill.xi": 1.0, "distill.rho": 0.0}
 
+BP_VIS = ("twostream_add_r18_retinanet", {"fusion": {"scheme": "visible_only"}})
+BP_VIS_CEM = ("twostream_add_r18_retinanet", {"fusion": {"scheme": "visible_only"}, "neck": {"cem": True}})
+
 # arm -> (experiment yaml, overrides of the fit config ("distill.zeta": a nested field), model-config
 # overrides or None, teacher arm)
 ARMS = {
@@ -83,6 +86,12 @@ ARMS = {
     "rgb_only_cm_cls": ("crossmodal_smoke", {**CM_OFF, "distill.zeta": 0.5}, None, "cfl_maf"),
     "rgb_only_cm_bbr": ("crossmodal_smoke", {**CM_OFF, "distill.epsilon": 0.5}, None, "cfl_maf"),
     "rgb_only_cm_seg": ("crossmodal_smoke", {**CM_OFF, "distill.xi": 0.5}, None, "cfl_maf"),
+    # thesis Table 3.2, cumulative, on the one-image RetinaNet-R18 (the visible-only arm's model):
+    # baseline (smooth L1, no warmup, step decay) -> + CEM -> + mixup, warmup and cosine -> + balanced L1
+    "bp_baseline": ("halfway_baseline_fssd_smoke", {"balanced_l1": False, "lr_schedule": "step"}, BP_VIS, None),
+    "bp_cem": ("halfway_baseline_fssd_smoke", {"balanced_l1": False, "lr_schedule": "step"}, BP_VIS_CEM, None),
+    "bp_cem_mixup_cosine": ("halfway_baseline_fssd_smoke", {"balanced_l1": False, "mixup": 0.5}, BP_VIS_CEM, None),
+    "bp_all": ("halfway_baseline_fssd_smoke", {"mixup": 0.5}, BP_VIS_CEM, None),
     # PDF-Distil vs FitNets vs none (R34-PAFPN teacher -> R18-FPN student)
     "pdf_teacher": ("pdf_teacher_smoke", {}, None, None),
     "pdf_none": ("pdf_student_plain_smoke", {}, None, None),
@@ -105,6 +114,8 @@ COMPARISONS = [
     ("RGB-only: one distillation term at a time (Liu et al. Table IV)",
      ["rgb_only_cm_hard", "rgb_only_cm_fea", "rgb_only_cm_cls", "rgb_only_cm_bbr", "rgb_only_cm_seg",
       "rgb_only_distilled", "rgb_only_plain", "rgb_only_plain_smoothl1"]),
+    ("Best practices, cumulative (thesis Table 3.2; one-image RetinaNet-R18)",
+     ["bp_baseline", "bp_cem", "bp_cem_mixup_cosine", "bp_all", "visible_only"]),
     ("Mutual Guidance vs IoU assignment (GAFF detector)", ["gaff_mutual_guidance", "gaff"]),
     ("PDF-Distil vs FitNets vs no distillation (student R18-FPN)", ["pdf_distil", "pdf_fitnets", "pdf_none", "pdf_teacher"]),
 ]

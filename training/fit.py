@@ -51,6 +51,8 @@ from ms_perception.core import jsonio
 
 
 def lr_at(it: int, cfg: FitConfig) -> float:
+    if cfg.lr_schedule == "step":   # no warmup; x0.1 at 2/3 and at 8/9 of the iterations (Detectron's 1x steps)
+        return cfg.lr * 0.1 ** ((3 * it >= 2 * cfg.iterations) + (9 * it >= 8 * cfg.iterations))
     if it < cfg.warmup_iterations:
         return 1e-6 + (cfg.lr - 1e-6) * it / max(1, cfg.warmup_iterations)
     t = (it - cfg.warmup_iterations) / max(1, cfg.iterations - cfg.warmup_iterations)

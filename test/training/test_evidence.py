@@ -380,3 +380,23 @@ def test_md_factors_table_and_plot_from_hand_rows(tmp_path):
     assert "| 16x fewer pixels | – | – | – | – | – | 10.17 → 8.03 |" in out.stdout
     assert "Teacher (GAFF two-stream, full-resolution thermal): 47.0 [47.0–47.0] (1)" in out.stdout
     assert png.stat().st_size > 5000
+
+
+def test_best_practice_arms_switch_one_practice_at_a_time(tmp_path):
+    """Thesis Table 3.2 as cumulative arms on the visible-only RetinaNet-R18: baseline (smooth L1, step
+    schedule) -> + CEM -> + mixup with warmup and cosine -> + balanced L1; the CEM arm's model has one."""
+    te = _train_experiments()
+    from ms_perception_training.models.build import build_model
+    got = {}
+    for arm in ("bp_baseline", "bp_cem", "bp_cem_mixup_cosine", "bp_all", "visible_only"):
+        cfg, mcfg, tcfg, teacher = te.arm_configs(arm, tmp_path)
+        got[arm] = (cfg.balanced_l1, cfg.lr_schedule, cfg.mixup, mcfg.neck.cem, mcfg.fusion.scheme, teacher)
+    assert got == {"bp_baseline": (False, "step", 0.0, False, "visible_only", None),
+                   "bp_cem": (False, "step", 0.0, True, "visible_only", None),
+                   "bp_cem_mixup_cosine": (False, "cosine", 0.5, True, "visible_only", None),
+                   "bp_all": (True, "cosine", 0.5, True, "visible_only", None),
+                   "visible_only": (True, "cosine", 0.0, False, "visible_only", None)}
+    with_cem = build_model(te.arm_configs("bp_cem", tmp_path)[1])
+    without = build_model(te.arm_configs("bp_baseline", tmp_path)[1])
+    assert any(type(m).__name__ == "CEM" for m in with_cem.modules())
+    assert not any(type(m).__name__ == "CEM" for m in without.modules())

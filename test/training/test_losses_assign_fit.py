@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from ms_perception_training.assign import IoUAssigner
+from ms_perception_training.config import ConfigError
 from ms_perception_training.fit import FitConfig, lr_at
 from ms_perception_training.objectives import balanced_l1_loss, dice_loss, sigmoid_focal_loss
 
@@ -63,6 +64,15 @@ def test_warmup_then_cosine():
     assert lr_at(10, cfg) == pytest.approx(0.01)
     assert lr_at(55, cfg) == pytest.approx(0.005)
     assert lr_at(100, cfg) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_step_schedule_by_hand():
+    """The Table 3.2 baseline schedule: the full rate from iteration 0 (no warmup), x0.1 from 2/3
+    and again from 8/9 of the run."""
+    cfg = FitConfig(iterations=90, warmup_iterations=10, lr=0.01, lr_schedule="step")
+    assert [lr_at(i, cfg) for i in (0, 59, 60, 79, 80, 89)] == pytest.approx([0.01, 0.01, 0.001, 0.001, 1e-4, 1e-4])
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        FitConfig(lr_schedule="poly")
 
 
 def test_smoke_fit_loss_falls(tmp_path, capsys):
