@@ -248,6 +248,9 @@ def run_active_experiment(seed: int, work: Path, protocol: str = "short") -> dic
     res.update(protocol=protocol, task=task, wall_seconds=round(time.perf_counter() - t0, 1), threads=threads,
                device="cpu", pool=pairs, eval_pairs=eval_pairs)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if res.get("plot") and Path(res["plot"]).exists():   # the curves next to the rows
+        import shutil
+        shutil.copyfile(res["plot"], RESULTS / f"{name}_seed{seed}.png")
     (RESULTS / f"{name}_seed{seed}.json").write_text(jsonio.dumps(res, indent=1))
     return res
 

@@ -347,7 +347,9 @@ def test_the_segmentation_protocol_runs_the_papers_budgets_on_the_segmentation_m
     def fake_run_active(cfg, out, log=print):
         seen[out.name] = (load_model_config(cfg.model).task, cfg.initial, cfg.step, cfg.budget, cfg.data.pairs,
                           cfg.eval.pairs, cfg.data.width)
-        return {"curves": {}}
+        (out / "curve.png").parent.mkdir(parents=True, exist_ok=True)
+        (out / "curve.png").write_bytes(b"png " + out.name.encode())
+        return {"curves": {}, "plot": str(out / "curve.png")}
     monkeypatch.setattr(active, "run_active", fake_run_active)
     monkeypatch.setattr(te, "RESULTS", tmp_path / "results")
     assert te.run_active_experiment(1, tmp_path, "seg_cpu")["task"] == "segmentation"
@@ -355,6 +357,7 @@ def test_the_segmentation_protocol_runs_the_papers_budgets_on_the_segmentation_m
     assert seen == {"active_seg_cpu_s1": ("segmentation", 50, 50, 350, 500, 300, 512),
                     "active_cpu_s1": ("detection", 100, 100, 400, 500, 300, 512)}
     assert json.loads((tmp_path / "results" / "active_seg_cpu_seed1.json").read_text())["protocol"] == "seg_cpu"
+    assert (tmp_path / "results" / "active_seg_cpu_seed1.png").read_bytes() == b"png active_seg_cpu_s1"
 
 
 def test_md_factors_table_and_plot_from_hand_rows(tmp_path):
