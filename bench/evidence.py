@@ -82,6 +82,9 @@ CLAIMS = [  # (name, better, worse, subset, names of the claims it requires to h
     ("CEM beats the baseline (Table 3.2)", "bp_cem", "bp_baseline", "all", ()),
     ("mixup, warmup and cosine beat CEM alone (Table 3.2)", "bp_cem_mixup_cosine", "bp_cem", "all", ()),
     ("balanced L1 beats smooth L1 with the other practices (Table 3.2)", "bp_all", "bp_cem_mixup_cosine", "all", ()),
+    # the bundled step taken apart (not a row of the thesis's table)
+    ("warmup and cosine beat the step schedule (with CEM)", "bp_cem_cosine", "bp_cem", "all", ()),
+    ("mixup helps (with CEM, warmup and cosine)", "bp_cem_mixup_cosine", "bp_cem_cosine", "all", ()),
     ("all four distillation terms beat none (Table IV)", "rgb_only_distilled", "rgb_only_cm_hard", "all", ()),
     ("balanced L1 beats smooth L1 (thesis Table 3.2; the RGB-only student)", "rgb_only_plain",
      "rgb_only_plain_smoothl1", "all", ()),

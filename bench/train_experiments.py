@@ -91,6 +91,8 @@ ARMS = {
     "bp_baseline": ("halfway_baseline_fssd_smoke", {"balanced_l1": False, "lr_schedule": "step"}, BP_VIS, None),
     "bp_cem": ("halfway_baseline_fssd_smoke", {"balanced_l1": False, "lr_schedule": "step"}, BP_VIS_CEM, None),
     "bp_cem_mixup_cosine": ("halfway_baseline_fssd_smoke", {"balanced_l1": False, "mixup": 0.5}, BP_VIS_CEM, None),
+    # the schedule without mixup: separates Table 3.2's bundled "mixup & warmup & cosine" step
+    "bp_cem_cosine": ("halfway_baseline_fssd_smoke", {"balanced_l1": False}, BP_VIS_CEM, None),
     "bp_all": ("halfway_baseline_fssd_smoke", {"mixup": 0.5}, BP_VIS_CEM, None),
     # PDF-Distil vs FitNets vs none (R34-PAFPN teacher -> R18-FPN student)
     "pdf_teacher": ("pdf_teacher_smoke", {}, None, None),
@@ -115,7 +117,7 @@ COMPARISONS = [
      ["rgb_only_cm_hard", "rgb_only_cm_fea", "rgb_only_cm_cls", "rgb_only_cm_bbr", "rgb_only_cm_seg",
       "rgb_only_distilled", "rgb_only_plain", "rgb_only_plain_smoothl1"]),
     ("Best practices, cumulative (thesis Table 3.2; one-image RetinaNet-R18)",
-     ["bp_baseline", "bp_cem", "bp_cem_mixup_cosine", "bp_all", "visible_only"]),
+     ["bp_baseline", "bp_cem", "bp_cem_cosine", "bp_cem_mixup_cosine", "bp_all", "visible_only"]),
     ("Mutual Guidance vs IoU assignment (GAFF detector)", ["gaff_mutual_guidance", "gaff"]),
     ("PDF-Distil vs FitNets vs no distillation (student R18-FPN)", ["pdf_distil", "pdf_fitnets", "pdf_none", "pdf_teacher"]),
 ]

@@ -391,11 +391,12 @@ def test_best_practice_arms_switch_one_practice_at_a_time(tmp_path):
     te = _train_experiments()
     from ms_perception_training.models.build import build_model
     got = {}
-    for arm in ("bp_baseline", "bp_cem", "bp_cem_mixup_cosine", "bp_all", "visible_only"):
+    for arm in ("bp_baseline", "bp_cem", "bp_cem_cosine", "bp_cem_mixup_cosine", "bp_all", "visible_only"):
         cfg, mcfg, tcfg, teacher = te.arm_configs(arm, tmp_path)
         got[arm] = (cfg.balanced_l1, cfg.lr_schedule, cfg.mixup, mcfg.neck.cem, mcfg.fusion.scheme, teacher)
     assert got == {"bp_baseline": (False, "step", 0.0, False, "visible_only", None),
                    "bp_cem": (False, "step", 0.0, True, "visible_only", None),
+                   "bp_cem_cosine": (False, "cosine", 0.0, True, "visible_only", None),
                    "bp_cem_mixup_cosine": (False, "cosine", 0.5, True, "visible_only", None),
                    "bp_all": (True, "cosine", 0.5, True, "visible_only", None),
                    "visible_only": (True, "cosine", 0.0, False, "visible_only", None)}
