@@ -71,6 +71,13 @@ CLAIMS = [  # (name, better, worse, subset, names of the claims it requires to h
          (f"GAFF teacher beats the native MD student ({k}x)",)))],
     ("MD distillation beats the native student (no thermal)", "md_distilled_no_thermal", "md_native_no_thermal",
      "all", ()),
+    # the MD paper's own pair (GAFF at every level, light head; issue [train-data]) at 16x
+    ("the paper's GAFF teacher beats its native MD student (16x)", "mdp_teacher", "mdp_native_16x", "all", ()),
+    ("MD distillation beats the native student (the paper's pair, 16x)", "mdp_distilled_16x", "mdp_native_16x", "all",
+     ("the paper's GAFF teacher beats its native MD student (16x)",)),
+    # issue [speed]: the deployment student (the paper's light head) must not lose accuracy; "holds" means it loses
+    ("today's 16x student beats the light-head deployment student (native)", "md_native_16x", "mdp_native_16x",
+     "all", ()),
     ("cross-modal distillation beats the plain RGB-only student", "rgb_only_distilled", "rgb_only_plain", "all", ()),
     # Liu et al. Table IV: each term alone beats the student without a teacher (here: the same
     # distiller with every teacher term off, so that only the term differs), and all four beat it
@@ -84,6 +91,7 @@ CLAIMS = [  # (name, better, worse, subset, names of the claims it requires to h
     ("balanced L1 beats smooth L1 with the other practices (Table 3.2)", "bp_all", "bp_cem_mixup_cosine", "all", ()),
     # the bundled step taken apart (not a row of the thesis's table)
     ("warmup and cosine beat the step schedule (with CEM)", "bp_cem_cosine", "bp_cem", "all", ()),
+    ("multi-scale training beats one scale (the Table 3.2 baseline)", "bp_baseline_ms", "bp_baseline", "all", ()),
     ("mixup helps (with CEM, warmup and cosine)", "bp_cem_mixup_cosine", "bp_cem_cosine", "all", ()),
     ("all four distillation terms beat none (Table IV)", "rgb_only_distilled", "rgb_only_cm_hard", "all", ()),
     ("balanced L1 beats smooth L1 (thesis Table 3.2; the RGB-only student)", "rgb_only_plain",

@@ -38,6 +38,16 @@ CM_OFF = {"distill.zeta": 1.0, "distill.epsilon": 0.0, "distill.xi": 1.0, "disti
 
 BP_VIS = ("twostream_add_r18_retinanet", {"fusion": {"scheme": "visible_only"}})
 BP_VIS_CEM = ("twostream_add_r18_retinanet", {"fusion": {"scheme": "visible_only"}, "neck": {"cem": True}})
+# thesis §3.4.1: "the input image resolution is randomly resized to 256x256 or 320x320 or 384x384 during
+# training phase and fixed to 320x320 during evaluation": 0.8, 1 and 1.2 of the evaluation size. Factors,
+# not pixels, so that the arm follows --input; arm_configs turns them into [width, height] lists.
+MULTI_SCALE = ("factors", 0.8, 1.0, 1.2)
+# The MD paper's pair (thesis parameter table: two complete ResNet-18 streams with GAFF at C4 and C5,
+# a 128-channel FPN and a one-conv 128-channel head; the student is its image-level one-stream
+# detector) at the evidence protocol's 1/8 backbone width: neck and head at 1/8 of 128 too. The tiny
+# presets keep 32 channels everywhere, which would make the paper's light head 2x wider, relative to
+# its backbone, than it is.
+MDP_LIGHT = {"neck": {"channels": 16}, "head": {"channels": 16}}
 
 # arm -> (experiment yaml, overrides of the fit config ("distill.zeta": a nested field), model-config
 # overrides or None, teacher arm)
@@ -94,6 +104,17 @@ ARMS = {
     # the schedule without mixup: separates Table 3.2's bundled "mixup & warmup & cosine" step
     "bp_cem_cosine": ("halfway_baseline_fssd_smoke", {"balanced_l1": False}, BP_VIS_CEM, None),
     "bp_all": ("halfway_baseline_fssd_smoke", {"mixup": 0.5}, BP_VIS_CEM, None),
+    # multi-scale training, which the thesis applies under every row of Table 3.2, as one ablation of
+    # the baseline
+    "bp_baseline_ms": ("halfway_baseline_fssd_smoke", {"balanced_l1": False, "lr_schedule": "step",
+                                                       "multi_scale": MULTI_SCALE}, BP_VIS, None),
+    # Modality Distillation with the paper's pair: its GAFF teacher (GAFF at every neck level) and its
+    # light-head student at 16x fewer thermal pixels; distilled at C4, as the other MD arms (the
+    # teacher fuses at two levels and the paper names none: distill.md_stage picks one)
+    "mdp_teacher": ("gaff_teacher_smoke", {}, ("md_paper_gaff_teacher_r18_retinanet", MDP_LIGHT), None),
+    "mdp_native_16x": ("md_native_student_smoke", {}, ("md_paper_student_r18_retinanet", MDP_LIGHT), None),
+    "mdp_distilled_16x": ("md_student_smoke", {"distill.md_stage": "C4"},
+                          ("md_paper_student_r18_retinanet", MDP_LIGHT), "mdp_teacher"),
     # PDF-Distil vs FitNets vs none (R34-PAFPN teacher -> R18-FPN student)
     "pdf_teacher": ("pdf_teacher_smoke", {}, None, None),
     "pdf_none": ("pdf_student_plain_smoke", {}, None, None),
@@ -110,6 +131,9 @@ COMPARISONS = [
     ("CFL + MAF vs decision-level average", ["cfl_maf", "decision_avg"]),
     ("MD student (16x fewer thermal pixels) vs native student vs teacher", ["md_distilled_16x", "md_native_16x", "gaff"]),
     ("MD student without thermal: distilled vs native", ["md_distilled_no_thermal", "md_native_no_thermal"]),
+    ("MD, the paper's pair (GAFF at every level, light head), 16x: distilled vs native vs teacher",
+     ["mdp_distilled_16x", "mdp_native_16x", "mdp_teacher"]),
+    ("The deployment student's light head vs today's student head (16x, native)", ["mdp_native_16x", "md_native_16x"]),
     *[(f"MD student ({k}x fewer thermal pixels) vs native student vs teacher", [f"md_distilled_{k}x", f"md_native_{k}x", "gaff"])
       for k in (1, 4, 64)],
     ("RGB-only: cross-modal distilled vs plain", ["rgb_only_distilled", "rgb_only_plain"]),
@@ -118,6 +142,7 @@ COMPARISONS = [
       "rgb_only_distilled", "rgb_only_plain", "rgb_only_plain_smoothl1"]),
     ("Best practices, cumulative (thesis Table 3.2; one-image RetinaNet-R18)",
      ["bp_baseline", "bp_cem", "bp_cem_cosine", "bp_cem_mixup_cosine", "bp_all", "visible_only"]),
+    ("Multi-scale training (thesis §3.4.1) vs one scale, on the Table 3.2 baseline", ["bp_baseline_ms", "bp_baseline"]),
     ("Mutual Guidance vs IoU assignment (GAFF detector)", ["gaff_mutual_guidance", "gaff"]),
     ("PDF-Distil vs FitNets vs no distillation (student R18-FPN)", ["pdf_distil", "pdf_fitnets", "pdf_none", "pdf_teacher"]),
 ]
@@ -161,7 +186,16 @@ def arm_configs(arm: str, work: Path):
     else:
         extra = None
     mcfg = _variant(model_path, arm, work, extra)
-    tcfg = _variant(EXP / raw["distill"]["teacher"], f"{arm}_teacher", work) if cfg.distill.method else None
+    if isinstance(cfg.multi_scale, tuple) and cfg.multi_scale[:1] == ("factors",):
+        # sizes a multiple of 4 nearest to the factors of this arm's (scaled) input
+        cfg.multi_scale = [[4 * round(mcfg.input.width * f / 4), 4 * round(mcfg.input.height * f / 4)]
+                           for f in cfg.multi_scale[1:]]
+    tcfg = None
+    if cfg.distill.method:
+        t_over = ARMS[teacher][2] if teacher else None
+        # the teacher's model is its own arm's model where that arm overrides one (the same variant it trained)
+        tcfg = (_variant(TINY / f"{t_over[0]}.yaml", f"{arm}_teacher", work, t_over[1]) if t_over
+                else _variant(EXP / raw["distill"]["teacher"], f"{arm}_teacher", work))
     return cfg, mcfg, tcfg, teacher
 
 

@@ -404,3 +404,41 @@ def test_best_practice_arms_switch_one_practice_at_a_time(tmp_path):
     without = build_model(te.arm_configs("bp_baseline", tmp_path)[1])
     assert any(type(m).__name__ == "CEM" for m in with_cem.modules())
     assert not any(type(m).__name__ == "CEM" for m in without.modules())
+
+
+def test_multi_scale_arm_trains_at_0_8_1_and_1_2_of_its_input(tmp_path, monkeypatch):
+    """Thesis §3.4.1: 256/320/384 in training for a 320 evaluation, i.e. 0.8, 1 and 1.2 of the input,
+    rounded to a multiple of 4; the arm follows the protocol's input size. Otherwise the baseline."""
+    te = _train_experiments()
+    cfg, mcfg, _, _ = te.arm_configs("bp_baseline_ms", tmp_path)
+    base, _, _, _ = te.arm_configs("bp_baseline", tmp_path)
+    assert (mcfg.input.width, mcfg.input.height) == (256, 192)
+    assert cfg.multi_scale == [[204, 152], [256, 192], [308, 232]]     # 204.8, 153.6 / 307.2, 230.4
+    assert (cfg.balanced_l1, cfg.lr_schedule, cfg.mixup, base.multi_scale) == (False, "step", 0.0, [])
+    monkeypatch.setitem(te.SCALE, "input", {"width": 640, "height": 512})
+    assert te.arm_configs("bp_baseline_ms", tmp_path)[0].multi_scale == [[512, 408], [640, 512], [768, 616]]
+
+
+def test_md_paper_pair_arms_distil_from_their_own_teacher_arm(tmp_path):
+    """The paper's pair: the distilled student's teacher is the mdp_teacher arm's model (GAFF at every
+    level, light head at 1/8 of 128 channels), distilled at C4; the student has one 16-channel conv
+    per head branch and 16x fewer thermal pixels; the older MD arms keep the C4 GAFF teacher."""
+    import torch
+    from types import SimpleNamespace
+    from ms_perception_training.distillers import ModalityDistiller, build_distiller
+    from ms_perception_training.models.build import build_model
+    te = _train_experiments()
+    cfg, scfg, tcfg, teacher = te.arm_configs("mdp_distilled_16x", tmp_path)
+    own = te.arm_configs("mdp_teacher", tmp_path)[1]
+    assert teacher == "mdp_teacher" and cfg.distill.method == "modality" and cfg.distill.md_stage == "C4"
+    assert (tcfg.fusion.module, tcfg.fusion.stage, tcfg.neck.channels, tcfg.head.channels, tcfg.head.num_convs) == \
+        ("gaff", "all_levels", 16, 16, 1)
+    assert {k: v for k, v in vars(tcfg).items() if k != "name"} == {k: v for k, v in vars(own).items() if k != "name"}
+    assert (scfg.fusion.scheme, scfg.input.thermal_factor, scfg.head.channels, scfg.head.num_convs) == ("image", 16, 16, 1)
+    assert te.arm_configs("mdp_native_16x", tmp_path)[0].distill.method == ""
+    old = te.arm_configs("md_distilled_16x", tmp_path)[2]
+    assert (old.fusion.stage, old.head.channels, old.head.num_convs) == ("C4", 32, 2)
+    torch.manual_seed(0)
+    probe = SimpleNamespace(visible=torch.rand(1, 3, 192, 256), thermal=torch.rand(1, 1, 192, 256))
+    d = build_distiller(cfg.distill, build_model(tcfg), tcfg, build_model(scfg), scfg, probe)
+    assert isinstance(d, ModalityDistiller) and (d.t_key, d.att_prefix) == ("fused.C4", "C4.")
