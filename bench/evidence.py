@@ -71,10 +71,11 @@ CLAIMS = [  # (name, better, worse, subset, names of the claims it requires to h
          (f"GAFF teacher beats the native MD student ({k}x)",)))],
     ("MD distillation beats the native student (no thermal)", "md_distilled_no_thermal", "md_native_no_thermal",
      "all", ()),
-    # the MD paper's own pair (GAFF at every level, light head; issue [train-data]) at 16x
-    ("the paper's GAFF teacher beats its native MD student (16x)", "mdp_teacher", "mdp_native_16x", "all", ()),
-    ("MD distillation beats the native student (the paper's pair, 16x)", "mdp_distilled_16x", "mdp_native_16x", "all",
-     ("the paper's GAFF teacher beats its native MD student (16x)",)),
+    # the MD paper's own pair (GAFF at every level, light head; issue [train-data]) at 16x and 64x
+    *[c for k in (16, 64) for c in (
+        (f"the paper's GAFF teacher beats its native MD student ({k}x)", "mdp_teacher", f"mdp_native_{k}x", "all", ()),
+        (f"MD distillation beats the native student (the paper's pair, {k}x)", f"mdp_distilled_{k}x",
+         f"mdp_native_{k}x", "all", (f"the paper's GAFF teacher beats its native MD student ({k}x)",)))],
     # issue [speed]: the deployment student (the paper's light head) must not lose accuracy; "holds" means it loses
     ("today's 16x student beats the light-head deployment student (native)", "md_native_16x", "mdp_native_16x",
      "all", ()),

@@ -112,9 +112,12 @@ ARMS = {
     # light-head student at 16x fewer thermal pixels; distilled at C4, as the other MD arms (the
     # teacher fuses at two levels and the paper names none: distill.md_stage picks one)
     "mdp_teacher": ("gaff_teacher_smoke", {}, ("md_paper_gaff_teacher_r18_retinanet", MDP_LIGHT), None),
-    "mdp_native_16x": ("md_native_student_smoke", {}, ("md_paper_student_r18_retinanet", MDP_LIGHT), None),
-    "mdp_distilled_16x": ("md_student_smoke", {"distill.md_stage": "C4"},
-                          ("md_paper_student_r18_retinanet", MDP_LIGHT), "mdp_teacher"),
+    **{f"mdp_native_{k}x": ("md_native_student_smoke", {},
+                            ("md_paper_student_r18_retinanet", {**MDP_LIGHT, "input": {"thermal_factor": k}}), None)
+       for k in (16, 64)},
+    **{f"mdp_distilled_{k}x": ("md_student_smoke", {"distill.md_stage": "C4"},
+                               ("md_paper_student_r18_retinanet", {**MDP_LIGHT, "input": {"thermal_factor": k}}),
+                               "mdp_teacher") for k in (16, 64)},
     # PDF-Distil vs FitNets vs none (R34-PAFPN teacher -> R18-FPN student)
     "pdf_teacher": ("pdf_teacher_smoke", {}, None, None),
     "pdf_none": ("pdf_student_plain_smoke", {}, None, None),
@@ -133,6 +136,7 @@ COMPARISONS = [
     ("MD student without thermal: distilled vs native", ["md_distilled_no_thermal", "md_native_no_thermal"]),
     ("MD, the paper's pair (GAFF at every level, light head), 16x: distilled vs native vs teacher",
      ["mdp_distilled_16x", "mdp_native_16x", "mdp_teacher"]),
+    ("MD, the paper's pair, 64x: distilled vs native vs teacher", ["mdp_distilled_64x", "mdp_native_64x", "mdp_teacher"]),
     ("The deployment student's light head vs today's student head (16x, native)", ["mdp_native_16x", "md_native_16x"]),
     *[(f"MD student ({k}x fewer thermal pixels) vs native student vs teacher", [f"md_distilled_{k}x", f"md_native_{k}x", "gaff"])
       for k in (1, 4, 64)],

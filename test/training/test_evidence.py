@@ -436,6 +436,9 @@ def test_md_paper_pair_arms_distil_from_their_own_teacher_arm(tmp_path):
     assert {k: v for k, v in vars(tcfg).items() if k != "name"} == {k: v for k, v in vars(own).items() if k != "name"}
     assert (scfg.fusion.scheme, scfg.input.thermal_factor, scfg.head.channels, scfg.head.num_convs) == ("image", 16, 16, 1)
     assert te.arm_configs("mdp_native_16x", tmp_path)[0].distill.method == ""
+    far = te.arm_configs("mdp_distilled_64x", tmp_path)
+    assert (far[1].input.thermal_factor, far[1].head.channels, far[3]) == (64, 16, "mdp_teacher")
+    assert {k: v for k, v in vars(far[2]).items() if k != "name"} == {k: v for k, v in vars(own).items() if k != "name"}
     old = te.arm_configs("md_distilled_16x", tmp_path)[2]
     assert (old.fusion.stage, old.head.channels, old.head.num_convs) == ("C4", 32, 2)
     torch.manual_seed(0)
