@@ -431,19 +431,29 @@ def md_factors(tag: str, plot: str | None = None) -> str:
         return f"{st[0]:.1f} [{st[1]:.1f}–{st[2]:.1f}] ({st[3]}{'*' * nc})"
     lines = ["| thermal input | native student | distilled student | distilled − native (mean) | "
              "native, night | distilled, night | paper: native → MD |", "|---|---|---|---|---|---|---|"]
-    points = {}
-    for k in MD_FACTORS:
-        nat, dis = f"md_native_{k}", f"md_distilled_{k}"
+    points, paper_points = {}, {}
+
+    def row(k, nat, dis, label):
         a, b = stats(nat), stats(dis)
         diff = f"{b[0] - a[0]:+.1f}" if a and b else "–"
-        label = k.replace("_", " ") if k == "no_thermal" else f"{k} fewer pixels" if k != "1x" else "full resolution"
         lines.append(f"| {label} | {cell(nat)} | {cell(dis)} | {diff} | {cell(nat, 'night')} | {cell(dis, 'night')} | "
                      f"{MD_PAPER[k][0]:.2f} → {MD_PAPER[k][1]:.2f} |")
-        points[k] = (a, b)
-    teacher = stats("gaff")
+        return a, b
+    for k in MD_FACTORS:
+        label = k.replace("_", " ") if k == "no_thermal" else f"{k} fewer pixels" if k != "1x" else "full resolution"
+        points[k] = row(k, f"md_native_{k}", f"md_distilled_{k}", label)
+    # the paper's own pair (GAFF at every level, light head), where it has run
+    for k in MD_FACTORS:
+        if runs.get(f"mdp_native_{k}") or runs.get(f"mdp_distilled_{k}"):
+            paper_points[k] = row(k, f"mdp_native_{k}", f"mdp_distilled_{k}",
+                                  f"{k} fewer pixels, the paper's pair (light head)")
+    teacher, paper_teacher = stats("gaff"), stats("mdp_teacher")
     if teacher:
         lines.append(f"\nTeacher (GAFF two-stream, full-resolution thermal): {cell('gaff')}; paper 7.77. "
                      "(n*: n seeds, one * per seed that failed the convergence rule.)")
+    if paper_teacher:
+        lines.append(f"The paper's teacher (GAFF at every level, light head), of the paper's-pair rows: "
+                     f"{cell('mdp_teacher')}.")
     if plot:
         from ms_perception.metrics.plots import _pyplot
         plt = _pyplot()
@@ -456,8 +466,18 @@ def md_factors(tag: str, plot: str | None = None) -> str:
                 m = np.array([g[1][0] for g in got])
                 err = np.array([[g[1][0] - g[1][1] for g in got], [g[1][2] - g[1][0] for g in got]])
                 ax.errorbar(x, m, yerr=err, fmt="o-", capsize=3, color=color, label=f"{name}, mean [min–max]")
+        for j, (name, color) in enumerate((("native, paper's pair", "tab:gray"), ("distilled, paper's pair", "tab:blue"))):
+            got = [(x, paper_points[k][j]) for x, k in zip(xs, MD_FACTORS) if paper_points.get(k, (None, None))[j]]
+            if got:
+                x = np.array([g[0] for g in got]) + (j - 0.5) * 0.12 + 0.3
+                m = np.array([g[1][0] for g in got])
+                err = np.array([[g[1][0] - g[1][1] for g in got], [g[1][2] - g[1][0] for g in got]])
+                ax.errorbar(x, m, yerr=err, fmt="s", mfc="none", capsize=3, color=color, label=f"{name}, mean [min–max]")
         if teacher:
             ax.axhline(teacher[0], color="tab:red", ls="--", lw=1, label=f"teacher (GAFF) {teacher[0]:.1f}")
+        if paper_teacher:
+            ax.axhline(paper_teacher[0], color="tab:orange", ls=":", lw=1,
+                       label=f"the paper's teacher {paper_teacher[0]:.1f}")
         ax.set_xticks(xs, ["1x", "4x", "16x", "64x", "none"])
         ax.set_xlabel("thermal pixels divided by")
         ax.set_ylabel("person miss rate, all (%) ↓")

@@ -367,7 +367,7 @@ def test_md_factors_table_and_plot_from_hand_rows(tmp_path):
     res.mkdir()
     mr = {("md_native_4x", 0): 70.0, ("md_native_4x", 1): 66.0, ("md_native_4x", 2): 68.0,
           ("md_distilled_4x", 0): 61.0, ("md_distilled_4x", 1): 65.0, ("md_distilled_4x", 2): 66.0,
-          ("gaff", 0): 47.0}
+          ("gaff", 0): 47.0, ("mdp_native_16x", 0): 71.0, ("mdp_native_16x", 1): 69.0, ("mdp_teacher", 0): 50.0}
     for seed in range(3):
         rows = [{"arm": a, "seed": s, "converged": (a, s) != ("md_distilled_4x", 2),
                  "miss_rate": {"all": v, "day": v, "night": v - 2}} for (a, s), v in mr.items() if s == seed]
@@ -382,6 +382,12 @@ def test_md_factors_table_and_plot_from_hand_rows(tmp_path):
                    "66.0 [64.0–68.0] (3) | 62.0 [59.0–64.0] (3*) | 9.84 → 7.91 |")
     assert "| 16x fewer pixels | – | – | – | – | – | 10.17 → 8.03 |" in out.stdout
     assert "Teacher (GAFF two-stream, full-resolution thermal): 47.0 [47.0–47.0] (1)" in out.stdout
+    # the paper's pair only where it ran: 16x native alone
+    assert ("| 16x fewer pixels, the paper's pair (light head) | 70.0 [69.0–71.0] (2) | – | – | "
+            "68.0 [67.0–69.0] (2) | – | 10.17 → 8.03 |") in out.stdout
+    assert "4x fewer pixels, the paper's pair" not in out.stdout
+    assert "The paper's teacher (GAFF at every level, light head), of the paper's-pair rows: 50.0 [50.0–50.0] (1)." \
+        in out.stdout
     assert png.stat().st_size > 5000
 
 
