@@ -118,6 +118,10 @@ ARMS = {
     **{f"mdp_distilled_{k}x": ("md_student_smoke", {"distill.md_stage": "C4"},
                                ("md_paper_student_r18_retinanet", {**MDP_LIGHT, "input": {"thermal_factor": k}}),
                                "mdp_teacher") for k in (16, 64)},
+    # diagnosis: the F-MSE term outweighs the detection loss 2.5-5x over the last fifth (session 24); a
+    # tenth of the paper's weight brings it under the detection loss
+    "mdp_distilled_16x_sem01": ("md_student_smoke", {"distill.md_stage": "C4", "distill.md_semantic_weight": 0.1},
+                                ("md_paper_student_r18_retinanet", MDP_LIGHT), "mdp_teacher"),
     # PDF-Distil vs FitNets vs none (R34-PAFPN teacher -> R18-FPN student)
     "pdf_teacher": ("pdf_teacher_smoke", {}, None, None),
     "pdf_none": ("pdf_student_plain_smoke", {}, None, None),
@@ -136,6 +140,8 @@ COMPARISONS = [
     ("MD student without thermal: distilled vs native", ["md_distilled_no_thermal", "md_native_no_thermal"]),
     ("MD, the paper's pair (GAFF at every level, light head), 16x: distilled vs native vs teacher",
      ["mdp_distilled_16x", "mdp_native_16x", "mdp_teacher"]),
+    ("MD, the paper's pair, 16x: the semantic term at a tenth of the paper's weight",
+     ["mdp_distilled_16x_sem01", "mdp_distilled_16x", "mdp_native_16x"]),
     ("MD, the paper's pair, 64x: distilled vs native vs teacher", ["mdp_distilled_64x", "mdp_native_64x", "mdp_teacher"]),
     ("The deployment student's light head vs today's student head (16x, native)", ["mdp_native_16x", "md_native_16x"]),
     *[(f"MD student ({k}x fewer thermal pixels) vs native student vs teacher", [f"md_distilled_{k}x", f"md_native_{k}x", "gaff"])

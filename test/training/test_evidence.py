@@ -442,6 +442,9 @@ def test_md_paper_pair_arms_distil_from_their_own_teacher_arm(tmp_path):
     assert {k: v for k, v in vars(tcfg).items() if k != "name"} == {k: v for k, v in vars(own).items() if k != "name"}
     assert (scfg.fusion.scheme, scfg.input.thermal_factor, scfg.head.channels, scfg.head.num_convs) == ("image", 16, 16, 1)
     assert te.arm_configs("mdp_native_16x", tmp_path)[0].distill.method == ""
+    sem = te.arm_configs("mdp_distilled_16x_sem01", tmp_path)
+    assert (sem[0].distill.md_semantic_weight, sem[0].distill.md_attention_weight, cfg.distill.md_semantic_weight,
+            sem[0].distill.md_stage, sem[3]) == (0.1, 1.0, 1.0, "C4", "mdp_teacher")
     far = te.arm_configs("mdp_distilled_64x", tmp_path)
     assert (far[1].input.thermal_factor, far[1].head.channels, far[3]) == (64, 16, "mdp_teacher")
     assert {k: v for k, v in vars(far[2]).items() if k != "name"} == {k: v for k, v in vars(own).items() if k != "name"}
