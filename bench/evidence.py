@@ -78,6 +78,7 @@ CLAIMS = [  # (name, better, worse, subset, names of the claims it requires to h
          f"mdp_native_{k}x", "all", (f"the paper's GAFF teacher beats its native MD student ({k}x)",)))],
     ("the paper's pair at 16x: F-MSE at a tenth of its weight beats the paper's weight", "mdp_distilled_16x_sem01",
      "mdp_distilled_16x", "all", ()),
+    ("the paper's pair at 16x: distilling C5 beats distilling C4", "mdp_distilled_16x_c5", "mdp_distilled_16x", "all", ()),
     # issue [speed]: the deployment student (the paper's light head) must not lose accuracy; "holds" means it loses
     ("today's 16x student beats the light-head deployment student (native)", "md_native_16x", "mdp_native_16x",
      "all", ()),

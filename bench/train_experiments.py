@@ -122,6 +122,9 @@ ARMS = {
     # tenth of the paper's weight brings it under the detection loss
     "mdp_distilled_16x_sem01": ("md_student_smoke", {"distill.md_stage": "C4", "distill.md_semantic_weight": 0.1},
                                 ("md_paper_student_r18_retinanet", MDP_LIGHT), "mdp_teacher"),
+    # and the other level the paper's teacher fuses at: C5
+    "mdp_distilled_16x_c5": ("md_student_smoke", {"distill.md_stage": "C5"},
+                             ("md_paper_student_r18_retinanet", MDP_LIGHT), "mdp_teacher"),
     # PDF-Distil vs FitNets vs none (R34-PAFPN teacher -> R18-FPN student)
     "pdf_teacher": ("pdf_teacher_smoke", {}, None, None),
     "pdf_none": ("pdf_student_plain_smoke", {}, None, None),
@@ -142,6 +145,7 @@ COMPARISONS = [
      ["mdp_distilled_16x", "mdp_native_16x", "mdp_teacher"]),
     ("MD, the paper's pair, 16x: the semantic term at a tenth of the paper's weight",
      ["mdp_distilled_16x_sem01", "mdp_distilled_16x", "mdp_native_16x"]),
+    ("MD, the paper's pair, 16x: distilled at C5 vs at C4", ["mdp_distilled_16x_c5", "mdp_distilled_16x", "mdp_native_16x"]),
     ("MD, the paper's pair, 64x: distilled vs native vs teacher", ["mdp_distilled_64x", "mdp_native_64x", "mdp_teacher"]),
     ("The deployment student's light head vs today's student head (16x, native)", ["mdp_native_16x", "md_native_16x"]),
     *[(f"MD student ({k}x fewer thermal pixels) vs native student vs teacher", [f"md_distilled_{k}x", f"md_native_{k}x", "gaff"])

@@ -445,6 +445,11 @@ def test_md_paper_pair_arms_distil_from_their_own_teacher_arm(tmp_path):
     sem = te.arm_configs("mdp_distilled_16x_sem01", tmp_path)
     assert (sem[0].distill.md_semantic_weight, sem[0].distill.md_attention_weight, cfg.distill.md_semantic_weight,
             sem[0].distill.md_stage, sem[3]) == (0.1, 1.0, 1.0, "C4", "mdp_teacher")
+    c5 = te.arm_configs("mdp_distilled_16x_c5", tmp_path)
+    assert (c5[0].distill.md_stage, c5[0].distill.md_semantic_weight, c5[3]) == ("C5", 1.0, "mdp_teacher")
+    d5 = build_distiller(c5[0].distill, build_model(c5[2]), c5[2], build_model(c5[1]), c5[1],
+                         SimpleNamespace(visible=torch.rand(1, 3, 192, 256), thermal=torch.rand(1, 1, 192, 256)))
+    assert (d5.t_key, d5.att_prefix) == ("fused.C5", "C5.")
     far = te.arm_configs("mdp_distilled_64x", tmp_path)
     assert (far[1].input.thermal_factor, far[1].head.channels, far[3]) == (64, 16, "mdp_teacher")
     assert {k: v for k, v in vars(far[2]).items() if k != "name"} == {k: v for k, v in vars(own).items() if k != "name"}
