@@ -57,6 +57,7 @@ CLAIMS = [  # (name, better, worse, subset, names of the claims it requires to h
     ("GAFF's guidance beats unguided attention", "gaff", "gaff_unguided", "all", ()),
     ("CFR beats the FSSD average-fusion baseline", "cfr", "fssd_avg_baseline", "all", ()),
     ("PS-Fuse beats the FSSD average-fusion baseline", "psfuse", "fssd_avg_baseline", "all", ()),
+    ("PS-Fuse setting B beats the FSSD average-fusion baseline", "psfuse_b", "fssd_avg_baseline", "all", ()),
     ("CFL + MAF beats the decision-level average", "cfl_maf", "decision_avg", "all", ()),
     ("Mutual Guidance beats IoU assignment", "gaff_mutual_guidance", "gaff", "all", ()),
     ("PDF teacher beats the plain student", "pdf_teacher", "pdf_none", "all", ()),

@@ -64,7 +64,8 @@ ARMS = {
     # CFR / PS-Fuse vs the averaging baseline (VGG-16 FSSD)
     "fssd_avg_baseline": ("halfway_baseline_fssd_smoke", {}, None, None),
     "cfr": ("cfr_smoke", {}, None, None),
-    "psfuse": ("psfuse_smoke", {}, None, None),
+    "psfuse": ("psfuse_smoke", {}, None, None),          # setting A (mono halved per level)
+    "psfuse_b": ("psfuse_smoke", {}, ("psfuse_vgg16_fssd", {"fusion": {"psfuse": {"setting": "B"}}}), None),
     # CFR diagnostics: without the mask loss, and with one loop
     "cfr_no_masks": ("cfr_smoke", {"cfr_weight": 0.0}, None, None),
     "cfr_1loop": ("cfr_smoke", {}, ("cfr_vgg16_fssd", {"fusion": {"cfr": {"loops": 1}}}), None),
@@ -136,7 +137,7 @@ ORDER = list(ARMS)
 COMPARISONS = [
     ("Two-stream fusion vs one modality", ["add_fusion", "visible_only", "thermal_only"]),
     ("GAFF vs add-fusion vs unguided attention", ["gaff", "add_fusion", "gaff_unguided"]),
-    ("CFR and PS-Fuse vs baseline (VGG-16 FSSD, average fusion)", ["cfr", "psfuse", "fssd_avg_baseline"]),
+    ("CFR and PS-Fuse vs baseline (VGG-16 FSSD, average fusion)", ["cfr", "psfuse", "psfuse_b", "fssd_avg_baseline"]),
     ("CFR diagnosis: without the mask loss, one loop", ["cfr", "cfr_no_masks", "cfr_1loop"]),
     ("CFL + MAF vs decision-level average", ["cfl_maf", "decision_avg"]),
     ("MD student (16x fewer thermal pixels) vs native student vs teacher", ["md_distilled_16x", "md_native_16x", "gaff"]),

@@ -459,3 +459,22 @@ def test_md_paper_pair_arms_distil_from_their_own_teacher_arm(tmp_path):
     probe = SimpleNamespace(visible=torch.rand(1, 3, 192, 256), thermal=torch.rand(1, 1, 192, 256))
     d = build_distiller(cfg.distill, build_model(tcfg), tcfg, build_model(scfg), scfg, probe)
     assert isinstance(d, ModalityDistiller) and (d.t_key, d.att_prefix) == ("fused.C4", "C4.")
+
+
+def test_psfuse_arms_are_the_thesis_settings_a_and_b(tmp_path):
+    """Thesis §4.2: setting A halves the mono features per level, setting B keeps them at C/2; both
+    double the fused features. At the protocol's 1/8 width the replaced conv4 stage has C = 64 channels.
+    The two arms differ in the setting only."""
+    te = _train_experiments()
+    from ms_perception_training.models.build import build_model
+    from ms_perception_training.models.fusion.psfuse import PSFuse
+    a = te.arm_configs("psfuse", tmp_path)
+    b = te.arm_configs("psfuse_b", tmp_path)
+    assert (a[1].fusion.module, a[1].fusion.psfuse.setting, b[1].fusion.module, b[1].fusion.psfuse.setting) == \
+        ("psfuse", "A", "psfuse", "B")
+    assert {k: v for k, v in vars(a[1]).items() if k not in ("name", "fusion")} == \
+        {k: v for k, v in vars(b[1]).items() if k not in ("name", "fusion")}
+    assert vars(a[0]) == vars(b[0]) and a[2:] == b[2:] == (None, None)
+    ps = {s: next(m for m in build_model(cfg).modules() if isinstance(m, PSFuse)) for s, cfg in (("A", a[1]), ("B", b[1]))}
+    assert (ps["A"].out_channels, ps["A"].mono_channels, ps["B"].mono_channels) == (64, [32, 16, 8], [32, 32, 32])
+    assert [c[0].out_channels for c in ps["B"].f3] == [c[0].out_channels for c in ps["A"].f3] == [16, 32, 64]
