@@ -45,7 +45,8 @@ def read_claim(claim: Claim, runs: dict[str, list[dict]], min_seeds: int = 3) ->
     for arm in (claim.better, claim.worse):
         rows = [r for r in runs.get(arm, []) if r.get("miss_rate", {}).get(claim.subset) is not None]
         vals[arm] = [float(r["miss_rate"][claim.subset]) for r in rows]
-        out[arm] = ({"mean": round(float(np.mean(vals[arm])), 2), "min": min(vals[arm]), "max": max(vals[arm]),
+        # the mean unrounded: a table rounds it once (27.0467 -> 27.05 -> "27.1" was a double rounding)
+        out[arm] = ({"mean": float(np.mean(vals[arm])), "min": min(vals[arm]), "max": max(vals[arm]),
                      "seeds": len(vals[arm])} if vals[arm] else None)
         if len(rows) < min_seeds:
             why.append(f"{arm} has {len(rows)} seed(s), needs {min_seeds}")

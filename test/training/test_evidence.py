@@ -79,6 +79,9 @@ def test_claim_labels_by_hand():
     rows[1]["converged"] = None
     late = read_claim(c, {"a": rows, "b": _rows([13.0, 14.0, 15.0])})
     assert late["label"] == "not read" and "a did not converge in seed(s) [1]" in late["why"]
+    # the mean is kept unrounded, so a table's one rounding is right: 81.14 / 3 = 27.0467 -> 27.0
+    odd = read_claim(c, {"a": _rows([20.85, 29.49, 30.8]), "b": _rows([59.32, 59.01, 61.89])})
+    assert f"{odd['a']['mean']:.1f}" == "27.0" and abs(odd["a"]["mean"] - 27.04667) < 1e-4
 
 
 def _driver(tmp_path):
