@@ -63,6 +63,8 @@ CLAIMS = [  # (name, better, worse, subset, names of the claims it requires to h
     ("PDF teacher beats the plain student", "pdf_teacher", "pdf_none", "all", ()),
     ("PDF-Distil beats no distillation", "pdf_distil", "pdf_none", "all", ("PDF teacher beats the plain student",)),
     ("PDF-Distil beats FitNets", "pdf_distil", "pdf_fitnets", "all", ("PDF teacher beats the plain student",)),
+    ("PDF-Distil beats hard top-25 % sampling (Table 3.5)", "pdf_distil", "pdf_hard25", "all",
+     ("PDF teacher beats the plain student",)),
     ("GAFF teacher beats the native MD student (16x)", "gaff", "md_native_16x", "all", ()),
     ("MD distillation beats the native student (16x)", "md_distilled_16x", "md_native_16x", "all",
      ("GAFF teacher beats the native MD student (16x)",)),

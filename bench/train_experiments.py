@@ -126,11 +126,13 @@ ARMS = {
     # and the other level the paper's teacher fuses at: C5
     "mdp_distilled_16x_c5": ("md_student_smoke", {"distill.md_stage": "C5"},
                              ("md_paper_student_r18_retinanet", MDP_LIGHT), "mdp_teacher"),
-    # PDF-Distil vs FitNets vs none (R34-PAFPN teacher -> R18-FPN student)
+    # PDF-Distil vs FitNets vs hard sampling vs none (R34-PAFPN teacher -> R18-FPN student)
     "pdf_teacher": ("pdf_teacher_smoke", {}, None, None),
     "pdf_none": ("pdf_student_plain_smoke", {}, None, None),
     "pdf_fitnets": ("pdf_fitnets_smoke", {}, None, "pdf_teacher"),
     "pdf_distil": ("pdf_distil_smoke", {}, None, "pdf_teacher"),
+    # thesis Table 3.5, strategy 2: imitate only the 25 % of locations where teacher and student disagree most
+    "pdf_hard25": ("pdf_hard25_smoke", {}, None, "pdf_teacher"),
 }
 ORDER = list(ARMS)
 
@@ -159,7 +161,7 @@ COMPARISONS = [
      ["bp_baseline", "bp_cem", "bp_cem_cosine", "bp_cem_mixup_cosine", "bp_all", "visible_only"]),
     ("Multi-scale training (thesis §3.4.1) vs one scale, on the Table 3.2 baseline", ["bp_baseline_ms", "bp_baseline"]),
     ("Mutual Guidance vs IoU assignment (GAFF detector)", ["gaff_mutual_guidance", "gaff"]),
-    ("PDF-Distil vs FitNets vs no distillation (student R18-FPN)", ["pdf_distil", "pdf_fitnets", "pdf_none", "pdf_teacher"]),
+    ("PDF-Distil vs FitNets vs hard sampling vs no distillation (student R18-FPN)", ["pdf_distil", "pdf_fitnets", "pdf_hard25", "pdf_none", "pdf_teacher"]),
 ]
 
 

@@ -481,3 +481,32 @@ def test_psfuse_arms_are_the_thesis_settings_a_and_b(tmp_path):
     ps = {s: next(m for m in build_model(cfg).modules() if isinstance(m, PSFuse)) for s, cfg in (("A", a[1]), ("B", b[1]))}
     assert (ps["A"].out_channels, ps["A"].mono_channels, ps["B"].mono_channels) == (64, [32, 16, 8], [32, 32, 32])
     assert [c[0].out_channels for c in ps["B"].f3] == [c[0].out_channels for c in ps["A"].f3] == [16, 32, 64]
+
+
+def test_pdf_arms_differ_in_the_weight_map_only(tmp_path):
+    """Thesis Table 3.5: FitNets (uniform), hard top-25 % sampling and PDF-Distil (adaptive L2 weights)
+    share the student, the teacher arm and its model; only the weight map differs. On a 2x2 disagreement
+    map D = [3, 1, 2, 0]: adaptive 4·D/6, hard top-25 % puts all the weight (mean 1) on the top location."""
+    import torch
+    from ms_perception_training.losses.distill import pdf_weights
+    te = _train_experiments()
+    arms = {a: te.arm_configs(a, tmp_path) for a in ("pdf_distil", "pdf_fitnets", "pdf_hard25")}
+    for a, (cfg, scfg, tcfg, teacher) in arms.items():
+        assert (cfg.distill.method, cfg.distill.pdf_metric, teacher) == ("pdf", "l2", "pdf_teacher"), a
+        assert vars(scfg) | {"name": ""} == vars(arms["pdf_distil"][1]) | {"name": ""}, a
+        assert vars(tcfg) | {"name": ""} == vars(arms["pdf_distil"][2]) | {"name": ""}, a
+    d = torch.tensor([[[3.0, 1.0], [2.0, 0.0]]])
+    maps = {a: pdf_weights(d, c[0].distill.pdf_weights, c[0].distill.pdf_top_fraction).flatten().tolist()
+            for a, c in arms.items()}
+    assert maps["pdf_distil"] == pytest.approx([2.0, 2 / 3, 4 / 3, 0.0])
+    assert maps["pdf_fitnets"] == [1.0, 1.0, 1.0, 1.0]
+    assert maps["pdf_hard25"] == [4.0, 0.0, 0.0, 0.0]
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import evidence as ev
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    claims = {c[0]: c for c in ev.CLAIMS}
+    assert claims["PDF-Distil beats hard top-25 % sampling (Table 3.5)"][1:] == \
+        ("pdf_distil", "pdf_hard25", "all", ("PDF teacher beats the plain student",))
+    assert "pdf_hard25" in next(arms for title, arms in te.COMPARISONS if title.startswith("PDF-Distil"))
