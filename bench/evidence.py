@@ -612,7 +612,9 @@ def main() -> int:
             print(f"--plot: no run of {' '.join(args.plot_arms or ['any arm'])} in evidence_{args.tag}_seed*.jsonl; "
                   "nothing drawn")
             return 1
-        print(f"wrote {plot_learning_curves(curves, args.plot, f'evidence {args.tag}', subsets=('all',))}")
+        drawn = plot_learning_curves(curves, args.plot, f"evidence {args.tag}", subsets=("all",),
+                                     group=lambda label: label.rsplit(" s", 1)[0])     # "arm s0": one colour per arm
+        print(f"wrote {drawn}")
     return 0
 
 

@@ -62,19 +62,31 @@ def plot_precision_recall(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], p
 
 
 def plot_learning_curves(curves: Mapping[str, list[dict]], path: str | os.PathLike, title: str = "",
-                         subsets: tuple[str, ...] = ("all", "day", "night")) -> str:
+                         subsets: tuple[str, ...] = ("all", "day", "night"), group=None) -> str:
     """``curves``: {label: [{"iteration", "miss_rate": {subset: percent}}, ...]} (a run's
-    ``eval_curve.jsonl``): held-out miss rate against training iterations, one line per subset."""
+    ``eval_curve.jsonl``): held-out miss rate against training iterations, one line per subset.
+    ``group`` (label -> key, e.g. the arm of "arm s0"): the labels of one key share a colour, and
+    with one subset drawn they differ in line style, so that one arm's seeds read as one family."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     styles = {"all": "-", "day": "--", "night": ":"}
+    member_styles = ["-", "--", ":", "-."]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    groups: dict = {}
     for label, curve in curves.items():
+        kw, n = {}, 0
+        if group is not None:
+            members = groups.setdefault(group(label), [])
+            n = len(members)
+            members.append(label)
+            kw["color"] = colors[list(groups).index(group(label)) % len(colors)]
         for sub in subsets:
             pts = [(r["iteration"], r["miss_rate"][sub]) for r in curve if r.get("miss_rate", {}).get(sub) is not None]
             if pts:
                 it, mr = zip(*pts)
-                ax.plot(it, mr, styles.get(sub, "-"), marker="o", markersize=3, linewidth=1.5,
-                        label=f"{label} {sub} ({mr[-1]:.1f}%)")
+                style = member_styles[n % 4] if group is not None and len(subsets) == 1 else styles.get(sub, "-")
+                ax.plot(it, mr, style, marker="o", markersize=3, linewidth=1.5,
+                        label=f"{label} {sub} ({mr[-1]:.1f}%)", **kw)
     ax.set_ylim(0, 100)
     ax.set_xlabel("training iteration")
     ax.set_ylabel("held-out log-average miss rate (%)")

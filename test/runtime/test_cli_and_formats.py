@@ -239,6 +239,22 @@ def test_learning_curve_plot_is_written(tmp_path):
     assert img is not None and img.shape[1] == 600   # 6 in at 100 dpi
 
 
+def test_learning_curves_grouped_by_arm_share_a_colour_per_arm(tmp_path, monkeypatch):
+    """One arm's seeds: one colour, a line style each; another arm: the next colour."""
+    from ms_perception.metrics import plots
+    seen = {}
+    real = plots._finish
+    monkeypatch.setattr(plots, "_finish", lambda plt, fig, ax, path, title: (
+        seen.update({ln.get_label().split(" all")[0]: (ln.get_color(), ln.get_linestyle()) for ln in ax.get_lines()}),
+        real(plt, fig, ax, path, title))[1])
+    curve = [{"iteration": i, "miss_rate": {"all": 90.0 - i / 100}} for i in (1000, 2000)]
+    plots.plot_learning_curves({"a s0": curve, "b s0": curve, "a s1": curve, "a s2": curve}, tmp_path / "c.png",
+                               subsets=("all",), group=lambda label: label.rsplit(" s", 1)[0])
+    assert seen["a s0"][0] == seen["a s1"][0] == seen["a s2"][0] != seen["b s0"][0]
+    assert [seen[k][1] for k in ("a s0", "a s1", "a s2", "b s0")] == ["-", "--", ":", "-"]
+    assert cv2.imread(str(tmp_path / "c.png")) is not None
+
+
 def test_precision_recall_curves_and_plot(tmp_path):
     from ms_perception.metrics.plots import coco_pr_curves, plot_precision_recall
     gt_path, gt, dets = _small_coco(tmp_path)
