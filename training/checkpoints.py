@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 
-def save_checkpoint(path: Path, model, opt, scaler, distiller, it: int, history: list, cfg, lineage: str = ""):
+def save_checkpoint(path: Path, model, opt, scaler, distiller, it: int, history: list, cfg, lineage: str = "",
+                    extra: dict | None = None):
     """Everything exact resume needs: weights, optimizer (momentum), AMP scaler, the distiller's
     student-side modules, iteration, the torch RNG state; and the run's lineage (JSON text,
     ``lineage.py``), which ``train export`` copies into the model card. Written atomically."""
@@ -21,6 +22,7 @@ def save_checkpoint(path: Path, model, opt, scaler, distiller, it: int, history:
         state["lineage"] = lineage
     if distiller is not None:
         state["distill"] = distiller.state_dict()
+    state.update(extra or {})
     torch.save(state, tmp)
     tmp.replace(path)
 

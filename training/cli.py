@@ -125,6 +125,10 @@ def cmd_fit(args) -> int:
     if not args.json:
         print(f"loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f} over {summary['iterations']} "
               f"iterations in {summary['seconds']} s; checkpoint {summary['checkpoint']}")
+        if "best" in summary:
+            b = summary["best"]
+            print(f"best held-out point: iteration {b['iteration']}, person miss rate {b['miss_rate']}; "
+                  f"its weights: {b['checkpoint']}")
     print(jsonio.dumps(summary))
     return 0
 

@@ -61,6 +61,8 @@ class EvalConfig:
     seed: int = 1001                  # synthetic: generator seed (distinct from the training pool's)
     split: str = ""                   # disk datasets: the evaluation split ("": none; "test": the test list)
     every: int = 0                    # iterations between evaluations (0: only at the end)
+    keep_best: bool = False           # also keep best.pt: the weights of the curve's lowest person miss rate
+                                      # (overall), the starting weights of a fine-tune included
 
 
 @dataclass

@@ -159,9 +159,17 @@ def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print, resume: boo
         (out_dir / "eval_curve.jsonl").unlink(missing_ok=True)   # a fresh run starts a fresh curve
     logger = Logger(out_dir, d.main, log, cfg.tensorboard, cfg.iterations)
     evals = []
+    best = BestKeeper(out_dir, cfg.eval.keep_best and d.main, start if resume else 0, log)
+
+    def keep_if_best(r: dict) -> None:
+        if best.improves(r):
+            save_checkpoint(best.path, core, opt, scaler, dist_core, r["iteration"], history, cfg, lineage_text,
+                            extra={"best_eval": r})
+            best.kept(r)
+
     if cfg.init_checkpoint and not resume and val_pool is not None and d.main and cfg.eval.every:
         # a fine-tune's curve starts from the weights it was given: did the fine-tuning help?
-        evaluate_point(core, mcfg, val_pool, device, 0, out_dir, logger, log)
+        keep_if_best(evaluate_point(core, mcfg, val_pool, device, 0, out_dir, logger, log))
     loader = train_loader(pool, mcfg, sampler, start, cfg.iterations, cfg.seed, cfg.mixup, cfg.data.workers,
                           pin_memory=device.startswith("cuda"))
     batches = iter(loader)
@@ -195,6 +203,7 @@ def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print, resume: boo
             last = it == cfg.iterations - 1
             if val_pool is not None and d.main and ((cfg.eval.every and (it + 1) % cfg.eval.every == 0) or last):
                 evals.append(evaluate_point(core, mcfg, val_pool, device, it + 1, out_dir, logger, log))
+                keep_if_best(evals[-1])
             stopping = stop_after is not None and it + 1 - start >= stop_after
             if d.main and ((it + 1) % cfg.checkpoint_every == 0 or last or stopping):
                 save_checkpoint(ckpt, core, opt, scaler, dist_core, it + 1, history, cfg, lineage_text)
@@ -215,6 +224,8 @@ def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print, resume: boo
                "world_size": d.world, "device": device, **speed}
     if evals:
         summary["eval"] = evals[-1]
+    if best.record is not None:
+        summary["best"] = {**best.record, "checkpoint": str(best.path)}
     curve = out_dir / "eval_curve.jsonl"
     if d.main and curve.exists():
         summary["curve"] = read_curve(curve)
@@ -264,6 +275,33 @@ def evaluate_point(core, mcfg, val_pool, device: str, iteration: int, out_dir: P
     logger.scalars(iteration, {k: v for k, v in r.items() if k != "iteration"}, "eval")
     log(f"eval at {iteration}: {jsonio.dumps({k: v for k, v in r.items() if k != 'iteration'})}")
     return r
+
+class BestKeeper:
+    """``eval.keep_best``: which held-out evaluation was the best so far (lowest overall person miss
+    rate; the earlier point wins a tie), so that ``best.pt`` holds its weights. A resumed run takes
+    the best of its curve up to the checkpoint it resumes from, the point ``best.pt`` was kept at."""
+
+    def __init__(self, out_dir: Path, on: bool, start: int, log=print):
+        self.on, self.path, self.record = on, Path(out_dir) / "best.pt", None
+        curve = Path(out_dir) / "eval_curve.jsonl"
+        if on and start and curve.exists() and self.path.exists():
+            earlier = [r for r in read_curve(curve) if r["iteration"] <= start]
+            if earlier:
+                self.record = min(earlier, key=self.key)
+                log(f"keep_best: the best so far is iteration {self.record['iteration']} "
+                    f"(miss rate {self.key(self.record)})")
+
+    @staticmethod
+    def key(r: dict) -> float:
+        mr = r.get("miss_rate", {}).get("all")
+        return float("inf") if mr is None or not math.isfinite(mr) else float(mr)
+
+    def improves(self, r: dict) -> bool:
+        return self.on and math.isfinite(self.key(r)) and (self.record is None or self.key(r) < self.key(self.record))
+
+    def kept(self, r: dict) -> None:
+        self.record = r
+
 
 def read_curve(path: Path) -> list[dict]:
     """The held-out evaluations of a run (``eval_curve.jsonl``), one per iteration: a run resumed

@@ -146,3 +146,55 @@ def test_fit_from_an_export_needs_frozen_bn_and_records_the_model_as_parent(tmp_
     parent = read_card(tmp_path / "parent.onnx")
     assert lin["generation"] == 1 and lin["parent"]["model_sha256"] == parent.graph_sha256
     assert lin["parent"]["checkpoint"] == str(tmp_path / "parent.onnx")
+
+
+def test_keep_best_holds_the_weights_of_the_curves_lowest_miss_rate(tmp_path, monkeypatch):
+    """``eval.keep_best``: best.pt holds the weights evaluated at the point of the curve with the
+    lowest overall person miss rate, the fine-tune's starting point (iteration 0) included. A tiny
+    untrained model misses everything, so the evaluation is scripted here (miss rates 50, 40, 30,
+    45, 30 at iterations 0-4) and records the weights it was shown."""
+    import ms_perception_training.evaluate as E
+    seen, script = [], iter([50.0, 40.0, 30.0, 45.0, 30.0])
+
+    def scripted(model, mcfg, pool, device="cpu"):
+        seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return {"miss_rate": {"all": next(script), "day": 0.0}, "map": float(len(seen)), "ap50": 0.0}
+
+    monkeypatch.setattr(E, "evaluate", scripted)
+    src = build_model(load_model_config(TINY / "gaff_three_branch_r18_retinanet.yaml")).eval()
+    export_onnx(src, tmp_path / "parent.onnx")
+    cfg = _experiment(tmp_path / "c.yaml", tmp_path / "parent.onnx", bn="frozen", iterations=4, lr=0.05,
+                      eval={"pairs": 4, "seed": 1001, "every": 1, "keep_best": True})
+    assert main(["fit", "--config", str(cfg), "--out", str(tmp_path / "c")]) == 0
+    from ms_perception_training.fit import read_curve
+    assert [r["miss_rate"]["all"] for r in read_curve(tmp_path / "c" / "eval_curve.jsonl")] == [50, 40, 30, 45, 30]
+    ck = torch.load(tmp_path / "c" / "best.pt", weights_only=False)
+    assert ck["iteration"] == 2 and ck["best_eval"]["map"] == 3.0     # the third evaluation, not the tied last
+    assert all(torch.equal(ck["model"][k], v) for k, v in seen[2].items())
+    moved = [k for k, v in seen[4].items() if v.is_floating_point() and not torch.equal(v, seen[2][k])]
+    assert moved                                            # the weights kept are not the last ones
+    last = torch.load(tmp_path / "c" / "last.pt", weights_only=False)
+    assert all(torch.equal(last["model"][k], v) for k, v in seen[4].items())
+
+
+def test_best_keeper_takes_the_lowest_finite_miss_rate_and_resumes_from_the_curve(tmp_path):
+    from ms_perception_training.fit import BestKeeper
+
+    def point(it, mr):
+        return {"iteration": it, "miss_rate": {"all": mr}, "map": 0.0}
+
+    k = BestKeeper(tmp_path, True, 0)
+    kept = []
+    for r in [point(0, 40.0), point(5, float("nan")), point(10, 35.5), point(15, 35.5), point(20, 38.0),
+              point(25, 30.25)]:
+        if k.improves(r):
+            k.kept(r)
+            kept.append(r["iteration"])
+    assert kept == [0, 10, 25]                              # NaN never, a tie keeps the earlier
+    assert not BestKeeper(tmp_path, False, 0).improves(point(0, 1.0))   # off: never
+    # resumed at iteration 15: the best of the curve up to 15 (the curve may run past the checkpoint)
+    (tmp_path / "eval_curve.jsonl").write_text("".join(
+        json.dumps(point(i, m)) + "\n" for i, m in [(0, 40.0), (10, 35.5), (15, 37.0), (20, 12.0)]))
+    (tmp_path / "best.pt").write_bytes(b"x")
+    r = BestKeeper(tmp_path, True, 15)
+    assert r.record["iteration"] == 10 and not r.improves(point(20, 36.0)) and r.improves(point(20, 12.0))
