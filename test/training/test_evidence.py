@@ -341,7 +341,8 @@ def test_active_table_labels_the_final_budget_by_hand():
 
 def test_the_segmentation_protocol_runs_the_papers_budgets_on_the_segmentation_model(tmp_path, monkeypatch):
     """`--active --active-protocol seg_cpu`: the 1x1-conv three-branch model, b = 50, B = 350
-    (ICIP 2021's segmentation budgets); the detection protocol keeps its model and budgets."""
+    (ICIP 2021's segmentation budgets); `seg_cpu_3k` the same on a 3,000-pair pool; the detection
+    protocol keeps its model and budgets."""
     te = _train_experiments()
     from ms_perception_training import active
     from ms_perception_training.models.config import load_model_config
@@ -357,8 +358,10 @@ def test_the_segmentation_protocol_runs_the_papers_budgets_on_the_segmentation_m
     monkeypatch.setattr(te, "RESULTS", tmp_path / "results")
     assert te.run_active_experiment(1, tmp_path, "seg_cpu")["task"] == "segmentation"
     te.run_active_experiment(1, tmp_path, "cpu")
+    te.run_active_experiment(2, tmp_path, "seg_cpu_3k")
     assert seen == {"active_seg_cpu_s1": ("segmentation", 50, 50, 350, 500, 300, 512),
-                    "active_cpu_s1": ("detection", 100, 100, 400, 500, 300, 512)}
+                    "active_cpu_s1": ("detection", 100, 100, 400, 500, 300, 512),
+                    "active_seg_cpu_3k_s2": ("segmentation", 50, 50, 350, 3000, 300, 512)}
     assert json.loads((tmp_path / "results" / "active_seg_cpu_seed1.json").read_text())["protocol"] == "seg_cpu"
     assert (tmp_path / "results" / "active_seg_cpu_seed1.png").read_bytes() == b"png active_seg_cpu_s1"
 
