@@ -263,16 +263,21 @@ def worker(seed: int, iterations: int, pairs: int, arms: list[str], tag: str = "
 
 
 # Active-learning protocols: (task, pool, eval pairs, initial b, step b, budget B, first-cycle
-# iterations, fine-tuning iterations per cycle, threads). "short" is the first one-seed run
-# (session 12); "cpu" trains each cycle ~10x longer on a larger pool and evaluates on 300 held-out
-# pairs; "seg_cpu" is segmentation (mIoU) at the ICIP paper's own segmentation budgets, b = 50 and
-# B = 350, on the same pool and test-pair counts; "seg_cpu_3k" is seg_cpu on a 3,000-pair pool, so that
-# B = 350 labels about a tenth of the pool (seg_cpu labels 70 % of its 500 pairs and the strategies'
-# picks mostly coincide: bench/RESULTS.md, sessions 22-23).
-ACTIVE_PROTOCOLS = {"short": ("detection", 200, 100, 30, 30, 90, 120, 60, 2),
-                    "cpu": ("detection", 500, 300, 100, 100, 400, 1200, 600, 1),
-                    "seg_cpu": ("segmentation", 500, 300, 50, 50, 350, 1200, 400, 1),
-                    "seg_cpu_3k": ("segmentation", 3000, 300, 50, 50, 350, 1200, 400, 1)}
+# iterations, fine-tuning iterations per cycle, threads, frames per generated scene). "short" is the
+# first one-seed run (session 12); "cpu" trains each cycle ~10x longer on a larger pool and evaluates
+# on 300 held-out pairs; "seg_cpu" is segmentation (mIoU) at the ICIP paper's own segmentation
+# budgets, b = 50 and B = 350, on the same pool and test-pair counts; "seg_cpu_3k" is seg_cpu on a
+# 3,000-pair pool, so that B = 350 labels about a tenth of the pool (seg_cpu labels 70 % of its 500
+# pairs and the strategies' picks mostly coincide: bench/RESULTS.md, sessions 22-23);
+# "seg_cpu_3k_scenes" is seg_cpu_3k with every pair its own scene (the generator's default is 20
+# frames per scene, and top-k then takes whole sequences of near-duplicates: session 28). The
+# paper's segmentation set, MFNet, is ~1,600 pairs picked from videos, so its frames are mostly
+# distinct; the selection rule is unchanged.
+ACTIVE_PROTOCOLS = {"short": ("detection", 200, 100, 30, 30, 90, 120, 60, 2, 20),
+                    "cpu": ("detection", 500, 300, 100, 100, 400, 1200, 600, 1, 20),
+                    "seg_cpu": ("segmentation", 500, 300, 50, 50, 350, 1200, 400, 1, 20),
+                    "seg_cpu_3k": ("segmentation", 3000, 300, 50, 50, 350, 1200, 400, 1, 20),
+                    "seg_cpu_3k_scenes": ("segmentation", 3000, 300, 50, 50, 350, 1200, 400, 1, 1)}
 ACTIVE_TASKS = {"detection": ("active_smoke.yaml", "gaff_three_branch_r18_retinanet.yaml"),
                 "segmentation": ("active_segmentation_smoke.yaml", "gaff_three_branch_r18_conv1x1.yaml")}
 
@@ -284,7 +289,7 @@ def run_active_experiment(seed: int, work: Path, protocol: str = "short") -> dic
 
     import torch
     from ms_perception_training.active import load_active_config, run_active
-    task, pairs, eval_pairs, initial, step, budget, its, ft_its, threads = ACTIVE_PROTOCOLS[protocol]
+    task, pairs, eval_pairs, initial, step, budget, its, ft_its, threads, frames = ACTIVE_PROTOCOLS[protocol]
     config, model = ACTIVE_TASKS[task]
     torch.set_num_threads(threads)
     acfg = load_active_config(EXP / config)
@@ -294,6 +299,7 @@ def run_active_experiment(seed: int, work: Path, protocol: str = "short") -> dic
     _variant(TINY / model, variant, work)
     acfg.model = str(work / f"{variant}_model.yaml")
     acfg.data.pairs, acfg.data.seed, acfg.data.width, acfg.data.height = pairs, 200 + seed, RIG["width"], RIG["height"]
+    acfg.data.sequence_length = frames          # the held-out pairs too (make_pool replaces pairs and seed only)
     acfg.eval.pairs = eval_pairs
     acfg.initial, acfg.step, acfg.budget = initial, step, budget
     acfg.iterations, acfg.finetune_iterations, acfg.seed = its, ft_its, seed
@@ -302,7 +308,7 @@ def run_active_experiment(seed: int, work: Path, protocol: str = "short") -> dic
     t0 = time.perf_counter()
     res = run_active(acfg, work / f"{name}_s{seed}", log=print)
     res.update(protocol=protocol, task=task, wall_seconds=round(time.perf_counter() - t0, 1), threads=threads,
-               device="cpu", pool=pairs, eval_pairs=eval_pairs)
+               device="cpu", pool=pairs, eval_pairs=eval_pairs, frames_per_scene=frames)
     RESULTS.mkdir(parents=True, exist_ok=True)
     if res.get("plot") and Path(res["plot"]).exists():   # the curves next to the rows
         import shutil

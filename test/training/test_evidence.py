@@ -341,8 +341,9 @@ def test_active_table_labels_the_final_budget_by_hand():
 
 def test_the_segmentation_protocol_runs_the_papers_budgets_on_the_segmentation_model(tmp_path, monkeypatch):
     """`--active --active-protocol seg_cpu`: the 1x1-conv three-branch model, b = 50, B = 350
-    (ICIP 2021's segmentation budgets); `seg_cpu_3k` the same on a 3,000-pair pool; the detection
-    protocol keeps its model and budgets."""
+    (ICIP 2021's segmentation budgets); `seg_cpu_3k` the same on a 3,000-pair pool; `seg_cpu_3k_scenes`
+    that pool with every pair its own scene (pool and held-out pairs); the detection protocol keeps
+    its model and budgets."""
     te = _train_experiments()
     from ms_perception_training import active
     from ms_perception_training.models.config import load_model_config
@@ -350,7 +351,7 @@ def test_the_segmentation_protocol_runs_the_papers_budgets_on_the_segmentation_m
 
     def fake_run_active(cfg, out, log=print):
         seen[out.name] = (load_model_config(cfg.model).task, cfg.initial, cfg.step, cfg.budget, cfg.data.pairs,
-                          cfg.eval.pairs, cfg.data.width)
+                          cfg.eval.pairs, cfg.data.width, cfg.data.sequence_length)
         (out / "curve.png").parent.mkdir(parents=True, exist_ok=True)
         (out / "curve.png").write_bytes(b"png " + out.name.encode())
         return {"curves": {}, "plot": str(out / "curve.png")}
@@ -359,10 +360,14 @@ def test_the_segmentation_protocol_runs_the_papers_budgets_on_the_segmentation_m
     assert te.run_active_experiment(1, tmp_path, "seg_cpu")["task"] == "segmentation"
     te.run_active_experiment(1, tmp_path, "cpu")
     te.run_active_experiment(2, tmp_path, "seg_cpu_3k")
-    assert seen == {"active_seg_cpu_s1": ("segmentation", 50, 50, 350, 500, 300, 512),
-                    "active_cpu_s1": ("detection", 100, 100, 400, 500, 300, 512),
-                    "active_seg_cpu_3k_s2": ("segmentation", 50, 50, 350, 3000, 300, 512)}
+    te.run_active_experiment(0, tmp_path, "seg_cpu_3k_scenes")
+    assert seen == {"active_seg_cpu_s1": ("segmentation", 50, 50, 350, 500, 300, 512, 20),
+                    "active_cpu_s1": ("detection", 100, 100, 400, 500, 300, 512, 20),
+                    "active_seg_cpu_3k_s2": ("segmentation", 50, 50, 350, 3000, 300, 512, 20),
+                    "active_seg_cpu_3k_scenes_s0": ("segmentation", 50, 50, 350, 3000, 300, 512, 1)}
     assert json.loads((tmp_path / "results" / "active_seg_cpu_seed1.json").read_text())["protocol"] == "seg_cpu"
+    row = json.loads((tmp_path / "results" / "active_seg_cpu_3k_scenes_seed0.json").read_text())
+    assert (row["protocol"], row["frames_per_scene"]) == ("seg_cpu_3k_scenes", 1)
     assert (tmp_path / "results" / "active_seg_cpu_seed1.png").read_bytes() == b"png active_seg_cpu_s1"
 
 
