@@ -282,22 +282,11 @@ ACTIVE_TASKS = {"detection": ("active_smoke.yaml", "gaff_three_branch_r18_retina
                 "segmentation": ("active_segmentation_smoke.yaml", "gaff_three_branch_r18_conv1x1.yaml")}
 
 
-def run_active_experiment(seed: int, work: Path, protocol: str = "short") -> dict:
-    """Inconsistency vs random vs entropy at equal budgets on the three-branch GAFF model
-    (RetinaNet heads for detection, 1x1-conv heads for segmentation)."""
-    import time
-
-    import torch
-    from ms_perception_training.active import load_active_config, run_active
+def active_config(seed: int, protocol: str):
+    """The active-learning config of one protocol and seed (the model left as the task's smoke config names it)."""
+    from ms_perception_training.active import load_active_config
     task, pairs, eval_pairs, initial, step, budget, its, ft_its, threads, frames = ACTIVE_PROTOCOLS[protocol]
-    config, model = ACTIVE_TASKS[task]
-    torch.set_num_threads(threads)
-    acfg = load_active_config(EXP / config)
-    work.mkdir(parents=True, exist_ok=True)
-    name = "active" if protocol == "short" else f"active_{protocol}"
-    variant = "active_three_branch" if task == "detection" else f"{name}_three_branch"
-    _variant(TINY / model, variant, work)
-    acfg.model = str(work / f"{variant}_model.yaml")
+    acfg = load_active_config(EXP / ACTIVE_TASKS[task][0])
     acfg.data.pairs, acfg.data.seed, acfg.data.width, acfg.data.height = pairs, 200 + seed, RIG["width"], RIG["height"]
     acfg.data.sequence_length = frames          # the held-out pairs too (make_pool replaces pairs and seed only)
     acfg.eval.pairs = eval_pairs
@@ -305,6 +294,24 @@ def run_active_experiment(seed: int, work: Path, protocol: str = "short") -> dic
     acfg.iterations, acfg.finetune_iterations, acfg.seed = its, ft_its, seed
     acfg.fit = {"batch_size": 8, "lr": 0.01, "warmup_iterations": 20, "checkpoint_every": 200, "threads": threads,
                 "tensorboard": False}
+    return acfg
+
+
+def run_active_experiment(seed: int, work: Path, protocol: str = "short") -> dict:
+    """Inconsistency vs random vs entropy at equal budgets on the three-branch GAFF model
+    (RetinaNet heads for detection, 1x1-conv heads for segmentation)."""
+    import time
+
+    import torch
+    from ms_perception_training.active import run_active
+    task, pairs, eval_pairs, *_, threads, frames = ACTIVE_PROTOCOLS[protocol]
+    torch.set_num_threads(threads)
+    acfg = active_config(seed, protocol)
+    work.mkdir(parents=True, exist_ok=True)
+    name = "active" if protocol == "short" else f"active_{protocol}"
+    variant = "active_three_branch" if task == "detection" else f"{name}_three_branch"
+    _variant(TINY / ACTIVE_TASKS[task][1], variant, work)
+    acfg.model = str(work / f"{variant}_model.yaml")
     t0 = time.perf_counter()
     res = run_active(acfg, work / f"{name}_s{seed}", log=print)
     res.update(protocol=protocol, task=task, wall_seconds=round(time.perf_counter() - t0, 1), threads=threads,
@@ -315,6 +322,58 @@ def run_active_experiment(seed: int, work: Path, protocol: str = "short") -> dic
         shutil.copyfile(res["plot"], RESULTS / f"{name}_seed{seed}.png")
     (RESULTS / f"{name}_seed{seed}.json").write_text(jsonio.dumps(res, indent=1))
     return res
+
+
+def active_picks(protocol: str, seeds: list[int], work: Path) -> str:
+    """What each strategy labeled beyond the shared initial pairs, read from its ``state.json`` against
+    the pool's pairs regenerated from the protocol's data config: how many scenes (generator
+    sequences) the picks cover, the most frames taken from one scene, the night share and people per
+    pair (pool for reference); and how many labeled pairs each two strategies share."""
+    from collections import Counter
+    from itertools import combinations
+
+    import numpy as np
+    from ms_perception.synth.generator import PERSON
+    from ms_perception_training.data.sources import synth_generator
+    name = "active" if protocol == "short" else f"active_{protocol}"
+    per, shared, pool_stats = {}, {}, []
+    for seed in seeds:
+        acfg = active_config(seed, protocol)
+        states = {st: json.loads(f.read_text()) for st in acfg.strategies
+                  if (f := work / f"{name}_s{seed}" / st / "state.json").exists()}
+        if not states:
+            print(f"seed {seed}: no state.json under {work / f'{name}_s{seed}'}; skipped", file=sys.stderr)
+            continue
+        meta = [(p.sequence_id, p.condition, sum(o.class_id == PERSON for o in p.objects))
+                for p in synth_generator(acfg.data).pairs(acfg.data.pairs)]
+        pool_stats.append((len({m[0] for m in meta}), float(np.mean([m[1] == "night" for m in meta])),
+                           float(np.mean([m[2] for m in meta]))))
+        for st, state in states.items():
+            picked = sorted(set(state["labeled"]) - set(state["initial"]))
+            frames = Counter(meta[i][0] for i in picked)
+            per.setdefault(st, []).append((len(picked), len(frames), max(frames.values(), default=0),
+                                           float(np.mean([meta[i][1] == "night" for i in picked])) if picked else 0.0,
+                                           float(np.mean([meta[i][2] for i in picked])) if picked else 0.0))
+        for a, b in combinations(sorted(states), 2):
+            shared.setdefault((a, b), []).append(len(set(states[a]["labeled"]) & set(states[b]["labeled"])))
+
+    def rng(vals, fmt="{:.0f}"):
+        lo, hi = fmt.format(min(vals)), fmt.format(max(vals))
+        return lo if lo == hi else f"{lo}–{hi}"
+    lines = [f"\n**What each strategy picked beyond the initial pairs ({protocol}, seeds {', '.join(map(str, seeds))}; "
+             "min–max over seeds)**\n",
+             "| picks of | picked pairs | scenes | most frames of one scene | night share | people per pair |",
+             "|---|---|---|---|---|---|"]
+    for st, v in per.items():
+        c = list(zip(*v))
+        lines.append(f"| {st} | {rng(c[0])} | {rng(c[1])} | {rng(c[2])} | {rng(c[3], '{:.2f}')} | {rng(c[4], '{:.2f}')} |")
+    if pool_stats:
+        c = list(zip(*pool_stats))
+        lines.append(f"| the whole pool | {acfg.data.pairs} | {rng(c[0])} | {acfg.data.sequence_length} | "
+                     f"{rng(c[1], '{:.2f}')} | {rng(c[2], '{:.2f}')} |")
+    for (a, b), v in shared.items():
+        lines.append(f"\n{a} and {b} share {rng(v)} of their labeled pairs (the initial pairs included).")
+    return "\n".join(lines)
 
 
 def summarize(tag: str = "") -> str:
@@ -404,10 +463,16 @@ def main() -> int:
     ap.add_argument("--active", action="store_true", help="run the active-learning comparison (per seed)")
     ap.add_argument("--active-protocol", default="short", choices=list(ACTIVE_PROTOCOLS),
                     help="budgets and iterations of the active-learning comparison (see ACTIVE_PROTOCOLS)")
+    ap.add_argument("--active-picks", action="store_true", help="what each strategy picked (scenes, night share, "
+                    "people per pair, overlap) from the finished runs of --active-protocol and --seeds")
     ap.add_argument("--worker-seed", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.summarize:
         print(summarize(a.tag))
+        return 0
+    if a.active_picks:
+        print(active_picks(a.active_protocol, a.seeds,
+                           Path(os.environ.get("MS_PERCEPTION_BENCH_WORK", "/tmp/ms_perception_train_bench"))))
         return 0
     if a.active:
         work = Path(os.environ.get("MS_PERCEPTION_BENCH_WORK", "/tmp/ms_perception_train_bench"))

@@ -371,6 +371,35 @@ def test_the_segmentation_protocol_runs_the_papers_budgets_on_the_segmentation_m
     assert (tmp_path / "results" / "active_seg_cpu_seed1.png").read_bytes() == b"png active_seg_cpu_s1"
 
 
+def test_active_picks_counts_scenes_and_shared_pairs_from_each_strategys_state(tmp_path, monkeypatch):
+    """`--active-picks`: the picks beyond the initial pairs, mapped to the pool's generated pairs
+    (here 8 pairs, 2 frames per scene: pairs 2k and 2k + 1 are scene k), counted by hand."""
+    te = _train_experiments()
+    from ms_perception.synth.generator import PERSON
+    from ms_perception_training.data.sources import synth_generator
+    monkeypatch.setitem(te.ACTIVE_PROTOCOLS, "tiny", ("segmentation", 8, 4, 2, 2, 6, 1, 1, 1, 2))
+    labeled = {"inconsistency": [0, 4, 1, 2, 3, 5], "random": [0, 4, 1, 3, 5, 7], "entropy": [0, 4, 2, 3, 6, 7]}
+    for st, lab in labeled.items():
+        (tmp_path / "active_tiny_s0" / st).mkdir(parents=True)
+        (tmp_path / "active_tiny_s0" / st / "state.json").write_text(json.dumps({"initial": [0, 4], "labeled": lab}))
+    out = te.active_picks("tiny", [0], tmp_path)
+    pairs = list(synth_generator(te.active_config(0, "tiny").data).pairs(8))
+    assert [p.sequence_id for p in pairs] == [0, 0, 1, 1, 2, 2, 3, 3]
+    rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:-1]] for ln in out.splitlines()
+            if ln.startswith("| ") and not ln.startswith("| picks")}
+
+    def night_people(idx):
+        return (f"{np.mean([pairs[i].condition == 'night' for i in idx]):.2f}",
+                f"{np.mean([sum(o.class_id == PERSON for o in pairs[i].objects) for i in idx]):.2f}")
+    # picks {1, 2, 3, 5}: scenes 0, 1, 1, 2; {1, 3, 5, 7}: four scenes; {2, 3, 6, 7}: scenes 1 and 3
+    assert rows["inconsistency"] == ["4", "3", "2", *night_people([1, 2, 3, 5])]
+    assert rows["random"] == ["4", "4", "1", *night_people([1, 3, 5, 7])]
+    assert rows["entropy"] == ["4", "2", "2", *night_people([2, 3, 6, 7])]
+    assert rows["the whole pool"] == ["8", "4", "2", *night_people(range(8))]
+    assert "inconsistency and random share 5 of their labeled pairs" in out
+    assert "entropy and inconsistency share 4 " in out and "entropy and random share 4 " in out
+
+
 def test_md_factors_table_and_plot_from_hand_rows(tmp_path):
     """`evidence.py factors`: mean [min–max] per thermal factor, one * per unconverged seed, the
     distilled − native difference and the paper's Table 3 beside them; the plot is drawn."""

@@ -177,14 +177,19 @@ def preprocess(mcfg, visible: np.ndarray, thermal: np.ndarray | None, thermal_to
 # ----------------------------------------------------------------------------- synthetic
 
 
+def synth_generator(d: DataConfig) -> SyntheticGenerator:
+    """The generator behind the synthetic source: ``gen.pairs(d.pairs)`` are the pool's pairs in order."""
+    return SyntheticGenerator(SynthConfig(width=d.width, height=d.height, thermal_factor=d.thermal_factor,
+                                          night_fraction=d.night_fraction, misregistration_px=0.0,
+                                          sequence_length=d.sequence_length), d.seed)
+
+
 def make_pool(mcfg, d: DataConfig) -> list[PoolItem]:
     """The synthetic source: ``d.pairs`` generated pairs, preprocessed, in memory."""
     if d.type != "synthetic":
         raise ValueError(f"data.type {d.type!r}: this command reads the synthetic source only (train active does "
                          "not read datasets on disk yet); use data.type: synthetic")
-    gen = SyntheticGenerator(SynthConfig(width=d.width, height=d.height, thermal_factor=d.thermal_factor,
-                                         night_fraction=d.night_fraction, misregistration_px=0.0,
-                                         sequence_length=d.sequence_length), d.seed)
+    gen = synth_generator(d)
     seg = mcfg.task == "segmentation"
     lut = seg_class_map(mcfg.class_names) if seg else None
     pool = []
