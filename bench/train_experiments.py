@@ -271,8 +271,8 @@ def worker(seed: int, iterations: int, pairs: int, arms: list[str], tag: str = "
 # pairs and the strategies' picks mostly coincide: bench/RESULTS.md, sessions 22-23);
 # "seg_cpu_3k_scenes" is seg_cpu_3k with every pair its own scene (the generator's default is 20
 # frames per scene, and top-k then takes whole sequences of near-duplicates: session 28). The
-# paper's segmentation set, MFNet, is ~1,600 pairs picked from videos, so its frames are mostly
-# distinct; the selection rule is unchanged.
+# paper's segmentation set (TOKYO, from MFNet [3]: 2,338 labeled pairs) is not made of 20-frame
+# runs of one scene; a pool of distinct scenes is the other end. The selection rule is unchanged.
 ACTIVE_PROTOCOLS = {"short": ("detection", 200, 100, 30, 30, 90, 120, 60, 2, 20),
                     "cpu": ("detection", 500, 300, 100, 100, 400, 1200, 600, 1, 20),
                     "seg_cpu": ("segmentation", 500, 300, 50, 50, 350, 1200, 400, 1, 20),
