@@ -327,8 +327,10 @@ def run_active_experiment(seed: int, work: Path, protocol: str = "short") -> dic
 def active_picks(protocol: str, seeds: list[int], work: Path) -> str:
     """What each strategy labeled beyond the shared initial pairs, read from its ``state.json`` against
     the pool's pairs regenerated from the protocol's data config: how many scenes (generator
-    sequences) the picks cover, the most frames taken from one scene, the night share and people per
-    pair (pool for reference); and how many labeled pairs each two strategies share."""
+    sequences) the picks cover, the most frames taken from one scene, the night share, people per
+    pair, and the share of pairs with an object at background temperature (invisible in thermal) or
+    a distractor (a hot or a visible-only look-alike), the pool for reference; and how many labeled
+    pairs each two strategies share."""
     from collections import Counter
     from itertools import combinations
 
@@ -344,16 +346,15 @@ def active_picks(protocol: str, seeds: list[int], work: Path) -> str:
         if not states:
             print(f"seed {seed}: no state.json under {work / f'{name}_s{seed}'}; skipped", file=sys.stderr)
             continue
-        meta = [(p.sequence_id, p.condition, sum(o.class_id == PERSON for o in p.objects))
+        meta = [(p.sequence_id, p.condition == "night", sum(o.class_id == PERSON for o in p.objects),
+                 any(o.crossover for o in p.objects), bool(p.distractors))
                 for p in synth_generator(acfg.data).pairs(acfg.data.pairs)]
-        pool_stats.append((len({m[0] for m in meta}), float(np.mean([m[1] == "night" for m in meta])),
-                           float(np.mean([m[2] for m in meta]))))
+        pool_stats.append((len({m[0] for m in meta}), *np.mean([m[1:] for m in meta], 0).tolist()))
         for st, state in states.items():
             picked = sorted(set(state["labeled"]) - set(state["initial"]))
             frames = Counter(meta[i][0] for i in picked)
-            per.setdefault(st, []).append((len(picked), len(frames), max(frames.values(), default=0),
-                                           float(np.mean([meta[i][1] == "night" for i in picked])) if picked else 0.0,
-                                           float(np.mean([meta[i][2] for i in picked])) if picked else 0.0))
+            shares = np.mean([meta[i][1:] for i in picked], 0).tolist() if picked else [0.0] * 4
+            per.setdefault(st, []).append((len(picked), len(frames), max(frames.values(), default=0), *shares))
         for a, b in combinations(sorted(states), 2):
             shared.setdefault((a, b), []).append(len(set(states[a]["labeled"]) & set(states[b]["labeled"])))
 
@@ -362,21 +363,23 @@ def active_picks(protocol: str, seeds: list[int], work: Path) -> str:
         return lo if lo == hi else f"{lo}–{hi}"
     lines = [f"\n**What each strategy picked beyond the initial pairs ({protocol}, seeds {', '.join(map(str, seeds))}; "
              "min–max over seeds)**\n",
-             "| picks of | picked pairs | scenes | most frames of one scene | night share | people per pair |",
-             "|---|---|---|---|---|---|"]
+             "| picks of | picked pairs | scenes | most frames of one scene | night share | people per pair "
+             "| share with a thermal-crossover object | share with a distractor |",
+             "|---|---|---|---|---|---|---|---|"]
     for st, v in per.items():
         c = list(zip(*v))
-        lines.append(f"| {st} | {rng(c[0])} | {rng(c[1])} | {rng(c[2])} | {rng(c[3], '{:.2f}')} | {rng(c[4], '{:.2f}')} |")
+        lines.append(f"| {st} | {rng(c[0])} | {rng(c[1])} | {rng(c[2])} | "
+                     + " | ".join(rng(x, "{:.2f}") for x in c[3:]) + " |")
     if pool_stats:
         c = list(zip(*pool_stats))
         lines.append(f"| the whole pool | {acfg.data.pairs} | {rng(c[0])} | {acfg.data.sequence_length} | "
-                     f"{rng(c[1], '{:.2f}')} | {rng(c[2], '{:.2f}')} |")
+                     + " | ".join(rng(x, "{:.2f}") for x in c[1:]) + " |")
     for (a, b), v in shared.items():
         lines.append(f"\n{a} and {b} share {rng(v)} of their labeled pairs (the initial pairs included).")
     return "\n".join(lines)
 
 
-def summarize(tag: str = "") -> str:
+def summarize(tag: str = "", plot: str | None = None) -> str:
     import numpy as np
     rows = {}
     for f in sorted(RESULTS.glob(f"training_{tag}_seed*.jsonl" if tag else "training_seed*.jsonl")):
@@ -409,8 +412,46 @@ def summarize(tag: str = "") -> str:
                          f"{cell(a, 'map')} | {cell(a, 'ap50')} |")
     act = sorted(RESULTS.glob("active_seed*.json" if tag in ("", "short") else f"active_{tag}_seed*.json"))
     if act:
-        lines.append(active_table([json.loads(f.read_text()) for f in act]))
+        results = [json.loads(f.read_text()) for f in act]
+        lines.append(active_table(results))
+        if plot:
+            active_plot(results, Path(plot))
+            lines.append(f"\nwrote {plot}")
     return "\n".join(lines)
+
+
+def _active_points(results: list[dict]) -> tuple[list[int], dict[str, list[list[float]]]]:
+    """The labeled-pair counts and, per strategy, the seeds' metric values at each count."""
+    curves = [r["curves"] for r in results]
+    counts = [c[0] for c in next(iter(curves[0].values()))]
+    return counts, {strat: [[c[strat][j][1] for c in curves if strat in c and c[strat][j][1] is not None]
+                            for j in range(len(counts))] for strat in curves[0]}
+
+
+def active_plot(results: list[dict], path: Path) -> dict[str, list[tuple[float, float, float]]]:
+    """The active-learning curves over seeds: mean line, min–max band per strategy; returns what it drew."""
+    import numpy as np
+    from ms_perception.metrics.plots import _pyplot
+    counts, points = _active_points(results)
+    seg = results[0].get("task") == "segmentation"
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    drawn = {}
+    for strat, per_count in points.items():
+        got = [(n, float(np.mean(v)), min(v), max(v)) for n, v in zip(counts, per_count) if v]
+        n, m, lo, hi = (np.array(c) for c in zip(*got))
+        line, = ax.plot(n, m, "o-", label=f"{strat} (mean, min–max over {len(results)} seeds)")
+        ax.fill_between(n, lo, hi, color=line.get_color(), alpha=0.2)
+        drawn[strat] = [(float(a), float(b), float(c)) for a, b, c in zip(m, lo, hi)]
+    ax.set_xlabel("labeled pairs")
+    ax.set_ylabel("mIoU (%) ↑" if seg else "person miss rate, all (%) ↓")
+    ax.set_title(f"Active learning, {results[0].get('protocol', '')}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return drawn
 
 
 def active_table(results: list[dict]) -> str:
@@ -419,21 +460,19 @@ def active_table(results: list[dict]) -> str:
     import numpy as np
     seg = results[0].get("task") == "segmentation"
     metric = "mIoU ↑" if seg else "person MR all ↓"
-    curves = [r["curves"] for r in results]
-    counts = [c[0] for c in next(iter(curves[0].values()))]
+    counts, points = _active_points(results)
     lines = [f"\n**Active learning (three-branch GAFF): {metric} at each labeled-pair count**\n",
              "| strategy | seeds | " + " | ".join(f"{n} pairs" for n in counts) + " |",
              "|---|---|" + "---|" * len(counts)]
     final = {}
-    for strat in curves[0]:
+    for strat, per_count in points.items():
         cells = []
-        for j in range(len(counts)):
-            vals = [c[strat][j][1] for c in curves if strat in c and c[strat][j][1] is not None]
+        for j, vals in enumerate(per_count):
             cells.append(f"{np.mean(vals):.1f} [{min(vals):.1f}–{max(vals):.1f}]" if len(vals) > 1 else
                          (f"{vals[0]:.1f}" if vals else "–"))
             if j == len(counts) - 1 and vals:
                 final[strat] = vals
-        lines.append(f"| {strat} | {len(curves)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {strat} | {len(results)} | " + " | ".join(cells) + " |")
     ours = final.get("inconsistency")
     for base, vals in final.items():
         if base == "inconsistency" or not ours:
@@ -460,6 +499,7 @@ def main() -> int:
     ap.add_argument("--tag", default="", help="results go to bench/results/training_<tag>_seed<S>.jsonl "
                     "(e.g. 'long' for longer runs); work dirs to <work>/<tag>")
     ap.add_argument("--summarize", action="store_true")
+    ap.add_argument("--plot", help="with --summarize: draw the active-learning curves over seeds to this PNG")
     ap.add_argument("--active", action="store_true", help="run the active-learning comparison (per seed)")
     ap.add_argument("--active-protocol", default="short", choices=list(ACTIVE_PROTOCOLS),
                     help="budgets and iterations of the active-learning comparison (see ACTIVE_PROTOCOLS)")
@@ -468,7 +508,7 @@ def main() -> int:
     ap.add_argument("--worker-seed", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.summarize:
-        print(summarize(a.tag))
+        print(summarize(a.tag, a.plot))
         return 0
     if a.active_picks:
         print(active_picks(a.active_protocol, a.seeds,

@@ -390,7 +390,9 @@ def test_active_picks_counts_scenes_and_shared_pairs_from_each_strategys_state(t
 
     def night_people(idx):
         return (f"{np.mean([pairs[i].condition == 'night' for i in idx]):.2f}",
-                f"{np.mean([sum(o.class_id == PERSON for o in pairs[i].objects) for i in idx]):.2f}")
+                f"{np.mean([sum(o.class_id == PERSON for o in pairs[i].objects) for i in idx]):.2f}",
+                f"{np.mean([any(o.crossover for o in pairs[i].objects) for i in idx]):.2f}",
+                f"{np.mean([len(pairs[i].distractors) > 0 for i in idx]):.2f}")
     # picks {1, 2, 3, 5}: scenes 0, 1, 1, 2; {1, 3, 5, 7}: four scenes; {2, 3, 6, 7}: scenes 1 and 3
     assert rows["inconsistency"] == ["4", "3", "2", *night_people([1, 2, 3, 5])]
     assert rows["random"] == ["4", "4", "1", *night_people([1, 3, 5, 7])]
@@ -398,6 +400,23 @@ def test_active_picks_counts_scenes_and_shared_pairs_from_each_strategys_state(t
     assert rows["the whole pool"] == ["8", "4", "2", *night_people(range(8))]
     assert "inconsistency and random share 5 of their labeled pairs" in out
     assert "entropy and inconsistency share 4 " in out and "entropy and random share 4 " in out
+
+
+def test_active_curves_over_seeds_plot_the_mean_and_range_at_each_budget(tmp_path):
+    """`--summarize --plot`: per strategy, the mean and min–max over seeds at each labeled-pair
+    count (a seed without a value at a count is left out there), drawn to a PNG."""
+    te = _train_experiments()
+    results = [{"task": "segmentation", "protocol": "hand",
+                "curves": {"inconsistency": [[50, 10.0], [100, 20.0]], "random": [[50, 10.0], [100, 14.0]]}},
+               {"task": "segmentation", "protocol": "hand",
+                "curves": {"inconsistency": [[50, 12.0], [100, 23.0]], "random": [[50, 12.0], [100, None]]}}]
+    drawn = te.active_plot(results, tmp_path / "curves.png")
+    assert drawn == {"inconsistency": [(11.0, 10.0, 12.0), (21.5, 20.0, 23.0)],
+                     "random": [(11.0, 10.0, 12.0), (14.0, 14.0, 14.0)]}
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = te.active_table(results)
+    assert "| inconsistency | 2 | 11.0 [10.0–12.0] | 21.5 [20.0–23.0] |" in table
+    assert "| random | 2 | 11.0 [10.0–12.0] | 14.0 |" in table
 
 
 def test_md_factors_table_and_plot_from_hand_rows(tmp_path):
