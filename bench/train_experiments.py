@@ -431,7 +431,7 @@ def _active_points(results: list[dict]) -> tuple[list[int], dict[str, list[list[
 def active_plot(results: list[dict], path: Path) -> dict[str, list[tuple[float, float, float]]]:
     """The active-learning curves over seeds: mean line, min–max band per strategy; returns what it drew."""
     import numpy as np
-    from ms_perception.metrics.plots import _pyplot
+    from ms_perception.metrics.plots import _finish, _pyplot
     counts, points = _active_points(results)
     seg = results[0].get("task") == "segmentation"
     plt = _pyplot()
@@ -445,12 +445,8 @@ def active_plot(results: list[dict], path: Path) -> dict[str, list[tuple[float, 
         drawn[strat] = [(float(a), float(b), float(c)) for a, b, c in zip(m, lo, hi)]
     ax.set_xlabel("labeled pairs")
     ax.set_ylabel("mIoU (%) ↑" if seg else "person miss rate, all (%) ↓")
-    ax.set_title(f"Active learning, {results[0].get('protocol', '')}")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(plt, fig, ax, path, f"Active learning, {results[0].get('protocol', '')}", legend_loc="best")
     return drawn
 
 

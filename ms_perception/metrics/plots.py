@@ -14,13 +14,13 @@ def _pyplot():
     return plt
 
 
-def _finish(plt, fig, ax, path, title: str) -> str:
+def _finish(plt, fig, ax, path, title: str, legend_loc: str = "lower left") -> str:
     n = len(ax.get_legend_handles_labels()[1])
     if n > 8:   # many runs: the legend goes beside the axes, where it hides no curve
         fig.set_size_inches(fig.get_figwidth() + 3.5, max(fig.get_figheight(), 0.19 * n + 1))
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, borderaxespad=0)
     else:
-        ax.legend(loc="lower left")
+        ax.legend(loc=legend_loc, fontsize=7 if legend_loc == "best" else None)
     if title:
         ax.set_title(title)
     fig.tight_layout()
