@@ -361,10 +361,12 @@ def test_the_segmentation_protocol_runs_the_papers_budgets_on_the_segmentation_m
     te.run_active_experiment(1, tmp_path, "cpu")
     te.run_active_experiment(2, tmp_path, "seg_cpu_3k")
     te.run_active_experiment(0, tmp_path, "seg_cpu_3k_scenes")
+    te.run_active_experiment(0, tmp_path, "cpu_3k_scenes")
     assert seen == {"active_seg_cpu_s1": ("segmentation", 50, 50, 350, 500, 300, 512, 20),
                     "active_cpu_s1": ("detection", 100, 100, 400, 500, 300, 512, 20),
                     "active_seg_cpu_3k_s2": ("segmentation", 50, 50, 350, 3000, 300, 512, 20),
-                    "active_seg_cpu_3k_scenes_s0": ("segmentation", 50, 50, 350, 3000, 300, 512, 1)}
+                    "active_seg_cpu_3k_scenes_s0": ("segmentation", 50, 50, 350, 3000, 300, 512, 1),
+                    "active_cpu_3k_scenes_s0": ("detection", 100, 100, 400, 3000, 300, 512, 1)}
     assert json.loads((tmp_path / "results" / "active_seg_cpu_seed1.json").read_text())["protocol"] == "seg_cpu"
     row = json.loads((tmp_path / "results" / "active_seg_cpu_3k_scenes_seed0.json").read_text())
     assert (row["protocol"], row["frames_per_scene"]) == ("seg_cpu_3k_scenes", 1)
