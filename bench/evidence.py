@@ -65,6 +65,12 @@ CLAIMS = [  # (name, better, worse, subset, names of the claims it requires to h
     ("PDF-Distil beats FitNets", "pdf_distil", "pdf_fitnets", "all", ("PDF teacher beats the plain student",)),
     ("PDF-Distil beats hard top-25 % sampling (Table 3.5)", "pdf_distil", "pdf_hard25", "all",
      ("PDF teacher beats the plain student",)),
+    # the same from a teacher at twice the width (bench/train_experiments.py::PDF_WIDE)
+    ("the wider PDF teacher beats the plain student", "pdf_teacher_w025", "pdf_none", "all", ()),
+    *[(f"PDF-Distil beats {what} (the wider teacher)", "pdf_distil_wt", worse, "all",
+       ("the wider PDF teacher beats the plain student",))
+      for what, worse in (("no distillation", "pdf_none"), ("FitNets", "pdf_fitnets_wt"),
+                          ("hard top-25 % sampling", "pdf_hard25_wt"))],
     ("GAFF teacher beats the native MD student (16x)", "gaff", "md_native_16x", "all", ()),
     ("MD distillation beats the native student (16x)", "md_distilled_16x", "md_native_16x", "all",
      ("GAFF teacher beats the native MD student (16x)",)),

@@ -48,6 +48,12 @@ MULTI_SCALE = ("factors", 0.8, 1.0, 1.2)
 # presets keep 32 channels everywhere, which would make the paper's light head 2x wider, relative to
 # its backbone, than it is.
 MDP_LIGHT = {"neck": {"channels": 16}, "head": {"channels": 16}}
+# The PDF teacher at twice the protocol's width (1/4 backbone, 64-channel PAFPN and head). At 1/8 width
+# the thesis's R34-PAFPN teacher does not beat its R18-FPN student (sessions 20 and 26), which every
+# distillation claim needs first; at full width (the thesis) it has 2x the student's depth-driven
+# capacity, here width buys what depth does not at this size. The student stays as it was.
+PDF_WIDE = ("pdf_teacher_r34_pafpn_retinanet", {"backbone": {"width": 0.25}, "neck": {"channels": 64},
+                                                "head": {"channels": 64}})
 
 # arm -> (experiment yaml, overrides of the fit config ("distill.zeta": a nested field), model-config
 # overrides or None, teacher arm)
@@ -133,6 +139,11 @@ ARMS = {
     "pdf_distil": ("pdf_distil_smoke", {}, None, "pdf_teacher"),
     # thesis Table 3.5, strategy 2: imitate only the 25 % of locations where teacher and student disagree most
     "pdf_hard25": ("pdf_hard25_smoke", {}, None, "pdf_teacher"),
+    # the same three students from the wider teacher (PDF_WIDE); adapters map the student's 32 channels to 64
+    "pdf_teacher_w025": ("pdf_teacher_smoke", {}, PDF_WIDE, None),
+    "pdf_distil_wt": ("pdf_distil_smoke", {}, None, "pdf_teacher_w025"),
+    "pdf_fitnets_wt": ("pdf_fitnets_smoke", {}, None, "pdf_teacher_w025"),
+    "pdf_hard25_wt": ("pdf_hard25_smoke", {}, None, "pdf_teacher_w025"),
 }
 ORDER = list(ARMS)
 
@@ -162,6 +173,8 @@ COMPARISONS = [
     ("Multi-scale training (thesis §3.4.1) vs one scale, on the Table 3.2 baseline", ["bp_baseline_ms", "bp_baseline"]),
     ("Mutual Guidance vs IoU assignment (GAFF detector)", ["gaff_mutual_guidance", "gaff"]),
     ("PDF-Distil vs FitNets vs hard sampling vs no distillation (student R18-FPN)", ["pdf_distil", "pdf_fitnets", "pdf_hard25", "pdf_none", "pdf_teacher"]),
+    ("The same from the wider teacher (R34-PAFPN at 1/4 width)",
+     ["pdf_distil_wt", "pdf_fitnets_wt", "pdf_hard25_wt", "pdf_none", "pdf_teacher_w025"]),
 ]
 
 

@@ -568,3 +568,33 @@ def test_pdf_arms_differ_in_the_weight_map_only(tmp_path):
     assert claims["PDF-Distil beats hard top-25 % sampling (Table 3.5)"][1:] == \
         ("pdf_distil", "pdf_hard25", "all", ("PDF teacher beats the plain student",))
     assert "pdf_hard25" in next(arms for title, arms in te.COMPARISONS if title.startswith("PDF-Distil"))
+
+
+def test_pdf_wider_teacher_arms(tmp_path):
+    """The wider PDF teacher (PDF_WIDE: R34-PAFPN at 1/4 width, 64-channel neck and head) and its three
+    students: each student is the 1/8-width R18-FPN of its session-26 arm with the same weight map,
+    distilled from exactly the teacher arm's model; its claims wait on the wider teacher beating the
+    plain student."""
+    te = _train_experiments()
+    teacher = te.arm_configs("pdf_teacher_w025", tmp_path)[1]
+    assert (teacher.backbone.width, teacher.neck.channels, teacher.head.channels) == (0.25, 64, 64)
+    assert (teacher.input.width, teacher.input.height) == (256, 192)
+    for wide, narrow in (("pdf_distil_wt", "pdf_distil"), ("pdf_fitnets_wt", "pdf_fitnets"), ("pdf_hard25_wt", "pdf_hard25")):
+        cfg, scfg, tcfg, t = te.arm_configs(wide, tmp_path)
+        ncfg, nscfg, ntcfg, _ = te.arm_configs(narrow, tmp_path)
+        assert t == "pdf_teacher_w025" and vars(scfg) | {"name": ""} == vars(nscfg) | {"name": ""}, wide
+        assert vars(tcfg) | {"name": ""} == vars(teacher) | {"name": ""}, wide
+        assert (tcfg.backbone.width, ntcfg.backbone.width) == (0.25, 0.125)
+        assert (cfg.distill.pdf_weights, cfg.distill.pdf_top_fraction) == (ncfg.distill.pdf_weights,
+                                                                            ncfg.distill.pdf_top_fraction)
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import evidence as ev
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    claims = {c[0]: c for c in ev.CLAIMS}
+    assert claims["the wider PDF teacher beats the plain student"][1:] == ("pdf_teacher_w025", "pdf_none", "all", ())
+    need = ("the wider PDF teacher beats the plain student",)
+    assert [c[1:] for n, c in claims.items() if n.endswith("(the wider teacher)")] == [
+        ("pdf_distil_wt", "pdf_none", "all", need), ("pdf_distil_wt", "pdf_fitnets_wt", "all", need),
+        ("pdf_distil_wt", "pdf_hard25_wt", "all", need)]
