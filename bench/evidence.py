@@ -152,19 +152,25 @@ def run_chunk(arm: str, seed: int, root: Path, iterations: int, eval_every: int,
         cfg.distill.teacher_checkpoint = str(work / f"{teacher}_s{seed}" / "last.pt")
     out = work / f"{arm}_s{seed}"
     resume = (out / "last.pt").exists()
-    t0 = time.perf_counter()
     s = fit(cfg, mcfg, out, log=lambda *a: None, resume=resume, stop_after=chunk, teacher_cfg=tcfg)
-    seconds = time.perf_counter() - t0
-    with open(out / "wall_seconds.txt", "a") as f:
-        f.write(f"{seconds:.1f}\n")
     if torch.load(out / "last.pt", weights_only=True, map_location="cpu")["iteration"] < iterations:
         return None
     curve = s.get("curve", [])
-    wall = sum(float(x) for x in (out / "wall_seconds.txt").read_text().split())
+    # the run's training and evaluation time over all its chunks, kept in last.pt by fit (a chunk
+    # killed between checkpoints counts to its last one); timed_from_iteration > 0: the run was
+    # resumed from a checkpoint written before fit kept the time, whose earlier time is unknown
+    run = s["run"]
+    timing = {"timed_from_iteration": run["from_iteration"]} if run["from_iteration"] else {}
     return {"arm": arm, "seed": seed, "iterations": iterations, "model": mcfg.name, "device": s["device"],
-            "wall_seconds": round(wall, 1), "images_per_second": s["images_per_second"],
-            "data_wait_fraction": s["data_wait_fraction"], "environment": environment(), "curve": curve,
-            "converged": converged(curve, "all"), **(curve[-1] if curve else {})}
+            "wall_seconds": run["seconds"], "images_per_second": run["images_per_second"],
+            "data_wait_fraction": run["data_wait_fraction"], **timing, "environment": environment(),
+            "curve": curve, "converged": converged(curve, "all"), **(curve[-1] if curve else {})}
+
+
+def timed_from(row: dict) -> str:
+    """A row whose time covers only the iterations after a resume (see ``run_arm``) says so."""
+    k = row.get("timed_from_iteration")
+    return f" (iterations {k}–{row['iterations']} only)" if k else ""
 
 
 def environment() -> dict:
@@ -526,7 +532,7 @@ def summarize(tag: str, min_seeds: int = 3) -> str:
         for r in sorted(rows, key=lambda x: x["seed"]):
             mr = r.get("miss_rate", {}).get("all")
             conv.append(f"| {arm} | {r['seed']} | {r['iterations']} | {r['converged']} | {mr} | {r['device']} | "
-                        f"{r['wall_seconds']} | {r['images_per_second']} |")
+                        f"{r['wall_seconds']}{timed_from(r)} | {r['images_per_second']} |")
     steps = [d for rows in runs.values() for r in rows for d in late_changes(r.get("curve", []))]
     if steps:
         q = np.percentile(steps, [50, 90])

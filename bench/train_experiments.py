@@ -286,7 +286,7 @@ def worker(seed: int, iterations: int, pairs: int, arms: list[str], tag: str = "
 # frames per scene, and top-k then takes whole sequences of near-duplicates: session 28). The
 # paper's segmentation set (TOKYO, from MFNet [3]: 2,338 labeled pairs) is not made of 20-frame
 # runs of one scene; a pool of distinct scenes is the other end. The selection rule is unchanged.
-# "cpu_3k_scenes" is the detection protocol "cpu" on such a pool of 3,000 distinct scenes (not run yet).
+# "cpu_3k_scenes" is the detection protocol "cpu" on such a pool of 3,000 distinct scenes (run in session 30: bench/RESULTS.md).
 ACTIVE_PROTOCOLS = {"short": ("detection", 200, 100, 30, 30, 90, 120, 60, 2, 20),
                     "cpu": ("detection", 500, 300, 100, 100, 400, 1200, 600, 1, 20),
                     "seg_cpu": ("segmentation", 500, 300, 50, 50, 350, 1200, 400, 1, 20),

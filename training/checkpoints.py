@@ -27,7 +27,10 @@ def save_checkpoint(path: Path, model, opt, scaler, distiller, it: int, history:
     tmp.replace(path)
 
 
-def load_checkpoint(path: Path, model, opt, scaler, distiller, cfg) -> tuple[int, list]:
+def load_checkpoint(path: Path, model, opt, scaler, distiller, cfg) -> tuple[int, list, dict]:
+    """Restore a run from ``path``; returns the iteration, the loss history and the run's time so far
+    (``progress``: seconds, images, wait, compute, and ``from_iteration``, the first iteration they
+    cover: 0, or the iteration a checkpoint written before the timing was kept resumed from)."""
     if not path.exists():
         raise RuntimeError(f"--resume: no checkpoint at {path}; start without --resume")
     ck = _read(path)
@@ -46,7 +49,9 @@ def load_checkpoint(path: Path, model, opt, scaler, distiller, cfg) -> tuple[int
     if scaler is not None and "scaler" in ck:
         scaler.load_state_dict(ck["scaler"])
     torch.set_rng_state(ck["torch_rng"])
-    return int(ck["iteration"]), ck["history"].tolist()
+    progress = {k: float(v) for k, v in ck.get("progress", {}).items()} or \
+        {"seconds": 0.0, "images": 0.0, "wait": 0.0, "compute": 0.0, "from_iteration": float(ck["iteration"])}
+    return int(ck["iteration"]), ck["history"].tolist(), progress
 
 
 def _read(path: Path):

@@ -151,9 +151,12 @@ def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print, resume: boo
     use_amp = cfg.amp and device.startswith("cuda")
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
     history, start = [], 0
+    # the run's time over every invocation (a resumed, chunked or killed-and-resumed run): carried in
+    # last.pt, so an invocation killed between checkpoints loses only the time since its last one
+    prior = {"seconds": 0.0, "images": 0.0, "wait": 0.0, "compute": 0.0, "from_iteration": 0.0}
     ckpt = out_dir / "last.pt"
     if resume:
-        start, history = load_checkpoint(ckpt, core, opt, scaler, dist_core, cfg)
+        start, history, prior = load_checkpoint(ckpt, core, opt, scaler, dist_core, cfg)
         log(f"resumed from {ckpt} at iteration {start}")
     elif d.main:
         (out_dir / "eval_curve.jsonl").unlink(missing_ok=True)   # a fresh run starts a fresh curve
@@ -176,6 +179,11 @@ def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print, resume: boo
     t0 = time.perf_counter()
     wait = compute = 0.0
     images = 0
+
+    def progress() -> dict:
+        return {"seconds": prior["seconds"] + time.perf_counter() - t0, "images": prior["images"] + images,
+                "wait": prior["wait"] + wait, "compute": prior["compute"] + compute,
+                "from_iteration": prior["from_iteration"]}
     try:
         for it in range(start, cfg.iterations):
             t_wait = time.perf_counter()
@@ -206,7 +214,8 @@ def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print, resume: boo
                 keep_if_best(evals[-1])
             stopping = stop_after is not None and it + 1 - start >= stop_after
             if d.main and ((it + 1) % cfg.checkpoint_every == 0 or last or stopping):
-                save_checkpoint(ckpt, core, opt, scaler, dist_core, it + 1, history, cfg, lineage_text)
+                save_checkpoint(ckpt, core, opt, scaler, dist_core, it + 1, history, cfg, lineage_text,
+                                extra={"progress": progress()})
             if stopping:
                 break
     finally:
@@ -215,6 +224,10 @@ def fit(cfg: FitConfig, mcfg: ModelConfig, out_dir: Path, log=print, resume: boo
     speed = {"images_per_second": round(images / max(1e-9, wait + compute), 2),
              "data_wait_seconds": round(wait, 2), "compute_seconds": round(compute, 2),
              "data_wait_fraction": round(wait / max(1e-9, wait + compute), 3), "workers": cfg.data.workers}
+    run = progress()
+    speed["run"] = {"seconds": round(run["seconds"], 1), "from_iteration": int(run["from_iteration"]),
+                    "images_per_second": round(run["images"] / max(1e-9, run["wait"] + run["compute"]), 2),
+                    "data_wait_fraction": round(run["wait"] / max(1e-9, run["wait"] + run["compute"]), 3)}
     log(f"throughput: {speed['images_per_second']} images/s; waited {speed['data_wait_seconds']} s for data "
         f"against {speed['compute_seconds']} s of compute ({100 * speed['data_wait_fraction']:.1f} % waiting, "
         f"{cfg.data.workers} loader workers)")

@@ -115,6 +115,8 @@ def test_driver_trains_in_resumable_chunks_on_a_kaist_folder(tmp_path):
     assert row["arm"] == "add_fusion" and [r["iteration"] for r in row["curve"]] == [2, 4]
     # the last fifth (iterations >= 3.2) holds one evaluation: convergence unknown, so no claim reads it
     assert row["converged"] is None and row["wall_seconds"] > 0
+    # the time is the run's, both chunks (fit keeps it in last.pt), so the row claims no partial timing
+    assert "timed_from_iteration" not in row and row["images_per_second"] > 0
     import torch
     assert row["environment"]["torch"] == torch.__version__ and row["environment"]["numpy"] == np.__version__
     # the same seed in one go, in another work folder: the same weights bit for bit as the two chunks
@@ -598,3 +600,22 @@ def test_pdf_wider_teacher_arms(tmp_path):
     assert [c[1:] for n, c in claims.items() if n.endswith("(the wider teacher)")] == [
         ("pdf_distil_wt", "pdf_none", "all", need), ("pdf_distil_wt", "pdf_fitnets_wt", "all", need),
         ("pdf_distil_wt", "pdf_hard25_wt", "all", need)]
+
+
+def test_summary_says_when_a_rows_time_covers_only_part_of_its_run(tmp_path):
+    """A row resumed from a checkpoint that kept no time (``timed_from_iteration``) prints which
+    iterations its wall time and throughput cover; a fully timed row prints its time alone."""
+    res = tmp_path / "results"
+    res.mkdir()
+    base = {"iterations": 3600, "converged": True, "device": "cpu", "miss_rate": {"all": 50.0, "day": 50.0, "night": 50.0}}
+    rows = [{**base, "arm": "pdf_none", "seed": 0, "wall_seconds": 2785.0, "images_per_second": 6.3},
+            {**base, "arm": "pdf_distil_wt", "seed": 0, "wall_seconds": 730.1, "images_per_second": 13.36,
+             "timed_from_iteration": 1500}]
+    (res / "evidence_hand_seed0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "evidence.py"), "summarize", "--tag", "hand"],
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "MS_PERCEPTION_EVIDENCE_RESULTS": str(res)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = {ln.split(" | ")[0]: ln for ln in out.stdout.splitlines() if ln.startswith("| pdf_")}
+    assert "| 730.1 (iterations 1500–3600 only) | 13.36 |" in lines["| pdf_distil_wt"]
+    assert "| 2785.0 | 6.3 |" in lines["| pdf_none"]

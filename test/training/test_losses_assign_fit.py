@@ -120,6 +120,37 @@ def test_exact_resume_equals_an_uninterrupted_run(tmp_path, capsys):
     assert "no checkpoint" in capsys.readouterr().err
 
 
+def test_a_resumed_run_reports_the_time_of_all_its_chunks(tmp_path):
+    """The run's time and throughput add up over the invocations that made it (they are kept in last.pt),
+    so a chunked or killed-and-resumed run does not report only its last chunk; a checkpoint from before
+    that (no time in it) says from which iteration the time is known."""
+    from pathlib import Path
+
+    from ms_perception_training.fit import fit, load_fit_config
+    cfg, mcfg = load_fit_config(Path(__file__).resolve().parents[2] / "config/experiments/synthetic_smoke.yaml")
+    cfg.iterations, cfg.data.pairs, cfg.threads, cfg.eval.pairs = 6, 12, 1, 0
+    part = fit(cfg, mcfg, tmp_path / "a", log=lambda *a: None, stop_after=2)
+    kept = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["progress"]
+    assert kept["images"] == 2 * cfg.batch_size and kept["from_iteration"] == 0
+    assert kept["seconds"] == pytest.approx(part["run"]["seconds"], abs=0.1) and kept["seconds"] > 0
+    whole = fit(cfg, mcfg, tmp_path / "a", log=lambda *a: None, resume=True)
+    done = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["progress"]
+    assert done["images"] == 6 * cfg.batch_size and done["from_iteration"] == 0
+    # the run's time is the first chunk's plus the second's; the second's own figures stay as they were
+    assert whole["run"]["seconds"] > kept["seconds"] and whole["run"]["from_iteration"] == 0
+    assert done["seconds"] - kept["seconds"] < whole["run"]["seconds"]
+    assert whole["run"]["images_per_second"] == pytest.approx(
+        done["images"] / (done["wait"] + done["compute"]), rel=0.01)
+    # a checkpoint written without the time (before fit kept it): the time counts from where it resumed
+    fit(cfg, mcfg, tmp_path / "b", log=lambda *a: None, stop_after=4)
+    ck = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    del ck["progress"]
+    torch.save(ck, tmp_path / "b" / "last.pt")
+    legacy = fit(cfg, mcfg, tmp_path / "b", log=lambda *a: None, resume=True)
+    assert legacy["run"]["from_iteration"] == 4
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["progress"]["images"] == 2 * cfg.batch_size
+
+
 def test_mutual_guidance_trains_through_the_cli(tmp_path, capsys):
     from pathlib import Path
 
