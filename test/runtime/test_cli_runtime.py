@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,8 @@ from ms_perception.bench import run_bench
 from ms_perception.cli import main
 from ms_perception.core.inconsistency import prediction_inconsistency
 from ms_perception.demo import DEFAULT_MODEL, make_demo_bag
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +186,28 @@ def test_bench_replay_compares_capture_and_the_reader_thread_in_one_run():
     from ms_perception.bench import BenchError
     with pytest.raises(BenchError, match="pairs >= 1"):
         run_replay_bench(DEFAULT_MODEL, pairs=0)
+
+
+def test_engine_ratio_feeds_images_and_the_pipelines_nms_settings(tmp_path):
+    """bench/engine_ratio.py: random uint8 images at the model's own input shapes, and an in-graph
+    NMS fed the pipeline's defaults (a change of those defaults must reach the bench); the report
+    names each model with its times and its ratio to the first (the first's is 1 by construction)."""
+    import importlib.util
+
+    import onnxruntime as ort
+
+    from ms_perception.core.pipeline import PipelineConfig
+    spec = importlib.util.spec_from_file_location("engine_ratio", REPO / "bench" / "engine_ratio.py")
+    er = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(er)
+    s = ort.InferenceSession(str(DEFAULT_MODEL), providers=["CPUExecutionProvider"])
+    f = er.feeds_for(s, np.random.default_rng(0))
+    cfg = PipelineConfig()
+    assert f["visible"].shape == (1, 3, 256, 320) and f["visible"].dtype == np.uint8
+    assert f["thermal"].shape == (1, 1, 256, 320) and f["thermal"].dtype == np.uint8
+    assert float(f["score_threshold"][0]) == pytest.approx(cfg.score_threshold)
+    assert float(f["nms_iou"][0]) == pytest.approx(cfg.nms_iou) and int(f["max_detections"][0]) == cfg.max_detections
+    rep = er.measure([str(DEFAULT_MODEL), str(DEFAULT_MODEL)], rounds=3, warmup=1, threads=1)
+    first, second = rep["models"]
+    assert first["ratio_to_first"] == 1.0 and first["median_ms"] > 0 and second["median_ms"] > 0
+    assert first["p90_ms"] >= first["median_ms"] and rep["rounds"] == 3
