@@ -13,7 +13,6 @@ thresholds. Prints each model's median and p90 milliseconds and its median ratio
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
@@ -72,7 +71,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     rep = measure(a.models, a.rounds, a.warmup, a.threads)
     if a.json:
-        print(json.dumps(rep))
+        from ms_perception.core.jsonio import dumps
+        print(dumps(rep))
         return 0
     print(f"{rep['rounds']} interleaved rounds, {rep['threads']} thread(s); ratio = median of per-round ratios")
     for m in rep["models"]:
