@@ -41,7 +41,8 @@ def make_demo_bag(out: Path, pairs: int, seed: int, sequence_length: int = 20,
                         sp.stamp_thermal_ns + 5_000_000))
         annotations.append({"stamp_ns": sp.stamp_visible_ns, "condition": sp.condition,
                             "objects": [{"box": [float(v) for v in o.box], "class_id": int(o.class_id),
-                                         "occlusion": int(o.occlusion)} for o in sp.objects]})
+                                         "occlusion": int(o.occlusion), "crossover": bool(o.crossover)}
+                                        for o in sp.objects]})
     records.sort(key=lambda r: r[2])
     bag = write_bag(out / "bag", records, storage="mcap")
     write_annotations(bag / "annotations.json", annotations)

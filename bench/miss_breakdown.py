@@ -1,0 +1,200 @@
+"""Where does a model miss? The demo's person miss rate split by condition, height, occlusion and
+thermal crossover, to tell what stands between a model and a miss-rate goal.
+
+Each slice is evaluated the Caltech/KAIST way: the images of its conditions, with every person
+outside the slice turned into an ignore region (it is neither a miss nor does a detection on it
+count as a false alarm), so a slice's log-average miss rate says how well *those* people are found
+at the false-alarm rate of the whole set. Beside it, the slice's misses at the pipeline's operating
+point (every detection the pipeline kept, ``score_threshold`` 0.3 as in the demo) and their share of
+all misses. Runs the demo's own path: synthetic rig -> rosbag2 (.mcap) -> replay through the
+pipeline, for each seed; the last table pools every seed's pairs::
+
+    python bench/miss_breakdown.py --seeds 0 1 2 3 --pairs 200 [--model other.onnx] [--json out.json]
+
+Torch-free, like the demo.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+NIGHT = ("night", "dusk")  # the demo's day/night split: fog counts as day, dusk as night (metrics.kaist)
+
+
+def _height_bin(lo: float, hi: float):
+    return lambda o: lo <= o["box"][3] - o["box"][1] < hi
+
+
+# name -> (image condition filter or None for all, person filter or None for all)
+SLICES = {
+    "all": (None, None),
+    "day (day + fog)": (("day", "fog"), None),
+    "night (night + dusk)": (NIGHT, None),
+    "  night only": (("night",), None),
+    "  dusk only": (("dusk",), None),
+    "  fog only": (("fog",), None),
+    "height 55-80 px": (None, _height_bin(0, 80)),
+    "height 80-120 px": (None, _height_bin(80, 120)),
+    "height >= 120 px": (None, _height_bin(120, float("inf"))),
+    "occlusion none": (None, lambda o: o["occlusion"] == 0),
+    "occlusion partial": (None, lambda o: o["occlusion"] == 1),
+    "thermal crossover": (None, lambda o: bool(o.get("crossover"))),
+    "no crossover": (None, lambda o: not o.get("crossover")),
+    "night, crossover": (NIGHT, lambda o: bool(o.get("crossover"))),
+    "night, no crossover": (NIGHT, lambda o: not o.get("crossover")),
+    "night, height 55-80 px": (NIGHT, _height_bin(0, 80)),
+    "night, height >= 80 px": (NIGHT, _height_bin(80, float("inf"))),
+}
+
+
+def person_records(results: list, annotations: list[dict], person_label: int, person_class_id: int = 1) -> list:
+    """(annotated persons, condition, det boxes, det scores) of each replayed pair with annotations."""
+    by_stamp = {int(a["stamp_ns"]): a for a in annotations}
+    out = []
+    for stamp, res in results:
+        ann = by_stamp.get(int(stamp))
+        if ann is None:
+            continue
+        d = res.detections
+        sel = d.labels == person_label
+        out.append(([o for o in ann["objects"] if o["class_id"] == person_class_id], ann["condition"],
+                    d.boxes[sel], d.scores[sel]))
+    return out
+
+
+def breakdown(records: list, image_hw: tuple[int, int], slices: dict | None = None,
+              height_floor: float = 55.0) -> list[dict]:
+    """One row per slice: images, regular persons (the reasonable subset), log-average miss rate
+    (%, None without regular persons), misses at the operating point and their share of all misses."""
+    from ms_perception.metrics.kaist import frame_errors, person_miss_rates
+    slices = SLICES if slices is None else slices
+    total_misses = None
+    rows = []
+    for name, (conds, keep) in slices.items():
+        images = []
+        for persons, cond, db, ds in records:
+            if conds is not None and cond not in conds:
+                continue
+            ignore = [keep is not None and not keep(o) for o in persons]
+            images.append(([o["box"] for o in persons], [o["occlusion"] for o in persons], cond, db, ds, ignore))
+        if not images:
+            rows.append({"slice": name, "images": 0, "persons": 0, "miss_rate": None, "misses": 0, "miss_share": None})
+            continue
+        # one split ("all") over the slice's images: the day/night split is a slice of its own here
+        flat = [(g, o, "day", db, ds, ig) for g, o, _, db, ds, ig in images]
+        r = person_miss_rates(flat, image_hw, height_floor)["all"]
+        misses = int(frame_errors(flat, image_hw, height_floor)[:, 0].sum())
+        if total_misses is None:  # the first slice is "all"
+            total_misses = misses
+        rows.append({"slice": name, "images": len(images), "persons": int(r.num_gt),
+                     "miss_rate": None if r.num_gt == 0 else round(100 * float(r.miss_rate), 2),
+                     "misses": misses,
+                     "miss_share": round(misses / total_misses, 3) if total_misses else None})
+    return rows
+
+
+def modality_contrast(cfg, seed: int, pairs: int, height_floor: float = 55.0) -> list[dict]:
+    """How visible each reasonable-subset person is in each modality, from the generator's own
+    instance masks: |mean inside the person - mean of the background ring around its box| over the
+    ring's standard deviation (a per-pixel signal-to-noise ratio), in the visible image's gray
+    levels and in the thermal image's °C registered to the visible image. One row per (condition,
+    crossover) with p10 / p50 / p90 over its persons. The pairs are the demo bag's (same cfg, seed)."""
+    import cv2
+
+    from ms_perception.synth.generator import PERSON, SyntheticGenerator
+    groups: dict[tuple[str, bool], list[tuple[float, float]]] = {}
+    for sp in SyntheticGenerator(cfg, seed).pairs(pairs):
+        gray = cv2.cvtColor(sp.visible, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        therm = cv2.warpPerspective(sp.thermal_celsius, sp.homography, (cfg.width, cfg.height))
+        for k, o in enumerate(sp.objects):
+            if o.class_id != PERSON or o.height_px < height_floor or o.occlusion > 1:
+                continue
+            inside = sp.instances == k + 1
+            x0, y0, x1, y1 = (int(round(v)) for v in o.box)
+            pad = max(4, (y1 - y0) // 4)
+            ring = np.zeros_like(inside)
+            ring[max(0, y0 - pad):y1 + pad, max(0, x0 - pad):x1 + pad] = True
+            ring &= sp.instances == 0
+            if inside.sum() < 20 or ring.sum() < 20:
+                continue
+            snr = [abs(float(img[inside].mean() - img[ring].mean())) / (float(img[ring].std()) + 1e-3)
+                   for img in (gray, therm)]
+            groups.setdefault((sp.condition, bool(o.crossover)), []).append(tuple(snr))
+    rows = []
+    for (cond, cross), v in sorted(groups.items()):
+        a = np.asarray(v)
+        rows.append({"condition": cond, "crossover": cross, "persons": len(a),
+                     "visible_snr_p10_p50_p90": [round(float(x), 2) for x in np.percentile(a[:, 0], (10, 50, 90))],
+                     "thermal_snr_p10_p50_p90": [round(float(x), 2) for x in np.percentile(a[:, 1], (10, 50, 90))]})
+    return rows
+
+
+def replay_demo(model: Path, pairs: int, seed: int, work: Path, score_threshold: float = 0.3):
+    """The demo's bag for (pairs, seed), replayed through the pipeline: (records, image_hw)."""
+    from ms_perception.build import build_pipeline
+    from ms_perception.demo import THERMAL_TOPIC, VISIBLE_TOPIC, make_demo_bag
+    from ms_perception.replay.run import load_annotations, replay_bag
+    bag, cal, cfg = make_demo_bag(work, pairs, seed)
+    pipe = build_pipeline({"model_path": str(model), "score_threshold": float(score_threshold),
+                           "calibration_file": str(cal)})
+    _, results = replay_bag(bag, pipe, VISIBLE_TOPIC, THERMAL_TOPIC, slop_s=0.02, queue_size=10, keep=True)
+    person = pipe.engine.card.class_names.index("person")
+    return person_records(results, load_annotations(bag), person), cfg
+
+
+def print_table(title: str, rows: list[dict]) -> None:
+    print(f"\n{title}\n| slice | images | persons | MR % | misses at 0.3 | share of misses |\n|---|---|---|---|---|---|")
+    for r in rows:
+        mr = "–" if r["miss_rate"] is None else f"{r['miss_rate']:.1f}"
+        share = "–" if r["miss_share"] is None else f"{r['miss_share']:.2f}"
+        print(f"| {r['slice']} | {r['images']} | {r['persons']} | {mr} | {r['misses']} | {share} |")
+
+
+def main(argv=None) -> int:
+    from ms_perception.build import default_model
+    from ms_perception.core import jsonio
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", type=Path, default=None, help="ONNX model (default: the embedded one)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--pairs", type=int, default=200)
+    ap.add_argument("--contrast", action="store_true",
+                    help="also measure how visible each person is in each modality (the generator's masks)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the tables here")
+    a = ap.parse_args(argv)
+    model = a.model or default_model()
+    if not model.is_file():
+        print(f"{model}: no such model file; pass --model PATH.onnx", file=sys.stderr)
+        return 2
+    report, pooled, hw = {"model": str(model), "pairs": a.pairs, "seeds": {}}, [], None
+    for seed in a.seeds:
+        with tempfile.TemporaryDirectory() as tmp:
+            recs, cfg = replay_demo(model, a.pairs, seed, Path(tmp))
+        hw = (cfg.height, cfg.width)
+        rows = breakdown(recs, hw)
+        report["seeds"][str(seed)] = rows
+        print_table(f"{model.name}: demo --pairs {a.pairs} --seed {seed}", rows)
+        pooled.extend(recs)
+        if a.contrast:
+            report.setdefault("contrast", {})[str(seed)] = c = modality_contrast(cfg, seed, a.pairs)
+            print("\n| condition | crossover | persons | visible SNR p10/p50/p90 | thermal SNR p10/p50/p90 |\n"
+                  "|---|---|---|---|---|")
+            for r in c:
+                print(f"| {r['condition']} | {'yes' if r['crossover'] else 'no'} | {r['persons']} | "
+                      + " | ".join(" / ".join(f"{x:.2f}" for x in r[k])
+                                   for k in ("visible_snr_p10_p50_p90", "thermal_snr_p10_p50_p90")) + " |")
+    if len(a.seeds) > 1:
+        report["pooled"] = breakdown(pooled, hw)
+        print_table(f"{model.name}: seeds {', '.join(map(str, a.seeds))} pooled ({len(pooled)} pairs)",
+                    report["pooled"])
+    if a.json:
+        from ms_perception.core.atomic import atomic_write
+        atomic_write(a.json, jsonio.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
