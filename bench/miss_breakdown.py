@@ -26,10 +26,20 @@ NIGHT = ("night", "dusk")  # the demo's day/night split: fog counts as day, dusk
 
 
 def _height_bin(lo: float, hi: float):
-    return lambda o: lo <= o["box"][3] - o["box"][1] < hi
+    return lambda o, cond: lo <= o["box"][3] - o["box"][1] < hi
 
 
-# name -> (image condition filter or None for all, person filter or None for all)
+def _cross(o, cond) -> bool:
+    return bool(o.get("crossover"))
+
+
+def _seeable(o, cond) -> bool:
+    """Not a person at the background's temperature in an unlit night scene: the one group that
+    neither modality shows (``--contrast``: visible and thermal signal-to-noise p50 below 0.4)."""
+    return not (cond == "night" and o.get("crossover"))
+
+
+# name -> (image conditions or None for all, person filter f(object, condition) or None for all)
 SLICES = {
     "all": (None, None),
     "day (day + fog)": (("day", "fog"), None),
@@ -40,12 +50,17 @@ SLICES = {
     "height 55-80 px": (None, _height_bin(0, 80)),
     "height 80-120 px": (None, _height_bin(80, 120)),
     "height >= 120 px": (None, _height_bin(120, float("inf"))),
-    "occlusion none": (None, lambda o: o["occlusion"] == 0),
-    "occlusion partial": (None, lambda o: o["occlusion"] == 1),
-    "thermal crossover": (None, lambda o: bool(o.get("crossover"))),
-    "no crossover": (None, lambda o: not o.get("crossover")),
-    "night, crossover": (NIGHT, lambda o: bool(o.get("crossover"))),
-    "night, no crossover": (NIGHT, lambda o: not o.get("crossover")),
+    "occlusion none": (None, lambda o, c: o["occlusion"] == 0),
+    "occlusion partial": (None, lambda o, c: o["occlusion"] == 1),
+    "thermal crossover": (None, _cross),
+    "no crossover": (None, lambda o, c: not _cross(o, c)),
+    "day, crossover": (("day", "fog"), _cross),
+    "night, crossover": (NIGHT, _cross),
+    "  night only, crossover": (("night",), _cross),
+    "  dusk only, crossover": (("dusk",), _cross),
+    "night, no crossover": (NIGHT, lambda o, c: not _cross(o, c)),
+    "all but night-scene crossover": (None, _seeable),
+    "night but night-scene crossover": (NIGHT, _seeable),
     "night, height 55-80 px": (NIGHT, _height_bin(0, 80)),
     "night, height >= 80 px": (NIGHT, _height_bin(80, float("inf"))),
 }
@@ -79,7 +94,7 @@ def breakdown(records: list, image_hw: tuple[int, int], slices: dict | None = No
         for persons, cond, db, ds in records:
             if conds is not None and cond not in conds:
                 continue
-            ignore = [keep is not None and not keep(o) for o in persons]
+            ignore = [keep is not None and not keep(o, cond) for o in persons]
             images.append(([o["box"] for o in persons], [o["occlusion"] for o in persons], cond, db, ds, ignore))
         if not images:
             rows.append({"slice": name, "images": 0, "persons": 0, "miss_rate": None, "misses": 0, "miss_share": None})

@@ -93,7 +93,7 @@ def dataset_entry(d, items) -> dict:
     e = {"type": d.type, "items": len(items), "repeat": d.repeat, "content_sha256": content_sha256(items)}
     if d.type == "synthetic":
         e["generator"] = {k: getattr(d, k) for k in ("pairs", "width", "height", "thermal_factor", "night_fraction",
-                                                      "seed")}
+                                                      "crossover_fraction", "sequence_length", "seed")}
     else:
         e.update({"root": str(d.root), "split": d.split, **({"limit": d.limit} if d.limit else {})})
     e.update(_fleet(items))

@@ -41,8 +41,9 @@ def test_slices_ignore_the_persons_outside_them_and_count_misses_at_the_operatin
     recs = mb.person_records(results, anns, person_label=0)
     assert [len(r[0]) for r in recs] == [2, 1] and [r[1] for r in recs] == ["night", "day"]
     slices = {"all": (None, None),
-              "night, crossover": (("night",), lambda o: o["crossover"]),
-              "no crossover": (None, lambda o: not o["crossover"]),
+              "night, crossover": (("night",), lambda o, cond: o["crossover"]),
+              "no crossover": (None, lambda o, cond: not o["crossover"]),
+              "not night-and-crossover": (None, lambda o, cond: not (cond == "night" and o["crossover"])),
               "day": (("day",), None),
               "fog": (("fog",), None)}
     rows = {r["slice"]: r for r in mb.breakdown(recs, (512, 640), slices)}
@@ -56,9 +57,21 @@ def test_slices_ignore_the_persons_outside_them_and_count_misses_at_the_operatin
     # p2 and p3 both found before any false alarm: miss rate 0 at every FPPI point
     assert rows["no crossover"]["persons"] == 2 and rows["no crossover"]["miss_rate"] == 0.0
     assert rows["no crossover"]["misses"] == 0 and rows["no crossover"]["miss_share"] == 0.0
+    # the filter sees the image's condition: p1 (night, crossover) ignored, p2 and p3 found
+    assert rows["not night-and-crossover"]["persons"] == 2 and rows["not night-and-crossover"]["miss_rate"] == 0.0
     assert rows["day"]["images"] == 1 and rows["day"]["persons"] == 1 and rows["day"]["miss_rate"] == 0.0
     assert rows["fog"] == {"slice": "fog", "images": 0, "persons": 0, "miss_rate": None, "misses": 0,
                            "miss_share": None}
+
+
+def test_the_unseeable_group_is_night_scene_crossover_only():
+    """Dusk has street light enough to see a person the thermal image loses; an unlit night scene
+    does not (the --contrast measurement in bench/RESULTS.md)."""
+    mb = _module()
+    assert mb._seeable({"crossover": True}, "night") is False
+    assert mb._seeable({"crossover": True}, "dusk") and mb._seeable({"crossover": True}, "day")
+    assert mb._seeable({"crossover": False}, "night")
+    assert mb.SLICES["all but night-scene crossover"] == (None, mb._seeable)
 
 
 def test_a_person_below_the_height_floor_is_no_regular_person_in_any_slice():

@@ -338,3 +338,20 @@ def test_fit_trains_segmentation_on_fleet_label_maps(tmp_path, capsys):
     cfg = experiment(tmp_path, seg_cfg, {"type": "captures", "root": str(ds), "workers": 0})
     s, _ = run_cli(["fit", "--config", str(cfg), "--out", str(tmp_path / "run")], capsys)
     assert s["iterations"] == 3 and np.isfinite(s["last_loss"])
+
+
+def test_the_synthetic_source_takes_the_crossover_fraction_and_records_it_in_the_lineage():
+    """data.crossover_fraction reaches the generator (1.0: every object at the background's
+    temperature; 0.0: none), the lineage names it, and a value outside [0, 1] is one config error."""
+    from ms_perception_training.config import ConfigError
+    from ms_perception_training.data.sources import synth_generator
+    from ms_perception_training.lineage import dataset_entry
+    for frac, expect in ((1.0, True), (0.0, False)):
+        d = DataConfig(pairs=6, sequence_length=3, crossover_fraction=frac, **SYNTH)
+        objs = [o for sp in synth_generator(d).pairs(6) for o in sp.objects]
+        assert objs and all(o.crossover is expect for o in objs)
+    d = DataConfig(pairs=2, crossover_fraction=0.25, **SYNTH)
+    entry = dataset_entry(d, [])
+    assert entry["generator"]["crossover_fraction"] == 0.25 and entry["generator"]["sequence_length"] == 20
+    with pytest.raises(ConfigError, match="crossover_fraction must lie in \\[0, 1\\], got 1.5"):
+        DataConfig(crossover_fraction=1.5)

@@ -79,6 +79,7 @@ class DataConfig:
     height: int = 512
     thermal_factor: int = 4           # the synthetic thermal CAMERA's pixel factor (not the model's)
     night_fraction: float = 0.4
+    crossover_fraction: float = 0.1   # objects at the background's temperature (vanish in thermal)
     sequence_length: int = 20         # frames per generated scene (fewer: more distinct scenes per pair)
     seed: int = 1
     # more sources trained together with this one (the fleet's fine-tuning: original data + labels)
@@ -93,6 +94,8 @@ class DataConfig:
             raise ConfigError(f"data.type {self.type!r} needs data.root (the dataset's folder)")
         if self.workers < 0 or self.limit < 0:
             raise ConfigError("data.workers and data.limit must be >= 0")
+        if not 0.0 <= self.crossover_fraction <= 1.0:
+            raise ConfigError(f"data.crossover_fraction must lie in [0, 1], got {self.crossover_fraction}")
         if self.repeat < 1:
             raise ConfigError(f"data.repeat must be >= 1, got {self.repeat}")
         for i, a in enumerate(self.also):
@@ -180,7 +183,8 @@ def preprocess(mcfg, visible: np.ndarray, thermal: np.ndarray | None, thermal_to
 def synth_generator(d: DataConfig) -> SyntheticGenerator:
     """The generator behind the synthetic source: ``gen.pairs(d.pairs)`` are the pool's pairs in order."""
     return SyntheticGenerator(SynthConfig(width=d.width, height=d.height, thermal_factor=d.thermal_factor,
-                                          night_fraction=d.night_fraction, misregistration_px=0.0,
+                                          night_fraction=d.night_fraction, crossover_fraction=d.crossover_fraction,
+                                          misregistration_px=0.0,
                                           sequence_length=d.sequence_length), d.seed)
 
 
