@@ -140,7 +140,7 @@ def cmd_eval(args) -> int:
     from ms_perception_training.data.sources import SOURCES, eval_split, open_one
     from ms_perception_training.evaluate import _items, detection_scores, predict_pool, segmentation_scores, \
         write_benchmark_files
-    from ms_perception_training.experiment import load_experiment
+    from ms_perception_training.experiment import held_out_data, load_experiment
     from ms_perception_training.models.build import build_model
     cfg, mcfg, _ = load_experiment(args.config)
     model = build_model(mcfg)
@@ -159,7 +159,7 @@ def cmd_eval(args) -> int:
         data = replace(data, root=args.root)
     if data.type == "synthetic":
         pairs = args.pairs or cfg.eval.pairs or 100
-        pool = open_one(mcfg, replace(data, pairs=pairs, seed=cfg.eval.seed))
+        pool = open_one(mcfg, held_out_data(replace(cfg, data=data, eval=replace(cfg.eval, pairs=pairs))))
         where = f"{pairs} synthetic validation pairs (seed {cfg.eval.seed})"
     else:
         if not data.root and not data.annotation_file:

@@ -63,6 +63,30 @@ class EvalConfig:
     every: int = 0                    # iterations between evaluations (0: only at the end)
     keep_best: bool = False           # also keep best.pt: the weights of the curve's lowest person miss rate
                                       # (overall), the starting weights of a fine-tune included
+    synthetic: dict = field(default_factory=dict)  # synthetic: the held-out set's generator settings where
+                                      # they differ from data's (e.g. {crossover_fraction: 0.1}), so that
+                                      # recipes with other training data are evaluated on the same pairs
+
+    def __post_init__(self):
+        bad = sorted(set(self.synthetic) - set(HELD_OUT_SETTINGS))
+        if bad:
+            raise ConfigError(f"eval.synthetic: unknown key(s) {bad}; valid keys: {list(HELD_OUT_SETTINGS)}")
+        for k, v in self.synthetic.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ConfigError(f"eval.synthetic.{k}: expected a number, got {v!r}")
+
+
+# the generator settings a held-out set may take apart from the training data's (eval.synthetic)
+HELD_OUT_SETTINGS = ("width", "height", "thermal_factor", "night_fraction", "crossover_fraction", "sequence_length")
+
+
+def held_out_data(cfg: "FitConfig") -> DataConfig:
+    """The synthetic held-out set's data settings: the training data's, with ``eval.pairs``,
+    ``eval.seed`` and ``eval.synthetic`` in their place."""
+    from dataclasses import replace
+    over = {k: (int(v) if k in ("width", "height", "thermal_factor", "sequence_length") else float(v))
+            for k, v in cfg.eval.synthetic.items()}
+    return replace(cfg.data, pairs=cfg.eval.pairs, seed=cfg.eval.seed, **over)
 
 
 @dataclass

@@ -39,6 +39,7 @@ from ms_perception_training.experiment import (  # noqa: F401 (re-exported: the 
     DistillConfig,
     EvalConfig,
     FitConfig,
+    held_out_data,
     load_experiment,
     load_fit_config,
 )
@@ -348,8 +349,7 @@ def validation_source(cfg: FitConfig, mcfg: ModelConfig, log=print):
     or a disk dataset's ``eval.split``; None when evaluation is off."""
     from dataclasses import replace
     if cfg.data.type == "synthetic":
-        return open_one(mcfg, replace(cfg.data, pairs=cfg.eval.pairs, seed=cfg.eval.seed)) if cfg.eval.pairs \
-            else None
+        return open_one(mcfg, held_out_data(cfg)) if cfg.eval.pairs else None
     if not cfg.eval.split:
         return None
     return open_one(mcfg, replace(cfg.data, limit=cfg.eval.pairs), split=cfg.eval.split, log=log)

@@ -355,3 +355,32 @@ def test_the_synthetic_source_takes_the_crossover_fraction_and_records_it_in_the
     assert entry["generator"]["crossover_fraction"] == 0.25 and entry["generator"]["sequence_length"] == 20
     with pytest.raises(ConfigError, match="crossover_fraction must lie in \\[0, 1\\], got 1.5"):
         DataConfig(crossover_fraction=1.5)
+
+
+def test_eval_synthetic_fixes_the_held_out_set_apart_from_the_training_data(tmp_path):
+    """A recipe that trains on other generator settings (a crossover-rich fine-tune) can still be
+    evaluated on the parent's held-out pairs: eval.synthetic overrides the training data's settings
+    for the held-out set only; without it the held-out set takes the training data's settings."""
+    from ms_perception_training.config import ConfigError
+    from ms_perception_training.data.sources import synth_generator
+    from ms_perception_training.experiment import held_out_data, load_fit_config
+    data = {"pairs": 40, "sequence_length": 2, "crossover_fraction": 1.0, **SYNTH}
+    p = experiment(tmp_path, GAFF, data)
+    doc = yaml.safe_load(p.read_text())
+    doc["eval"] = {"pairs": 6, "seed": 1001, "synthetic": {"crossover_fraction": 0, "sequence_length": 3}}
+    p.write_text(yaml.safe_dump(doc))
+    cfg, _ = load_fit_config(p)
+    d = held_out_data(cfg)
+    assert (d.pairs, d.seed, d.crossover_fraction, d.sequence_length) == (6, 1001, 0.0, 3)
+    assert cfg.data.crossover_fraction == 1.0 and cfg.data.pairs == 40      # the training data untouched
+    assert not any(o.crossover for sp in synth_generator(d).pairs(6) for o in sp.objects)
+    doc["eval"] = {"pairs": 6}
+    p.write_text(yaml.safe_dump(doc))
+    d = held_out_data(load_fit_config(p)[0])
+    assert (d.pairs, d.seed, d.crossover_fraction, d.sequence_length) == (6, 1001, 1.0, 2)
+    for bad, msg in (({"crossover": 0.1}, "unknown key\\(s\\) \\['crossover'\\]"),
+                     ({"night_fraction": True}, "eval.synthetic.night_fraction: expected a number")):
+        doc["eval"] = {"pairs": 6, "synthetic": bad}
+        p.write_text(yaml.safe_dump(doc))
+        with pytest.raises(ConfigError, match=msg):
+            load_fit_config(p)
