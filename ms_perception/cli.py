@@ -190,6 +190,7 @@ def replay_params(args) -> dict:
              "thermal_offset_kelvin": args.thermal_offset_kelvin, "thermal_raw_min": args.thermal_raw_min,
              "thermal_raw_max": args.thermal_raw_max, "capture_dir": args.capture_dir,
              "capture_threshold": args.capture_threshold, "capture_min_interval_s": args.capture_min_interval,
+             "capture_score": args.capture_score,
              "capture_quota_mb": args.capture_quota_mb, "robot_id": args.robot_id}
     p.update({k: v for k, v in given.items() if v is not None})
     if args.assume_same_fov:
@@ -211,7 +212,7 @@ def cmd_replay(args) -> int:
     from ms_perception.core.jsonio import dumps
     from ms_perception.engines import EngineError
     from ms_perception.replay.bag import BagError
-    from ms_perception.replay.run import evaluate_persons, inconsistency_lift, load_annotations, replay_bag
+    from ms_perception.replay.run import evaluate_persons, frame_score_lifts, load_annotations, replay_bag
 
     if args.camera_fps is not None and not (math.isfinite(args.camera_fps) and args.camera_fps > 0):
         raise CliError(f"--camera-fps {args.camera_fps}: give the camera's frame rate, a number > 0 (e.g. 30)")
@@ -263,8 +264,9 @@ def cmd_replay(args) -> int:
               "lineage": engine.card.lineage, **summary.to_dict(), "complete": summary.complete}
     if results and "person" in names:
         report["miss_rate"] = evaluate_persons(results, anns, names.index("person"), tuple(summary.visible_hw))
-        report["inconsistency_lift"] = inconsistency_lift(results, anns, names.index("person"),
-                                                          tuple(summary.visible_hw))
+        lifts = frame_score_lifts(results, anns, names.index("person"), tuple(summary.visible_hw))
+        report["inconsistency_lift"] = lifts.get("inconsistency")
+        report["frame_score_lifts"] = lifts
     if args.out:
         from ms_perception.core.atomic import atomic_write
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -282,14 +284,14 @@ def cmd_replay(args) -> int:
             print("  " + pipe.writer.summary_line())
         if "miss_rate" in report:
             print("  person miss rate: " + ", ".join(f"{k} {v:.2f}%" for k, v in report["miss_rate"].items()))
-        lift = report.get("inconsistency_lift")
-        if lift and lift["ratio"] is not None:
-            print(f"  errors in the most inconsistent {lift['fraction']:.0%}: {lift['top_rate']:.0%} vs "
-                  f"{lift['random_rate']:.0%} of all pairs ({lift['ratio']:.2f}x)")
+        for name, lift in (report.get("frame_score_lifts") or {}).items():
+            if lift["ratio"] is not None:
+                print(f"  errors in the top {lift['fraction']:.0%} by {name}: {lift['top_rate']:.0%} vs "
+                      f"{lift['random_rate']:.0%} of all pairs ({lift['ratio']:.2f}x)")
     for w in summary.warnings:   # on stderr in every output mode
         print(f"warning: {w}", file=sys.stderr)
     print(dumps({k: report[k] for k in ("model", "model_sha256", "lineage", "pairs", "pairs_per_s", "wall_s", "pairing", "detections", "latency_ms", "inconsistency", "captured",
-                                        "capture", "miss_rate", "inconsistency_lift", "thermal_saturated_pairs", "failed_pairs",
+                                        "capture", "miss_rate", "inconsistency_lift", "frame_score_lifts", "thermal_saturated_pairs", "failed_pairs",
                                         "invalid_output_pairs", "read", "complete", "warnings") if k in report}))
     if not summary.complete:
         print(f"ms-perception: error: {args.bag}: the bag could not be read to the end; the report covers what was "
@@ -380,6 +382,7 @@ def cmd_build_engine(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ms_perception.core.capture import CAPTURE_SCORES
     from ms_perception.ros.params import DEFAULTS
     p = argparse.ArgumentParser(prog="ms-perception", description="Multispectral perception: data, evaluation, runtime.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -466,6 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "the radiometric scale)")
     r.add_argument("--thermal-raw-max", type=float, help="window high end in raw counts (default: +50 degC)")
     r.add_argument("--capture-dir", help="record uncertain pairs here")
+    r.add_argument("--capture-score", choices=CAPTURE_SCORES,
+                   help=f"which per-frame score ranks pairs for capture; default {DEFAULTS['capture_score']} (the node's)")
     r.add_argument("--capture-threshold", type=float, help=f"default {DEFAULTS['capture_threshold']} (the node's)")
     r.add_argument("--capture-min-interval", type=float, help=f"default {DEFAULTS['capture_min_interval_s']}")
     r.add_argument("--capture-quota-mb", type=float, help=f"default {DEFAULTS['capture_quota_mb']:g} (the node's)")

@@ -1,6 +1,7 @@
 """Capture of uncertain frame pairs for labeling: a policy and a writer that never blocks.
 
-Policy (which pairs): the image inconsistency score, optionally smoothed over time
+Policy (which pairs): a per-frame score (``score``: the paper's image inconsistency by default,
+or one of the detection-level scores of :data:`CAPTURE_SCORES`), optionally smoothed over time
 (exponential moving average), passes a fixed threshold or lies in the top fraction of a
 sliding window of recent scores; at least ``min_interval_s`` since the last capture; and
 the scene differs from the last captured one (mean absolute difference of 32x24 gray
@@ -40,6 +41,11 @@ import numpy as np
 MANIFEST = "manifest.jsonl"
 WRITER_NICE = 10        # the capture writer thread's nice value (Linux), above the pipeline's
 CAPTURE_FORMAT = 1      # record.json's "capture_format"; a reader refuses a newer one (records without it are 1)
+# the per-frame scores a policy can rank pairs by (the pipeline computes them; core/inconsistency.py):
+# "inconsistency": the scale-balanced image score of the active-learning paper (mono branches needed);
+# "detection_inconsistency": the sum of I over the frame's kept detections (mono branches, detection);
+# "detection_entropy": the sum of the fused detections' binary entropies (any detection model)
+CAPTURE_SCORES = ("inconsistency", "detection_inconsistency", "detection_entropy")
 
 
 def sanitize_id(text: str, fallback: str = "robot") -> str:
@@ -51,14 +57,17 @@ def sanitize_id(text: str, fallback: str = "robot") -> str:
 @dataclass
 class CapturePolicyConfig:
     mode: str = "threshold"          # "threshold" | "top_fraction"
-    threshold: float = 0.2           # image inconsistency (bits) at or above which a pair is uncertain
+    threshold: float = 0.2           # the score (bits) at or above which a pair is uncertain (mode threshold)
     top_fraction: float = 0.05       # mode top_fraction: capture scores in the top 5% of the window
     window: int = 200                # sliding window length (pairs) for top_fraction
     min_interval_s: float = 2.0      # at most one capture per this many seconds (stamp time)
     smoothing: float = 0.0           # EMA weight of the previous smoothed score (0 = none)
     duplicate_threshold: float = 4.0  # mean |Δ| of 32x24 gray thumbnails (0-255) below which a scene is a repeat
+    score: str = "inconsistency"     # which per-frame score ranks the pairs (CAPTURE_SCORES)
 
     def __post_init__(self):
+        if self.score not in CAPTURE_SCORES:
+            raise ValueError(f"capture score must be one of {list(CAPTURE_SCORES)}, got {self.score!r}")
         if self.mode not in ("threshold", "top_fraction"):
             raise ValueError(f"capture mode must be 'threshold' or 'top_fraction', got {self.mode!r}")
         if not 0 < self.top_fraction <= 1:
@@ -142,7 +151,7 @@ class CapturePolicy:
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
 
     def decide(self, stamp_ns: int, score: float | None, visible_rgb: np.ndarray | None = None) -> tuple[bool, str]:
-        """Whether to record this pair. ``score`` None: the model has no inconsistency (only FORCE records)."""
+        """Whether to record this pair. ``score`` None: the model has no such score (only FORCE records)."""
         c = self.cfg
         if self.mode == PAUSED:
             self._count("paused")

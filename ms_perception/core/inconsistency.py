@@ -153,6 +153,26 @@ def segmentation_inconsistency(probs_v: np.ndarray, probs_t: np.ndarray, base: f
     return InconsistencyScore(float(m.mean()), [float(m.mean())], per_class, m.astype(np.float32) if keep_map else None)
 
 
+def detections_inconsistency(branch_v, branch_t, base: float = 2.0) -> float:
+    """The frame score ``detection_inconsistency`` (bits): the sum of I over the frame's kept
+    detections, each read at its own anchor and class in the two mono branches (``Result.branch_scores``).
+    Where the image score averages I over every anchor (mostly background), this one asks whether the
+    modalities disagree about the objects the model reports. 0 for a frame without detections."""
+    v = np.asarray(branch_v, np.float64).reshape(-1)
+    t = np.asarray(branch_t, np.float64).reshape(-1)
+    if v.shape != t.shape:
+        raise ValueError(f"branch scores differ in length: {v.shape[0]} vs {t.shape[0]}")
+    return float(prediction_inconsistency(v, t, base).sum()) if v.size else 0.0
+
+
+def detections_entropy(scores, base: float = 2.0) -> float:
+    """The frame score ``detection_entropy`` (bits): the sum of the binary entropy of the fused score of
+    each kept detection. A detection near 0.5 adds 1 bit, a sure one (0.99) 0.08: many uncertain
+    detections make a high score. Any detection model has it (no mono branches needed)."""
+    s = np.asarray(scores, np.float64).reshape(-1)
+    return float(binary_entropy(s, base).sum()) if s.size else 0.0
+
+
 def detection_entropy(scores: np.ndarray, level_counts: list[int], base: float = 2.0) -> float:
     """The ``entropy`` strategy's image score: the mean binary entropy of one branch's (A, K)
     class probabilities, per level, then averaged over the levels (scale-balanced as the

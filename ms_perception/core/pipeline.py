@@ -18,6 +18,8 @@ from ms_perception.core.inconsistency import (
     InconsistencyScore,
     detection_entropy,
     detection_inconsistency,
+    detections_entropy,
+    detections_inconsistency,
     inconsistency_from_level_class,
     segmentation_entropy,
     segmentation_inconsistency,
@@ -87,6 +89,7 @@ class Result:
     capture_reason: str = ""
     branch_scores: dict = field(default_factory=dict)  # branch -> (N,) score of each detection's class/anchor
     branch_detections: dict = field(default_factory=dict)  # branch -> Detections from its own scores (config flag)
+    frame_scores: dict = field(default_factory=dict)  # per-frame scores a capture policy can rank by (CAPTURE_SCORES)
 
 
 class Pipeline:
@@ -112,9 +115,23 @@ class Pipeline:
         self.graph_nms = NMS_OUTPUT in outs and all(self.card.input(n) is not None for n in NMS_INPUTS)
         self._nms_key, self._nms_arrays = None, {}
         self._lb_cache: dict = {}
+        if self.policy is not None and self.policy.cfg.score not in self.frame_score_names():
+            self.warnings.append(f"capture_score {self.policy.cfg.score!r}: model {self.card.name!r} gives no such score "
+                                 f"(it gives {self.frame_score_names() or 'none'}); only forced captures are recorded")
         if self.card.task == "detection" and self.card.box_decoding == "anchors":  # the runtime decodes
             self._anchors = grid_anchors(self.card.anchor_levels, [tuple(s) for s in self.card.level_sizes])
             self._coder = BoxCoder(tuple(self.card.box_coder_weights))
+
+    def frame_score_names(self) -> list[str]:
+        """The per-frame scores this model gives (what ``Result.frame_scores`` holds)."""
+        names = []
+        if self.cfg.inconsistency and len(self.mono) == 2:
+            names.append("inconsistency")
+            if self.card.task == "detection":
+                names.append("detection_inconsistency")
+        if self.card.task == "detection":
+            names.append("detection_entropy")
+        return names
 
     # ------------------------------------------------------------------ helpers
     def _output_stats(self, out: dict) -> dict:
@@ -252,10 +269,18 @@ class Pipeline:
                                                             self.level_counts)
             else:
                 res.inconsistency = segmentation_inconsistency(out["probs_visible"][0], out["probs_thermal"][0])
+        fs = res.frame_scores
+        if res.inconsistency is not None:
+            fs["inconsistency"] = res.inconsistency.score
+        if card.task == "detection":
+            if self.cfg.inconsistency and len(self.mono) == 2:
+                fs["detection_inconsistency"] = detections_inconsistency(res.branch_scores["visible"],
+                                                                         res.branch_scores["thermal"])
+            fs["detection_entropy"] = detections_entropy(res.detections.scores)
         t4 = time.perf_counter()
         # without a score only an operator override (pause / force) decides
-        if self.policy is not None and (res.inconsistency is not None or self.policy.mode != AUTO):
-            score = None if res.inconsistency is None else res.inconsistency.score
+        score = None if self.policy is None else fs.get(self.policy.cfg.score)
+        if self.policy is not None and (score is not None or self.policy.mode != AUTO):
             res.captured, res.capture_reason = self.policy.decide(pair.stamp_ns, score, rgb)
             if res.captured and self.writer is not None:
                 self.writer.submit(self._record(pair, rgb, res, out))
@@ -272,6 +297,7 @@ class Pipeline:
         inc, seg = res.inconsistency, self.card.task != "detection"
         fused = out["probs" if seg else "scores"][0] if ("probs" if seg else "scores") in out else None
         det, branch_scores, reason = res.detections, dict(res.branch_scores), res.capture_reason
+        frame_scores, capture_score = dict(res.frame_scores), self.policy.cfg.score if self.policy is not None else None
         class_names, counts = list(self.card.class_names), self.level_counts
 
         def predictions() -> dict:
@@ -283,6 +309,7 @@ class Pipeline:
                     "branch_scores": {k: [round(float(x), 5) for x in v] for k, v in branch_scores.items()},
                     "inconsistency": None if inc is None else {"score": inc.score, "per_level": inc.per_level,
                                                                "per_class": inc.per_class},
+                    "frame_scores": frame_scores, "capture_score": capture_score,
                     "entropy": entropy, "capture_reason": reason}
         th = pair.thermal
         extra = {"model": self.card.name, "visible_frame_id": pair.visible.frame_id, "task": self.card.task,

@@ -235,14 +235,34 @@ def inconsistency_lift(results: list, annotations: list[dict], person_label: int
     inconsistent ``fraction`` of annotated pairs that hold a person miss or a false alarm (at the
     pipeline's score threshold, matched as the miss rate matches), over that share among all pairs
     (a random pick's expectation). None when the model gives no score."""
+    return frame_score_lifts(results, annotations, person_label, image_hw, fraction).get("inconsistency")
+
+
+def frame_score_lifts(results: list, annotations: list[dict], person_label: int, image_hw: tuple[int, int],
+                      fraction: float = 0.1) -> dict:
+    """:func:`inconsistency_lift` for every per-frame score the pipeline gave each annotated pair
+    (``Result.frame_scores``: the image inconsistency, the detection-level inconsistency and entropy;
+    the capture policy ranks by one of them, ``capture_score``): score name -> lift."""
     from ms_perception.metrics.kaist import frame_errors, top_fraction_lift
     images, kept = _person_images(results, annotations, person_label)
-    if not kept or any(r.inconsistency is None for r in kept):
-        return None
+    if not kept:
+        return {}
+    scores = [_frame_scores(r) for r in kept]
+    names = [n for n in scores[0] if all(n in f for f in scores)]
+    if not names:
+        return {}
     errors = frame_errors(images, image_hw)
-    lift = top_fraction_lift([r.inconsistency.score for r in kept], errors.sum(1) > 0, fraction)
-    return {**lift, "pairs_with_miss": int((errors[:, 0] > 0).sum()),
-            "pairs_with_false_alarm": int((errors[:, 1] > 0).sum())}
+    counts = {"pairs_with_miss": int((errors[:, 0] > 0).sum()), "pairs_with_false_alarm": int((errors[:, 1] > 0).sum())}
+    return {n: {**top_fraction_lift([f[n] for f in scores], errors.sum(1) > 0, fraction), **counts} for n in names}
+
+
+def _frame_scores(res) -> dict:
+    """A result's per-frame scores, its image inconsistency among them (a Result made without the
+    pipeline may carry only that)."""
+    fs = dict(res.frame_scores)
+    if res.inconsistency is not None:
+        fs.setdefault("inconsistency", res.inconsistency.score)
+    return fs
 
 
 def load_annotations(bag: str | Path) -> list[dict] | None:

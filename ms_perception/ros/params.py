@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ms_perception.core.capture import CapturePolicyConfig
+from ms_perception.core.capture import CAPTURE_SCORES, CapturePolicyConfig
 from ms_perception.core.pipeline import PipelineConfig
 from ms_perception.core.preprocess import ThermalNormalization
 from ms_perception.engines import BACKENDS
@@ -142,8 +142,12 @@ PARAMS: list[Param] = [
     Param("robot_id", "robot", "robot identifier stored in each record (sanitized before use in a path)"),
     Param("capture_mode", _C.mode, "'threshold' on the score or 'top_fraction' of a sliding window",
           _choice("threshold", "top_fraction"), live=True),
-    Param("capture_threshold", _C.threshold, "mode threshold: image inconsistency (bits) at or above which a pair is "
-          "recorded", _range(0, 1), live=True),
+    Param("capture_score", _C.score, "which per-frame score ranks pairs: 'inconsistency' (the active-learning "
+          "paper's image score, mono branches needed), 'detection_inconsistency' (sum of the branch disagreement over "
+          "the frame's detections) or 'detection_entropy' (sum of the fused detections' entropies, any detection model)",
+          _choice(*CAPTURE_SCORES)),
+    Param("capture_threshold", _C.threshold, "mode threshold: the score (bits) at or above which a pair is "
+          "recorded; the detection scores are sums over detections and may exceed 1", _range(0), live=True),
     Param("capture_top_fraction", _C.top_fraction, "mode top_fraction: record scores in this top fraction of the window",
           _range(0, 1, lo_open=True), live=True),
     Param("capture_window", _C.window, "mode top_fraction: sliding window length (pairs)", _range(1, 100000), live=True),
@@ -237,7 +241,8 @@ def capture_config(v: dict) -> CapturePolicyConfig:
                                top_fraction=float(v["capture_top_fraction"]), window=int(v["capture_window"]),
                                min_interval_s=float(v["capture_min_interval_s"]),
                                smoothing=float(v["capture_smoothing"]),
-                               duplicate_threshold=float(v["capture_duplicate_threshold"]))
+                               duplicate_threshold=float(v["capture_duplicate_threshold"]),
+                               score=v["capture_score"])
 
 
 def render_yaml() -> str:
