@@ -14,6 +14,7 @@ its anchors and classes (per-class parts are reported separately).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -153,24 +154,47 @@ def segmentation_inconsistency(probs_v: np.ndarray, probs_t: np.ndarray, base: f
     return InconsistencyScore(float(m.mean()), [float(m.mean())], per_class, m.astype(np.float32) if keep_map else None)
 
 
-def detections_inconsistency(branch_v, branch_t, base: float = 2.0) -> float:
+SMALL = 8   # below this many detections a plain float loop beats numpy's per-call overhead (16 vs 43 us at 5)
+
+
+def _h_bits(p: float) -> float:
+    """Binary entropy (bits) of one probability, clipped as :func:`binary_entropy` clips float64."""
+    p = min(max(p, EPS), 1 - EPS)
+    q = 1 - p
+    return -(p * math.log(p) + q * math.log(q)) * _INV_LN2
+
+
+_INV_LN2 = 1 / math.log(2)
+
+
+def detections_inconsistency(branch_v, branch_t) -> float:
     """The frame score ``detection_inconsistency`` (bits): the sum of I over the frame's kept
     detections, each read at its own anchor and class in the two mono branches (``Result.branch_scores``).
     Where the image score averages I over every anchor (mostly background), this one asks whether the
     modalities disagree about the objects the model reports. 0 for a frame without detections."""
-    v = np.asarray(branch_v, np.float64).reshape(-1)
-    t = np.asarray(branch_t, np.float64).reshape(-1)
+    v = np.asarray(branch_v).reshape(-1)
+    t = np.asarray(branch_t).reshape(-1)
     if v.shape != t.shape:
         raise ValueError(f"branch scores differ in length: {v.shape[0]} vs {t.shape[0]}")
-    return float(prediction_inconsistency(v, t, base).sum()) if v.size else 0.0
+    if v.size >= SMALL:
+        return float(prediction_inconsistency(v.astype(np.float64), t.astype(np.float64)).sum())
+    total = 0.0
+    for a, b in zip(v.tolist(), t.tolist()):
+        total += max(_h_bits((a + b) * 0.5) - 0.5 * (_h_bits(a) + _h_bits(b)), 0.0)
+    return total
 
 
-def detections_entropy(scores, base: float = 2.0) -> float:
+def detections_entropy(scores) -> float:
     """The frame score ``detection_entropy`` (bits): the sum of the binary entropy of the fused score of
     each kept detection. A detection near 0.5 adds 1 bit, a sure one (0.99) 0.08: many uncertain
     detections make a high score. Any detection model has it (no mono branches needed)."""
-    s = np.asarray(scores, np.float64).reshape(-1)
-    return float(binary_entropy(s, base).sum()) if s.size else 0.0
+    s = np.asarray(scores).reshape(-1)
+    if s.size >= SMALL:
+        return float(binary_entropy(s.astype(np.float64)).sum())
+    total = 0.0
+    for p in s.tolist():
+        total += _h_bits(p)
+    return total
 
 
 def detection_entropy(scores: np.ndarray, level_counts: list[int], base: float = 2.0) -> float:

@@ -178,3 +178,18 @@ def test_the_bench_rows_follow_the_demo_annotations(tmp_path):
 def test_the_bench_names_a_missing_model_and_exits_2(tmp_path, capsys):
     assert _bench().main(["--model", str(tmp_path / "nope.onnx")]) == 2
     assert "nope.onnx: no such model file" in capsys.readouterr().err
+
+
+def test_the_short_loop_and_the_numpy_path_agree():
+    """Frames with few detections take a plain float loop (cheaper than numpy's calls); both paths
+    give the same sums, at every length around the switch and with probabilities at 0 and 1."""
+    from ms_perception.core import inconsistency as inc
+    from ms_perception.core.inconsistency import binary_entropy, prediction_inconsistency
+    rng = np.random.default_rng(0)
+    for n in (1, inc.SMALL - 1, inc.SMALL, inc.SMALL + 1, 40):
+        v, t = rng.random(n).astype(np.float32), rng.random(n).astype(np.float32)
+        v[0], t[0] = 1.0, 0.0
+        ref_i = float(prediction_inconsistency(v.astype(np.float64), t.astype(np.float64)).sum())
+        ref_h = float(binary_entropy(v.astype(np.float64)).sum())
+        assert detections_inconsistency(v, t) == pytest.approx(ref_i, rel=1e-12, abs=1e-12)
+        assert detections_entropy(v) == pytest.approx(ref_h, rel=1e-12, abs=1e-12)
