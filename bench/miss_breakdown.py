@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+
 NIGHT = ("night", "dusk")  # the demo's day/night split: fog counts as day, dusk as night (metrics.kaist)
 
 
@@ -64,6 +65,26 @@ SLICES = {
     "night, height 55-80 px": (NIGHT, _height_bin(0, 80)),
     "night, height >= 80 px": (NIGHT, _height_bin(80, float("inf"))),
 }
+
+
+# with --contrast: the persons whose mean contrast is below Rose's k = 5 in both cameras
+# (modality_contrast, mark_below_rose) as ignore regions; and those persons alone
+ROSE_SLICES = {
+    "all but mean contrast below Rose in both": (None, lambda o, c: not o.get("below_rose")),
+    "night but mean contrast below Rose in both": (NIGHT, lambda o, c: not o.get("below_rose")),
+    "mean contrast below Rose in both": (None, lambda o, c: bool(o.get("below_rose"))),
+}
+
+
+def mark_below_rose(records: list, boxes: set) -> int:
+    """Flag the annotated persons whose box (a tuple of floats, as the demo's annotations write it)
+    is in ``boxes`` with ``below_rose``; returns how many were flagged."""
+    n = 0
+    for persons, *_ in records:
+        for o in persons:
+            o["below_rose"] = tuple(float(v) for v in o["box"]) in boxes
+            n += o["below_rose"]
+    return n
 
 
 def person_records(results: list, annotations: list[dict], person_label: int, person_class_id: int = 1) -> list:
@@ -112,16 +133,32 @@ def breakdown(records: list, image_hw: tuple[int, int], slices: dict | None = No
     return rows
 
 
-def modality_contrast(cfg, seed: int, pairs: int, height_floor: float = 55.0) -> list[dict]:
+ROSE_K = 5.0   # Rose's criterion: an ideal observer sees a flat object in white noise at SNR x sqrt(pixels) >= about 5
+
+
+def rose_k(snr, pixels, lin: float = 1.0):
+    """Rose's k: a per-pixel signal-to-noise ratio integrated over an object of ``pixels`` visible-grid
+    pixels, counted in the camera's own pixels (``lin``: how many visible pixels one of its pixels
+    spans in each direction; a thermal image registered up to the visible grid has lin x lin copies
+    of each of its pixels): k = SNR x sqrt(pixels / lin^2)."""
+    return np.asarray(snr, np.float64) * np.sqrt(np.asarray(pixels, np.float64) / (lin * lin))
+
+
+def modality_contrast(cfg, seed: int, pairs: int, height_floor: float = 55.0, below_rose: set | None = None) -> list[dict]:
     """How visible each reasonable-subset person is in each modality, from the generator's own
     instance masks: |mean inside the person - mean of the background ring around its box| over the
     ring's standard deviation (a per-pixel signal-to-noise ratio), in the visible image's gray
-    levels and in the thermal image's °C registered to the visible image. One row per (condition,
-    crossover) with p10 / p50 / p90 over its persons. The pairs are the demo bag's (same cfg, seed)."""
+    levels and in the thermal image's °C registered to the visible image. Beside it Rose's k, that
+    contrast integrated over the person's pixels in each camera's own resolution, and how many
+    persons fall below k = 5 in both cameras (their boxes are added to ``below_rose``). A *mean*
+    contrast misses structure: a person whose parts are lighter and darker than the background
+    around it can sit at 0 and still be plain to see. One row per (condition, crossover) with p10 /
+    p50 / p90 over its persons. The pairs are the demo bag's (same cfg, seed)."""
     import cv2
 
     from ms_perception.synth.generator import PERSON, SyntheticGenerator
-    groups: dict[tuple[str, bool], list[tuple[float, float]]] = {}
+    groups: dict[tuple[str, bool], list[tuple[float, float, float, float]]] = {}
+    lin = cfg.width / cfg.thermal_size[0]
     for sp in SyntheticGenerator(cfg, seed).pairs(pairs):
         gray = cv2.cvtColor(sp.visible, cv2.COLOR_RGB2GRAY).astype(np.float32)
         therm = cv2.warpPerspective(sp.thermal_celsius, sp.homography, (cfg.width, cfg.height))
@@ -134,17 +171,26 @@ def modality_contrast(cfg, seed: int, pairs: int, height_floor: float = 55.0) ->
             ring = np.zeros_like(inside)
             ring[max(0, y0 - pad):y1 + pad, max(0, x0 - pad):x1 + pad] = True
             ring &= sp.instances == 0
-            if inside.sum() < 20 or ring.sum() < 20:
+            n = int(inside.sum())
+            if n < 20 or ring.sum() < 20:
                 continue
-            snr = [abs(float(img[inside].mean() - img[ring].mean())) / (float(img[ring].std()) + 1e-3)
-                   for img in (gray, therm)]
-            groups.setdefault((sp.condition, bool(o.crossover)), []).append(tuple(snr))
+            sv, st = (abs(float(img[inside].mean() - img[ring].mean())) / (float(img[ring].std()) + 1e-3)
+                      for img in (gray, therm))
+            kv, kt = float(rose_k(sv, n)), float(rose_k(st, n, lin))
+            groups.setdefault((sp.condition, bool(o.crossover)), []).append((sv, st, kv, kt))
+            if below_rose is not None and max(kv, kt) < ROSE_K:
+                below_rose.add(tuple(float(v) for v in o.box))
     rows = []
     for (cond, cross), v in sorted(groups.items()):
         a = np.asarray(v)
+        k = a[:, 2:4]
+
+        def pct(x, nd):
+            return [round(float(y), nd) for y in np.percentile(x, (10, 50, 90))]
         rows.append({"condition": cond, "crossover": cross, "persons": len(a),
-                     "visible_snr_p10_p50_p90": [round(float(x), 2) for x in np.percentile(a[:, 0], (10, 50, 90))],
-                     "thermal_snr_p10_p50_p90": [round(float(x), 2) for x in np.percentile(a[:, 1], (10, 50, 90))]})
+                     "visible_snr_p10_p50_p90": pct(a[:, 0], 2), "thermal_snr_p10_p50_p90": pct(a[:, 1], 2),
+                     "visible_rose_k_p10_p50_p90": pct(k[:, 0], 1), "thermal_rose_k_p10_p50_p90": pct(k[:, 1], 1),
+                     "below_rose_in_both": int(((k[:, 0] < ROSE_K) & (k[:, 1] < ROSE_K)).sum())})
     return rows
 
 
@@ -189,20 +235,26 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             recs, cfg = replay_demo(model, a.pairs, seed, Path(tmp))
         hw = (cfg.height, cfg.width)
-        rows = breakdown(recs, hw)
+        slices = SLICES
+        if a.contrast:
+            below: set = set()
+            report.setdefault("contrast", {})[str(seed)] = c = modality_contrast(cfg, seed, a.pairs, below_rose=below)
+            mark_below_rose(recs, below)
+            slices = {**SLICES, **ROSE_SLICES}
+        rows = breakdown(recs, hw, slices)
         report["seeds"][str(seed)] = rows
         print_table(f"{model.name}: demo --pairs {a.pairs} --seed {seed}", rows)
         pooled.extend(recs)
         if a.contrast:
-            report.setdefault("contrast", {})[str(seed)] = c = modality_contrast(cfg, seed, a.pairs)
-            print("\n| condition | crossover | persons | visible SNR p10/p50/p90 | thermal SNR p10/p50/p90 |\n"
-                  "|---|---|---|---|---|")
+            print("\n| condition | crossover | persons | visible SNR p10/p50/p90 | thermal SNR p10/p50/p90 | "
+                  "visible k | thermal k | k < 5 in both |\n|---|---|---|---|---|---|---|---|")
             for r in c:
+                cells = [" / ".join(f"{x:.2f}" for x in r[k]) for k in ("visible_snr_p10_p50_p90", "thermal_snr_p10_p50_p90")]
+                cells += [" / ".join(f"{x:.1f}" for x in r[k]) for k in ("visible_rose_k_p10_p50_p90", "thermal_rose_k_p10_p50_p90")]
                 print(f"| {r['condition']} | {'yes' if r['crossover'] else 'no'} | {r['persons']} | "
-                      + " | ".join(" / ".join(f"{x:.2f}" for x in r[k])
-                                   for k in ("visible_snr_p10_p50_p90", "thermal_snr_p10_p50_p90")) + " |")
+                      + " | ".join(cells) + f" | {r['below_rose_in_both']} |")
     if len(a.seeds) > 1:
-        report["pooled"] = breakdown(pooled, hw)
+        report["pooled"] = breakdown(pooled, hw, {**SLICES, **ROSE_SLICES} if a.contrast else SLICES)
         print_table(f"{model.name}: seeds {', '.join(map(str, a.seeds))} pooled ({len(pooled)} pairs)",
                     report["pooled"])
     if a.json:

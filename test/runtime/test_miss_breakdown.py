@@ -99,6 +99,9 @@ def test_modality_contrast_sees_crossover_persons_vanish_in_thermal():
     assert cold["thermal_snr_p10_p50_p90"][1] < 1.0 < warm["thermal_snr_p10_p50_p90"][1]
     assert warm["visible_snr_p10_p50_p90"][1] < 1.0   # the unlit scene: near the sensor noise
     assert cold["thermal_snr_p10_p50_p90"][0] <= cold["thermal_snr_p10_p50_p90"][1] <= cold["thermal_snr_p10_p50_p90"][2]
+    # integrated over the person (Rose): every warm person stands out in thermal, none is below 5 in both
+    assert warm["thermal_rose_k_p10_p50_p90"][0] > 5 and warm["below_rose_in_both"] == 0
+    assert 0 <= cold["below_rose_in_both"] <= cold["persons"]
 
 
 def test_the_script_names_a_missing_model_and_exits_2(tmp_path, capsys):
@@ -124,3 +127,29 @@ def test_the_demo_slices_reproduce_the_demos_own_miss_rates(tmp_path):
     assert rows["all"]["miss_rate"] == pytest.approx(mr["all"], abs=0.01)
     assert rows["day (day + fog)"]["miss_rate"] == pytest.approx(mr["day"], abs=0.01)
     assert rows["night (night + dusk)"]["miss_rate"] == pytest.approx(mr["night"], abs=0.01)
+
+
+def test_rose_k_integrates_the_contrast_over_the_cameras_own_pixels():
+    mb = _module()
+    # 1,600 visible pixels at SNR 0.25: k = 0.25 * 40 = 10; the same person in a thermal image of half
+    # the resolution covers 400 thermal pixels: k = 0.25 * 20 = 5, on Rose's threshold
+    assert mb.rose_k(0.25, 1600) == pytest.approx(10.0)
+    assert mb.rose_k(0.25, 1600, lin=2.0) == pytest.approx(5.0)
+    assert mb.rose_k([0.1, 1.0], [100, 400]).tolist() == pytest.approx([1.0, 20.0])
+    assert mb.ROSE_K == 5.0
+
+
+def test_persons_below_rose_in_both_cameras_become_ignore_regions_in_their_slices():
+    mb = _module()
+    seen = {"box": [300.0, 100.0, 340.0, 200.0], "class_id": 1, "occlusion": 0, "crossover": False}
+    faint = {"box": [100.0, 100.0, 140.0, 200.0], "class_id": 1, "occlusion": 0, "crossover": True}
+    recs = mb.person_records([(1, _result([[300, 100, 340, 200]], [0.9], [0]))],
+                             [{"stamp_ns": 1, "condition": "night", "objects": [seen, faint]}], person_label=0)
+    assert mb.mark_below_rose(recs, {(100.0, 100.0, 140.0, 200.0)}) == 1
+    rows = {r["slice"]: r for r in mb.breakdown(recs, (512, 640), {"all": (None, None), **mb.ROSE_SLICES})}
+    # all: one of two found, never the faint one: 50 % at every FPPI; without it: 0 %; it alone: 100 %
+    assert rows["all"]["miss_rate"] == 50.0
+    assert rows["all but mean contrast below Rose in both"]["persons"] == 1
+    assert rows["all but mean contrast below Rose in both"]["miss_rate"] == 0.0
+    assert rows["night but mean contrast below Rose in both"]["miss_rate"] == 0.0
+    assert rows["mean contrast below Rose in both"]["miss_rate"] == 100.0
