@@ -25,6 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from miss_breakdown import add_demo_arguments, chosen_model, replay_results  # noqa: E402  (bench/ is no package)
+
 FLAGS = ("error", "miss", "false_alarm", "crossover_person", "hot_distractor", "visible_distractor", "night")
 REFERENCE = "detections"   # the kept detections' count: how far crowding alone gets
 
@@ -82,15 +85,9 @@ def lifts(rows: list[dict], fraction: float = 0.1, resamples: int = 0, seed: int
 
 
 def replay_demo(model: Path, pairs: int, seed: int, work: Path, score_threshold: float = 0.3) -> list[dict]:
-    from ms_perception.build import build_pipeline
-    from ms_perception.demo import THERMAL_TOPIC, VISIBLE_TOPIC, make_demo_bag
-    from ms_perception.replay.run import load_annotations, replay_bag
-    bag, cal, cfg = make_demo_bag(work, pairs, seed)
-    pipe = build_pipeline({"model_path": str(model), "score_threshold": float(score_threshold),
-                           "calibration_file": str(cal)})
-    _, results = replay_bag(bag, pipe, VISIBLE_TOPIC, THERMAL_TOPIC, slop_s=0.02, queue_size=10, keep=True)
-    person = pipe.engine.card.class_names.index("person")
-    return frame_rows(results, load_annotations(bag), person, (cfg.height, cfg.width), tag=f"s{seed}/")
+    """The demo's bag for (pairs, seed), replayed through the pipeline: :func:`frame_rows`."""
+    results, anns, person, cfg = replay_results(model, pairs, seed, work, score_threshold)
+    return frame_rows(results, anns, person, (cfg.height, cfg.width), tag=f"s{seed}/")
 
 
 def print_table(title: str, table: dict) -> None:
@@ -109,19 +106,15 @@ def print_table(title: str, table: dict) -> None:
 
 
 def main(argv=None) -> int:
-    from ms_perception.build import default_model
     from ms_perception.core import jsonio
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", type=Path, default=None, help="ONNX model (default: the embedded one)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--pairs", type=int, default=200)
+    add_demo_arguments(ap)
     ap.add_argument("--fraction", type=float, default=0.1, help="the top fraction (default 0.1, the demo's)")
     ap.add_argument("--resamples", type=int, default=500, help="scene resamples for the pooled interval")
     ap.add_argument("--json", type=Path, default=None, help="also write the tables here")
     a = ap.parse_args(argv)
-    model = a.model or default_model()
-    if not model.is_file():
-        print(f"{model}: no such model file; pass --model PATH.onnx", file=sys.stderr)
+    model = chosen_model(a)
+    if model is None:
         return 2
     report, pooled = {"model": str(model), "pairs": a.pairs, "fraction": a.fraction, "seeds": {}}, []
     for seed in a.seeds:

@@ -194,8 +194,9 @@ def modality_contrast(cfg, seed: int, pairs: int, height_floor: float = 55.0, be
     return rows
 
 
-def replay_demo(model: Path, pairs: int, seed: int, work: Path, score_threshold: float = 0.3):
-    """The demo's bag for (pairs, seed), replayed through the pipeline: (records, image_hw)."""
+def replay_results(model: Path, pairs: int, seed: int, work: Path, score_threshold: float = 0.3):
+    """The demo's bag for (pairs, seed), replayed through the pipeline: (results, annotations, the
+    model's person label, the generator's config)."""
     from ms_perception.build import build_pipeline
     from ms_perception.demo import THERMAL_TOPIC, VISIBLE_TOPIC, make_demo_bag
     from ms_perception.replay.run import load_annotations, replay_bag
@@ -203,8 +204,31 @@ def replay_demo(model: Path, pairs: int, seed: int, work: Path, score_threshold:
     pipe = build_pipeline({"model_path": str(model), "score_threshold": float(score_threshold),
                            "calibration_file": str(cal)})
     _, results = replay_bag(bag, pipe, VISIBLE_TOPIC, THERMAL_TOPIC, slop_s=0.02, queue_size=10, keep=True)
-    person = pipe.engine.card.class_names.index("person")
-    return person_records(results, load_annotations(bag), person), cfg
+    return results, load_annotations(bag), pipe.engine.card.class_names.index("person"), cfg
+
+
+def replay_demo(model: Path, pairs: int, seed: int, work: Path, score_threshold: float = 0.3):
+    """The demo's bag for (pairs, seed), replayed through the pipeline: (records, config)."""
+    results, anns, person, cfg = replay_results(model, pairs, seed, work, score_threshold)
+    return person_records(results, anns, person), cfg
+
+
+def add_demo_arguments(ap: argparse.ArgumentParser) -> None:
+    """--model, --seeds and --pairs: which model on which demo bags (this script and frame_scores.py)."""
+    ap.add_argument("--model", type=Path, default=None, help="ONNX model (default: the embedded one)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--pairs", type=int, default=200)
+
+
+def chosen_model(a) -> Path | None:
+    """The model --model names (default: the embedded one), or None after one line on stderr when
+    there is no such file (the caller exits 2)."""
+    from ms_perception.build import default_model
+    model = a.model or default_model()
+    if not model.is_file():
+        print(f"{model}: no such model file; pass --model PATH.onnx", file=sys.stderr)
+        return None
+    return model
 
 
 def print_table(title: str, rows: list[dict]) -> None:
@@ -216,19 +240,15 @@ def print_table(title: str, rows: list[dict]) -> None:
 
 
 def main(argv=None) -> int:
-    from ms_perception.build import default_model
     from ms_perception.core import jsonio
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", type=Path, default=None, help="ONNX model (default: the embedded one)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--pairs", type=int, default=200)
+    add_demo_arguments(ap)
     ap.add_argument("--contrast", action="store_true",
                     help="also measure how visible each person is in each modality (the generator's masks)")
     ap.add_argument("--json", type=Path, default=None, help="also write the tables here")
     a = ap.parse_args(argv)
-    model = a.model or default_model()
-    if not model.is_file():
-        print(f"{model}: no such model file; pass --model PATH.onnx", file=sys.stderr)
+    model = chosen_model(a)
+    if model is None:
         return 2
     report, pooled, hw = {"model": str(model), "pairs": a.pairs, "seeds": {}}, [], None
     for seed in a.seeds:
