@@ -12,7 +12,8 @@ Writer (how): ``submit`` puts the record on a bounded queue and returns at once 
 queue drops the record and counts it); a thread writes each record into a temporary folder
 (files fsynced), renames it into place (atomic on POSIX), fsyncs the folder, then rewrites
 the JSONL manifest atomically. A disk quota is enforced by evicting lowest-score, oldest
-records first (never a record scoring higher than the new one). Any OSError (a full disk)
+records first (never a record scoring higher than the new one), by the score the policy ranked
+them by (a record's ``rank``; its ``score`` is always the image inconsistency). Any OSError (a full disk)
 removes the temporary folder, is counted, and writing goes on: no partial record, and the
 pipeline never stops.
 """
@@ -118,6 +119,12 @@ def _json_score(score) -> float | None:
 def _rank(score) -> float:
     """Eviction rank: forced records without a score are kept longest (the operator asked for them)."""
     return float("inf") if score is None or score != score else float(score)
+
+
+def _entry_rank(entry: dict) -> float:
+    """A manifest entry's eviction rank: the score its policy ranked by (``rank``; entries written before
+    there was a choice of score have only ``score``, which was that score)."""
+    return _rank(entry.get("rank", entry.get("score")))
 
 
 class CapturePolicy:
@@ -229,6 +236,12 @@ class CaptureRecord:
     predictions: dict | Callable[[], dict] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     mask: np.ndarray | None = None      # segmentation models: (H, W) uint8 class ids at the visible size
+    # the score the policy ranked this pair by (its capture_score), by which the quota evicts; None: ``score``
+    rank: float | None = None
+
+    @property
+    def rank_score(self) -> float:
+        return self.score if self.rank is None else self.rank
 
 
 @dataclass
@@ -399,7 +412,7 @@ class CaptureWriter:
                 raise ValueError("mask could not be encoded")
             files["mask.png"] = mp.tobytes()
         meta = {"capture_format": CAPTURE_FORMAT, "id": name, "robot_id": self.robot_id, "stamp_ns": int(rec.stamp_ns), "score": _json_score(rec.score),
-                "thermal_stamp_ns": rec.thermal_stamp_ns, "thermal_encoding": rec.thermal_encoding,
+                "rank": _json_score(rec.rank_score), "thermal_stamp_ns": rec.thermal_stamp_ns, "thermal_encoding": rec.thermal_encoding,
                 "model_hash": self.model_hash, "visible_hw": list(rec.visible.shape[:2]),
                 "thermal_hw": list(rec.thermal.shape[:2]) if rec.thermal is not None else None,
                 "predictions": rec.predictions() if callable(rec.predictions) else rec.predictions,
@@ -413,7 +426,7 @@ class CaptureWriter:
         name = f"{int(rec.stamp_ns):020d}_{self._session}{self._seq:06d}"
         files = self._encode(rec, name)
         size = sum(len(b) for b in files.values())
-        if not self._make_room(size, _rank(rec.score)):
+        if not self._make_room(size, _rank(rec.rank_score)):
             self.stats.quota_skipped += 1
             return
         tmp = self.dir / f".tmp-{name}"
@@ -427,7 +440,8 @@ class CaptureWriter:
                     os.fsync(f.fileno())
             os.replace(tmp, final)
             _fsync_dir(self.dir)
-            entry = {"id": name, "stamp_ns": int(rec.stamp_ns), "score": _json_score(rec.score), "bytes": size}
+            entry = {"id": name, "stamp_ns": int(rec.stamp_ns), "score": _json_score(rec.score),
+                     "rank": _json_score(rec.rank_score), "bytes": size}
             self.entries.append(entry)
             try:
                 self._save_manifest()
@@ -445,13 +459,13 @@ class CaptureWriter:
     def _make_room(self, size: int, score: float) -> bool:
         if size > self.quota:
             return False
-        victims = sorted(self.entries, key=lambda e: (_rank(e["score"]), e["stamp_ns"]))
+        victims = sorted(self.entries, key=lambda e: (_entry_rank(e), e["stamp_ns"]))
         used = self.stats.bytes_used
         plan = []
         for v in victims:
             if used + size <= self.quota:
                 break
-            if _rank(v["score"]) > score:
+            if _entry_rank(v) > score:
                 return False  # only lower-scoring records may make room
             plan.append(v)
             used -= v["bytes"]
@@ -515,7 +529,7 @@ class CaptureWriter:
                 files = meta["files"]
                 size = sum((d / f).stat().st_size for f in files) + (d / "record.json").stat().st_size
                 entry = {"id": d.name, "stamp_ns": int(meta["stamp_ns"]), "score": _json_score(meta.get("score")),
-                         "bytes": int(size)}
+                         "rank": _json_score(meta.get("rank", meta.get("score"))), "bytes": int(size)}
             except (OSError, ValueError, KeyError, TypeError):
                 self.stats.unreadable_records += 1
                 continue

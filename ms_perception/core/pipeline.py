@@ -319,4 +319,4 @@ class Pipeline:
             extra["homography_thermal_to_visible"] = [[float(v) for v in row] for row in np.asarray(m)]
         return CaptureRecord(pair.stamp_ns, float("nan") if inc is None else inc.score, rgb, None if th is None else np.asarray(th.data),
                              "" if th is None else th.encoding, None if th is None else th.stamp_ns, predictions, extra,
-                             mask=res.mask if seg else None)
+                             mask=res.mask if seg else None, rank=frame_scores.get(capture_score))

@@ -122,6 +122,37 @@ def test_quota_evicts_lowest_score_oldest_first_and_skips_worse_records(tmp_path
     assert sum(f.stat().st_size for d in w.dir.iterdir() if d.is_dir() for f in d.iterdir()) <= w.quota
 
 
+def test_the_quota_evicts_by_the_score_the_policy_ranked_by(tmp_path):
+    """A record captured by another score than the image inconsistency (capture_score) carries that
+    score as its rank; the quota evicts by the rank, across a restart and from record.json alone."""
+    probe = CaptureWriter(tmp_path / "probe")
+    size = sum(len(b) for b in probe._encode(record(1, 0.1), "x").values())
+    probe.close()
+
+    def ranked(stamp, score, rank):
+        r = record(stamp, score)
+        r.rank = rank
+        return r
+    w = CaptureWriter(tmp_path / "q", quota_bytes=int(size * 2.5))
+    # stamp 1: high inconsistency, low rank; stamp 2: the other way round
+    w.submit(ranked(1, 0.9, 0.1))
+    w.submit(ranked(2, 0.1, 0.9))
+    w.close()
+    entries = [json.loads(x) for x in (w.dir / "manifest.jsonl").read_text().splitlines()]
+    assert [(e["score"], e["rank"]) for e in entries] == [(0.9, 0.1), (0.1, 0.9)]
+    # a restart: the new record (rank 0.5) evicts the lowest rank (stamp 1), not the lowest score
+    (w.dir / "manifest.jsonl").unlink()       # and the entries come back from each record.json
+    w2 = CaptureWriter(tmp_path / "q", quota_bytes=int(size * 2.5))
+    assert w2.stats.recovered == 2
+    w2.submit(ranked(3, 0.05, 0.5))
+    w2.submit(ranked(4, 0.95, 0.2))            # would evict rank 0.5 or 0.9: skipped
+    w2.close()
+    kept = sorted(json.loads(x)["stamp_ns"] for x in (w2.dir / "manifest.jsonl").read_text().splitlines())
+    assert kept == [2, 3] and w2.stats.evicted == 1 and w2.stats.quota_skipped == 1
+    # a record without a rank ranks by its score, as before
+    assert record(1, 0.4).rank_score == 0.4 and ranked(1, 0.4, 0.7).rank_score == 0.7
+
+
 def test_full_disk_leaves_no_partial_record_and_keeps_going(tmp_path, monkeypatch):
     w = CaptureWriter(tmp_path)
     real_fsync = os.fsync

@@ -69,7 +69,7 @@ def test_the_pipeline_gives_every_score_and_the_policy_decides_on_the_chosen_one
         r = Pipeline(engine, cfg, _policy(threshold=mid, score=score)).process(pair)
         assert (r.captured, r.capture_reason) == (captured, "captured" if captured else "below_threshold")
     # the record says which score chose it and holds all of them; its "score" stays the image
-    # inconsistency (the fleet pool's "inconsistency" strategy reads it)
+    # inconsistency (the fleet pool's "inconsistency" strategy reads it), its "rank" is the chosen one
     writer = CaptureWriter(tmp_path / "cap", model_hash="m")
     Pipeline(engine, cfg, _policy(threshold=mid, score="detection_entropy"), writer).process(pair)
     writer.close()
@@ -77,6 +77,7 @@ def test_the_pipeline_gives_every_score_and_the_policy_decides_on_the_chosen_one
     assert rec["predictions"]["capture_score"] == "detection_entropy"
     assert rec["predictions"]["frame_scores"]["detection_entropy"] == pytest.approx(ent, rel=1e-12)
     assert rec["score"] == pytest.approx(inc, rel=1e-9)
+    assert rec["rank"] == pytest.approx(ent, rel=1e-9)          # the quota evicts by the capture score
 
 
 def test_a_policy_on_a_score_the_model_does_not_give_warns_and_records_only_forced(engine, pair):
