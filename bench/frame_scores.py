@@ -1,6 +1,7 @@
 """Which frames does each per-frame score point at? For every score a capture policy can rank by
 (``capture_score``: the paper's image inconsistency, the detection-level inconsistency, the
-detections' entropy) and, as a reference, the number of kept detections: how much more often the
+detections' entropy) and, as references, the number of kept detections and (``--branch-only``) the
+mono branches' own detections the fusion dropped: how much more often the
 top 10 % of the demo's pairs by that score hold
 
 - a person miss or a false alarm (the demo's "lift"), a miss, a false alarm;
@@ -12,7 +13,7 @@ than all pairs do. Top-10 % picks cluster in scenes (20 frames each), so the poo
 a 5-95 % interval from resampling whole scenes. Runs the demo's own path (synthetic rig -> rosbag2
 .mcap -> replay through the pipeline at score threshold 0.3)::
 
-    python bench/frame_scores.py --seeds 0 1 2 3 --pairs 200 [--model other.onnx] [--json out.json]
+    python bench/frame_scores.py --seeds 0 1 2 3 --pairs 200 [--branch-only] [--model other.onnx] [--json out.json]
 
 Torch-free, like the demo.
 """
@@ -30,6 +31,20 @@ from miss_breakdown import add_demo_arguments, chosen_model, replay_results  # n
 
 FLAGS = ("error", "miss", "false_alarm", "crossover_person", "hot_distractor", "visible_distractor", "night")
 REFERENCE = "detections"   # the kept detections' count: how far crowding alone gets
+# --branch-only: how many of the mono branches' own detections overlap no fused detection (IoU < 0.3):
+# what one modality reports and the fusion dropped
+BRANCH_ONLY = "branch_only_detections"
+
+
+def branch_only(res, iou: float = 0.3) -> int:
+    """The mono branches' own detections (``Result.branch_detections``) that overlap no fused detection
+    at IoU ``iou`` or more, summed over the branches."""
+    from ms_perception.core.postprocess import iou_matrix
+    n, fused = 0, res.detections.boxes
+    for d in res.branch_detections.values():
+        if len(d):
+            n += int(len(d) if not len(fused) else (iou_matrix(d.boxes, fused).max(1) < iou).sum())
+    return n
 
 
 def frame_rows(results: list, annotations: list[dict], person_label: int, image_hw: tuple[int, int],
@@ -47,7 +62,8 @@ def frame_rows(results: list, annotations: list[dict], person_label: int, image_
         a = by_stamp[int(stamp)]
         d = a.get("distractors", [])
         rows.append({"scene": f"{tag}{a.get('sequence', '?')}",
-                     "scores": {**_frame_scores(res), REFERENCE: float(len(res.detections))},
+                     "scores": {**_frame_scores(res), REFERENCE: float(len(res.detections)),
+                                **({BRANCH_ONLY: float(branch_only(res))} if res.branch_detections else {})},
                      "flags": {"error": miss + fa > 0, "miss": miss > 0, "false_alarm": fa > 0,
                                "crossover_person": any(o["class_id"] == 1 and o.get("crossover") for o in a["objects"]),
                                "hot_distractor": any(x["kind"] == "hot" for x in d),
@@ -84,9 +100,10 @@ def lifts(rows: list[dict], fraction: float = 0.1, resamples: int = 0, seed: int
     return out
 
 
-def replay_demo(model: Path, pairs: int, seed: int, work: Path, score_threshold: float = 0.3) -> list[dict]:
+def replay_demo(model: Path, pairs: int, seed: int, work: Path, score_threshold: float = 0.3,
+                with_branch_only: bool = False) -> list[dict]:
     """The demo's bag for (pairs, seed), replayed through the pipeline: :func:`frame_rows`."""
-    results, anns, person, cfg = replay_results(model, pairs, seed, work, score_threshold)
+    results, anns, person, cfg = replay_results(model, pairs, seed, work, score_threshold, with_branch_only)
     return frame_rows(results, anns, person, (cfg.height, cfg.width), tag=f"s{seed}/")
 
 
@@ -111,6 +128,8 @@ def main(argv=None) -> int:
     add_demo_arguments(ap)
     ap.add_argument("--fraction", type=float, default=0.1, help="the top fraction (default 0.1, the demo's)")
     ap.add_argument("--resamples", type=int, default=500, help="scene resamples for the pooled interval")
+    ap.add_argument("--branch-only", action="store_true",
+                    help=f"also rank by {BRANCH_ONLY}: the branches' own detections the fusion dropped (an NMS per branch)")
     ap.add_argument("--json", type=Path, default=None, help="also write the tables here")
     a = ap.parse_args(argv)
     model = chosen_model(a)
@@ -119,7 +138,7 @@ def main(argv=None) -> int:
     report, pooled = {"model": str(model), "pairs": a.pairs, "fraction": a.fraction, "seeds": {}}, []
     for seed in a.seeds:
         with tempfile.TemporaryDirectory() as tmp:
-            rows = replay_demo(model, a.pairs, seed, Path(tmp))
+            rows = replay_demo(model, a.pairs, seed, Path(tmp), with_branch_only=a.branch_only)
         report["seeds"][str(seed)] = t = lifts(rows, a.fraction)
         print_table(f"{model.name}: demo --pairs {a.pairs} --seed {seed}: lift of the top {a.fraction:.0%}", t)
         pooled.extend(rows)

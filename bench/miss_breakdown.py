@@ -194,15 +194,18 @@ def modality_contrast(cfg, seed: int, pairs: int, height_floor: float = 55.0, be
     return rows
 
 
-def replay_results(model: Path, pairs: int, seed: int, work: Path, score_threshold: float = 0.3):
+def replay_results(model: Path, pairs: int, seed: int, work: Path, score_threshold: float = 0.3,
+                   branch_detections: bool = False):
     """The demo's bag for (pairs, seed), replayed through the pipeline: (results, annotations, the
-    model's person label, the generator's config)."""
+    model's person label, the generator's config). ``branch_detections``: also each mono branch's own
+    detections (``Result.branch_detections``; an NMS per branch)."""
     from ms_perception.build import build_pipeline
     from ms_perception.demo import THERMAL_TOPIC, VISIBLE_TOPIC, make_demo_bag
     from ms_perception.replay.run import load_annotations, replay_bag
     bag, cal, cfg = make_demo_bag(work, pairs, seed)
     pipe = build_pipeline({"model_path": str(model), "score_threshold": float(score_threshold),
                            "calibration_file": str(cal)})
+    pipe.cfg.branch_detections = branch_detections
     _, results = replay_bag(bag, pipe, VISIBLE_TOPIC, THERMAL_TOPIC, slop_s=0.02, queue_size=10, keep=True)
     return results, load_annotations(bag), pipe.engine.card.class_names.index("person"), cfg
 

@@ -194,3 +194,20 @@ def test_the_short_loop_and_the_numpy_path_agree():
         ref_h = float(binary_entropy(v.astype(np.float64)).sum())
         assert detections_inconsistency(v, t) == pytest.approx(ref_i, rel=1e-12, abs=1e-12)
         assert detections_entropy(v) == pytest.approx(ref_h, rel=1e-12, abs=1e-12)
+
+
+def test_branch_only_counts_what_a_branch_reports_and_the_fusion_dropped():
+    fs = _bench()
+
+    def dets(boxes):
+        b = np.asarray(boxes, np.float32).reshape(-1, 4)
+        return Detections(b, np.full(len(b), 0.5, np.float32), np.zeros(len(b), np.int64))
+    res = Result(0, dets([[0, 0, 10, 10]]))
+    # visible: one on the fused box (IoU 0.81), one far from it; thermal: one far from it, one
+    # overlapping the fused box at IoU 50 / 150 = 1/3
+    res.branch_detections = {"visible": dets([[1, 1, 10, 10], [50, 50, 60, 60]]),
+                             "thermal": dets([[80, 0, 90, 10], [5, 0, 15, 10]])}
+    assert fs.branch_only(res) == 2                # the two far ones
+    assert fs.branch_only(res, iou=0.4) == 3       # 1/3 < 0.4: the fusion "dropped" that one too
+    alone = Result(0, dets([]), branch_detections=res.branch_detections)
+    assert fs.branch_only(alone) == 4              # no fused detection: every branch detection counts
