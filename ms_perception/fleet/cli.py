@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ms_perception.core import jsonio
+from ms_perception.core.capture import CAPTURE_SCORES
 from ms_perception.core.selection import STRATEGIES
 
 
@@ -34,14 +35,15 @@ def cmd_select(args) -> int:
     from ms_perception.fleet.exchange import write_selection
     from ms_perception.fleet.pool import Pool, select_records
     with Pool(args.pool) as pool:
-        keys, n = select_records(pool, args.budget, args.strategy, args.seed, args.bucket_s)
+        keys, n = select_records(pool, args.budget, args.strategy, args.seed, args.bucket_s, args.score)
     if not keys:
         raise ValueError(f"{args.pool}: no unlabeled record to select from")
-    write_selection(Path(args.out), Path(args.pool), keys, args.strategy, args.budget, args.seed, n)
+    write_selection(Path(args.out), Path(args.pool), keys, args.strategy, args.budget, args.seed, n, args.score)
     robots: dict[str, int] = {}
     for k in keys:
         robots[k.split("/", 1)[0]] = robots.get(k.split("/", 1)[0], 0) + 1
-    print(f"select: {len(keys)} of {n} unlabeled records by {args.strategy} ({', '.join(f'{r} {c}' for r, c in sorted(robots.items()))}) -> {args.out}")
+    by = args.strategy if args.score == "inconsistency" else f"{args.strategy} on {args.score}"
+    print(f"select: {len(keys)} of {n} unlabeled records by {by} ({', '.join(f'{r} {c}' for r, c in sorted(robots.items()))}) -> {args.out}")
     return 0
 
 
@@ -90,6 +92,9 @@ def add_parser(sub) -> None:
     s.add_argument("--strategy", choices=STRATEGIES, default="inconsistency",
                    help="inconsistency (the active-learning paper's), entropy, random, or diverse (inconsistency "
                         "spread over robots and time)")
+    s.add_argument("--score", choices=CAPTURE_SCORES, default="inconsistency",
+                   help="inconsistency / diverse: the per-frame score to rank by (default: the paper's image "
+                        "inconsistency; detection_inconsistency / detection_entropy: as the robot computed them)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--bucket-s", type=float, default=600.0, help="diverse: length of a time bucket (s)")
     s.add_argument("--out", required=True, help="the selection file (JSON)")

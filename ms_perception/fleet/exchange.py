@@ -68,8 +68,8 @@ def flat_name(key: str) -> str:
 
 
 def write_selection(path: Path, pool_root: Path, keys: list[str], strategy: str, budget: int, seed: int,
-                    candidates: int) -> None:
-    doc = {"format": SELECTION_FORMAT, "pool": str(Path(pool_root).resolve()), "strategy": strategy,
+                    candidates: int, score: str = "inconsistency") -> None:
+    doc = {"format": SELECTION_FORMAT, "pool": str(Path(pool_root).resolve()), "strategy": strategy, "score": score,
            "budget": budget, "seed": seed, "candidates": candidates, "created_unix": time.time(), "records": keys}
     atomic_write(path, jsonio.dumps(doc, indent=1))
 

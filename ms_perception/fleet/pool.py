@@ -29,6 +29,7 @@ id. That robot folder is refused (one line naming both sources) and ``--rename S
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -43,8 +44,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ms_perception.core import selection
-from ms_perception.core.capture import CAPTURE_FORMAT, MANIFEST, area_thumbnail, gray_thumbnail, sanitize_id
+from ms_perception.core import jsonio, selection
+from ms_perception.core.capture import CAPTURE_FORMAT, CAPTURE_SCORES, MANIFEST, area_thumbnail, gray_thumbnail, sanitize_id
 
 POOL_FORMAT = 1
 DB_NAME = "pool.sqlite"
@@ -62,7 +63,7 @@ CREATE TABLE IF NOT EXISTS records(
     stamp_ns INTEGER NOT NULL, score REAL, entropy REAL, model_hash TEXT, model TEXT, task TEXT,
     detections INTEGER, bytes INTEGER, dhash INTEGER, b0 INTEGER, b1 INTEGER, b2 INTEGER, b3 INTEGER,
     thumb_v BLOB, thumb_t BLOB, source TEXT, merged_unix REAL, status TEXT NOT NULL DEFAULT 'new',
-    labeled_in TEXT);
+    labeled_in TEXT, frame_scores TEXT);
 CREATE INDEX IF NOT EXISTS records_b0 ON records(b0);
 CREATE INDEX IF NOT EXISTS records_b1 ON records(b1);
 CREATE INDEX IF NOT EXISTS records_b2 ON records(b2);
@@ -264,6 +265,9 @@ class Pool:
             self.root.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(str(db), isolation_level=None)   # transactions are explicit
         self.db.executescript(_SCHEMA)
+        # pools merged before the capture records held every frame score: add the column (empty for them)
+        if "frame_scores" not in {r[1] for r in self.db.execute("PRAGMA table_info(records)")}:
+            self.db.execute("ALTER TABLE records ADD COLUMN frame_scores TEXT")
         row = self.db.execute("SELECT value FROM meta WHERE key='pool_format'").fetchone()
         if row is None:
             self.db.execute("INSERT INTO meta VALUES('pool_format', ?)", (str(POOL_FORMAT),))
@@ -318,19 +322,23 @@ class Pool:
         r = cur.fetchone()
         return None if r is None else dict(zip([c[0] for c in cur.description], r))
 
-    def candidates(self, status: str = "new") -> dict[str, np.ndarray]:
-        """Columns of the records to choose from, streamed from the index (no record file is read)."""
+    def candidates(self, status: str = "new", score: str = "inconsistency") -> dict[str, np.ndarray]:
+        """Columns of the records to choose from, streamed from the index (no record file is read).
+        ``score``: which per-frame score fills the "score" column (``CAPTURE_SCORES``): the record's image
+        inconsistency, or one of the detection-level scores its robot computed (NaN where it did not)."""
         keys, robots, stamps, scores, entropies = [], [], [], [], []
-        cur = self.db.execute("SELECT key, robot, stamp_ns, score, entropy FROM records WHERE status=? ORDER BY "
-                              "robot, stamp_ns, key", (status,))
+        cur = self.db.execute("SELECT key, robot, stamp_ns, score, entropy, frame_scores FROM records WHERE status=? "
+                              "ORDER BY robot, stamp_ns, key", (status,))
         while True:
             rows = cur.fetchmany(10000)
             if not rows:
                 break
-            for k, r, s, sc, en in rows:
+            for k, r, s, sc, en, fs in rows:
                 keys.append(k)
                 robots.append(r)
                 stamps.append(s)
+                if score != "inconsistency":
+                    sc = json.loads(fs).get(score) if fs else None
                 scores.append(np.nan if sc is None else sc)
                 entropies.append(np.nan if en is None else en)
         return {"key": np.asarray(keys, object), "robot": np.asarray(robots, object),
@@ -476,14 +484,14 @@ class Pool:
                 self.db.execute(
                     "INSERT INTO records(key, robot, robot_reported, record_id, session, stamp_ns, score, entropy, "
                     "model_hash, model, task, detections, bytes, dhash, b0, b1, b2, b3, thumb_v, thumb_t, source, "
-                    "merged_unix) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "merged_unix, frame_scores) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (key, robot, meta.get("robot_id"), meta["id"],
                      (_ID.match(meta["id"]).group(1) if _ID.match(meta["id"]) else "-"), int(meta["stamp_ns"]),
                      None if score is None else float(score),
                      None if preds.get("entropy") is None else float(preds["entropy"]), meta.get("model_hash"),
                      extra.get("model"), extra.get("task"), len(preds.get("detections") or []), size, h, *_bands(h),
                      tv.astype(np.uint8).tobytes(), None if tt is None else tt.astype(np.uint8).tobytes(), source,
-                     time.time()))
+                     time.time(), _frame_scores_json(preds.get("frame_scores"))))
                 report.added += 1
                 report.added_by_robot[robot] = report.added_by_robot.get(robot, 0) + 1
                 pending += 1
@@ -513,17 +521,35 @@ class Pool:
         return None
 
 
-def select_records(pool: Pool, budget: int, strategy: str, seed: int = 0, bucket_s: float = 600.0) -> tuple[list[str], int]:
+def _frame_scores_json(fs) -> str | None:
+    """A record's ``predictions.frame_scores`` for the index: finite numbers under known names, or None."""
+    if not isinstance(fs, dict):
+        return None
+    keep = {k: float(v) for k, v in fs.items() if k in CAPTURE_SCORES and isinstance(v, (int, float))
+            and not isinstance(v, bool) and math.isfinite(v)}
+    return jsonio.dumps(keep, sort_keys=True) if keep else None
+
+
+def select_records(pool: Pool, budget: int, strategy: str, seed: int = 0, bucket_s: float = 600.0,
+                   score: str = "inconsistency") -> tuple[list[str], int]:
     """The ``budget`` pool records (not yet labeled) to label next, by the shared strategies
-    (:mod:`ms_perception.core.selection`); returns (keys, number of candidates)."""
-    c = pool.candidates("new")
+    (:mod:`ms_perception.core.selection`); returns (keys, number of candidates). ``score``: the per-frame
+    score the ``inconsistency`` and ``diverse`` strategies rank by (``CAPTURE_SCORES``; default the
+    paper's image inconsistency)."""
+    if score not in CAPTURE_SCORES:
+        raise PoolError(f"unknown score {score!r}; valid: {', '.join(CAPTURE_SCORES)}")
+    if score != "inconsistency" and strategy not in ("inconsistency", "diverse"):
+        raise PoolError(f"--score {score} ranks the inconsistency and diverse strategies; {strategy} does not "
+                        "rank by it (leave --score out)")
+    c = pool.candidates("new", score)
     n = len(c["key"])
     if n == 0:
         return [], 0
     scores = c["entropy"] if strategy == "entropy" else c["score"]
     if strategy != "random" and not np.isfinite(scores).any():
-        what = "entropy" if strategy == "entropy" else "inconsistency score"
-        raise PoolError(f"no record in the pool has an {what} (captured by a model without it, or by an older "
+        what = ("an entropy" if strategy == "entropy" else "an inconsistency score" if score == "inconsistency"
+                else f"a {score} score")
+        raise PoolError(f"no record in the pool has {what} (captured by a model without it, or by an older "
                         "version); choose --strategy random")
     if bucket_s <= 0:
         raise PoolError(f"--bucket-s must be > 0, got {bucket_s}")

@@ -203,6 +203,46 @@ def test_select_strategies_over_the_pool(fleet, tmp_path):
         assert n2 == 3 * PAIRS - 3 and not set(left) & set(keys)                      # labeled frames are not chosen again
 
 
+def test_select_by_a_detection_level_score_the_robots_computed(fleet, tmp_path, capsys):
+    """The pool indexes each record's frame scores (capture_score's choices); --score ranks the
+    inconsistency and diverse strategies by one of them. A pool merged before the column existed
+    gains it empty, and a record without the score ranks last."""
+    _, robots = fleet
+    with Pool(tmp_path / "pool", create=True) as pool:
+        pool.merge([r for r, _ in robots.values()], log=lambda *_: None)
+        truth = {}
+        for key in pool.candidates()["key"]:
+            meta = json.loads((pool.record_dir(key) / "record.json").read_text())
+            truth[key] = meta["predictions"]["frame_scores"]
+        assert all(set(v) == {"inconsistency", "detection_inconsistency", "detection_entropy"} for v in truth.values())
+        for score in ("detection_entropy", "detection_inconsistency"):
+            c = pool.candidates(score=score)
+            assert c["score"].tolist() == [truth[k][score] for k in c["key"]]
+            keys, _ = select_records(pool, 3, "inconsistency", score=score)
+            best = sorted(truth, key=lambda k: -truth[k][score])[:3]
+            assert sorted(keys) == sorted(best)
+        keys, _ = select_records(pool, 3, "diverse", score="detection_entropy")
+        assert sorted(k.split("/")[0] for k in keys) == ["r1", "r2", "r3"]
+        with pytest.raises(PoolError, match="--score detection_entropy ranks the inconsistency and diverse"):
+            select_records(pool, 3, "entropy", score="detection_entropy")
+        with pytest.raises(PoolError, match="unknown score"):
+            select_records(pool, 3, "inconsistency", score="bogus")
+        # the command line: the selection file says which score ranked it
+        assert main(["captures", "select", str(tmp_path / "pool"), "--budget", "3", "--score", "detection_entropy",
+                     "--out", str(tmp_path / "sel.json")]) == 0
+        doc = json.loads((tmp_path / "sel.json").read_text())
+        assert doc["score"] == "detection_entropy" and sorted(doc["records"]) == sorted(
+            sorted(truth, key=lambda k: -truth[k]["detection_entropy"])[:3])
+        assert "by inconsistency on detection_entropy" in capsys.readouterr().out
+        # an older pool: the column dropped, then opened again (added back, empty): no record has the score
+        pool.db.execute("ALTER TABLE records DROP COLUMN frame_scores")
+    with Pool(tmp_path / "pool") as pool:
+        assert np.isnan(pool.candidates(score="detection_entropy")["score"]).all()
+        with pytest.raises(PoolError, match="no record in the pool has a detection_entropy score"):
+            select_records(pool, 3, "inconsistency", score="detection_entropy")
+        assert len(select_records(pool, 3, "inconsistency")[0]) == 3        # the image score is still there
+
+
 # ----------------------------------------------------------------------------- export/import
 
 
