@@ -35,8 +35,8 @@ def _cross(o, cond) -> bool:
 
 
 def _seeable(o, cond) -> bool:
-    """Not a person at the background's temperature in an unlit night scene: the one group that
-    neither modality shows (``--contrast``: visible and thermal signal-to-noise p50 below 0.4)."""
+    """Not a person at the background's temperature in an unlit night scene: the group the embedded
+    model misses (faint in the mean, ``--contrast``; yet seen by the ideal observer, ``--visibility``)."""
     return not (cond == "night" and o.get("crossover"))
 
 
@@ -76,14 +76,23 @@ ROSE_SLICES = {
 }
 
 
-def mark_below_rose(records: list, boxes: set) -> int:
+# with --visibility: the same, for the persons below k = 5 in both cameras by the ideal observer
+# that knows the object and the background (modality_visibility, mark_below_rose(..., key="unseeable"))
+IDEAL_SLICES = {
+    "all but ideal observer below 5 in both": (None, lambda o, c: not o.get("unseeable")),
+    "night but ideal observer below 5 in both": (NIGHT, lambda o, c: not o.get("unseeable")),
+    "ideal observer below 5 in both": (None, lambda o, c: bool(o.get("unseeable"))),
+}
+
+
+def mark_below_rose(records: list, boxes: set, key: str = "below_rose") -> int:
     """Flag the annotated persons whose box (a tuple of floats, as the demo's annotations write it)
-    is in ``boxes`` with ``below_rose``; returns how many were flagged."""
+    is in ``boxes`` with ``key``; returns how many were flagged."""
     n = 0
     for persons, *_ in records:
         for o in persons:
-            o["below_rose"] = tuple(float(v) for v in o["box"]) in boxes
-            n += o["below_rose"]
+            o[key] = tuple(float(v) for v in o["box"]) in boxes
+            n += o[key]
     return n
 
 
@@ -184,13 +193,44 @@ def modality_contrast(cfg, seed: int, pairs: int, height_floor: float = 55.0, be
     for (cond, cross), v in sorted(groups.items()):
         a = np.asarray(v)
         k = a[:, 2:4]
-
-        def pct(x, nd):
-            return [round(float(y), nd) for y in np.percentile(x, (10, 50, 90))]
+        pct = _percentiles
         rows.append({"condition": cond, "crossover": cross, "persons": len(a),
                      "visible_snr_p10_p50_p90": pct(a[:, 0], 2), "thermal_snr_p10_p50_p90": pct(a[:, 1], 2),
                      "visible_rose_k_p10_p50_p90": pct(k[:, 0], 1), "thermal_rose_k_p10_p50_p90": pct(k[:, 1], 1),
                      "below_rose_in_both": int(((k[:, 0] < ROSE_K) & (k[:, 1] < ROSE_K)).sum())})
+    return rows
+
+
+def _percentiles(x, nd: int) -> list[float]:
+    return [round(float(y), nd) for y in np.percentile(x, (10, 50, 90))]
+
+
+def modality_visibility(cfg, seed: int, pairs: int, height_floor: float = 55.0, unseeable: set | None = None) -> list[dict]:
+    """How visible each reasonable-subset person is in each camera *with its structure*: the
+    generator renders the frame again without the person under the same sensor noise, and k is the
+    whole difference over the noise, sqrt(sum (diff / sigma)^2) over the camera's own pixels
+    (``SynthPair.visibility``): the detectability index of an observer that knows the person and the
+    background exactly. No detector does better, so a person below Rose's k = 5 in both cameras is
+    one nobody could be expected to find (its box goes into ``unseeable``); above it, a person may
+    still be far harder for a detector that does not know the background. One row per (condition,
+    crossover): p10 / p50 / p90 of k in each camera and how many fall below 5 in both. The pairs
+    are the demo bag's (same cfg, seed)."""
+    from ms_perception.synth.generator import PERSON, SyntheticGenerator
+    groups: dict[tuple[str, bool], list[tuple[float, float]]] = {}
+    for sp in SyntheticGenerator(cfg, seed).pairs(pairs, visibility=True):
+        for o, v in zip(sp.objects, sp.visibility):
+            if o.class_id != PERSON or o.height_px < height_floor or o.occlusion > 1:
+                continue
+            groups.setdefault((sp.condition, bool(o.crossover)), []).append((v["visible_k"], v["thermal_k"]))
+            if unseeable is not None and max(v["visible_k"], v["thermal_k"]) < ROSE_K:
+                unseeable.add(tuple(float(x) for x in o.box))
+    rows = []
+    for (cond, cross), v in sorted(groups.items()):
+        k = np.asarray(v)
+        rows.append({"condition": cond, "crossover": cross, "persons": len(k),
+                     "visible_k_p10_p50_p90": _percentiles(k[:, 0], 1), "thermal_k_p10_p50_p90": _percentiles(k[:, 1], 1),
+                     "visible_k_below_5": int((k[:, 0] < ROSE_K).sum()), "thermal_k_below_5": int((k[:, 1] < ROSE_K).sum()),
+                     "below_5_in_both": int(((k[:, 0] < ROSE_K) & (k[:, 1] < ROSE_K)).sum())})
     return rows
 
 
@@ -248,6 +288,9 @@ def main(argv=None) -> int:
     add_demo_arguments(ap)
     ap.add_argument("--contrast", action="store_true",
                     help="also measure how visible each person is in each modality (the generator's masks)")
+    ap.add_argument("--visibility", action="store_true",
+                    help="also measure each person's ideal-observer detectability in each camera (the frame "
+                         "rendered again without it; several times slower to generate)")
     ap.add_argument("--json", type=Path, default=None, help="also write the tables here")
     a = ap.parse_args(argv)
     model = chosen_model(a)
@@ -258,12 +301,15 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             recs, cfg = replay_demo(model, a.pairs, seed, Path(tmp))
         hw = (cfg.height, cfg.width)
-        slices = SLICES
+        slices = {**SLICES, **(ROSE_SLICES if a.contrast else {}), **(IDEAL_SLICES if a.visibility else {})}
         if a.contrast:
             below: set = set()
             report.setdefault("contrast", {})[str(seed)] = c = modality_contrast(cfg, seed, a.pairs, below_rose=below)
             mark_below_rose(recs, below)
-            slices = {**SLICES, **ROSE_SLICES}
+        if a.visibility:
+            unseen: set = set()
+            report.setdefault("visibility", {})[str(seed)] = vis = modality_visibility(cfg, seed, a.pairs, unseeable=unseen)
+            mark_below_rose(recs, unseen, key="unseeable")
         rows = breakdown(recs, hw, slices)
         report["seeds"][str(seed)] = rows
         print_table(f"{model.name}: demo --pairs {a.pairs} --seed {seed}", rows)
@@ -276,8 +322,15 @@ def main(argv=None) -> int:
                 cells += [" / ".join(f"{x:.1f}" for x in r[k]) for k in ("visible_rose_k_p10_p50_p90", "thermal_rose_k_p10_p50_p90")]
                 print(f"| {r['condition']} | {'yes' if r['crossover'] else 'no'} | {r['persons']} | "
                       + " | ".join(cells) + f" | {r['below_rose_in_both']} |")
+        if a.visibility:
+            print("\n| condition | crossover | persons | visible k p10/p50/p90 | thermal k p10/p50/p90 | "
+                  "visible k < 5 | thermal k < 5 | k < 5 in both |\n|---|---|---|---|---|---|---|---|")
+            for r in vis:
+                cells = [" / ".join(f"{x:.1f}" for x in r[k]) for k in ("visible_k_p10_p50_p90", "thermal_k_p10_p50_p90")]
+                print(f"| {r['condition']} | {'yes' if r['crossover'] else 'no'} | {r['persons']} | " + " | ".join(cells)
+                      + f" | {r['visible_k_below_5']} | {r['thermal_k_below_5']} | {r['below_5_in_both']} |")
     if len(a.seeds) > 1:
-        report["pooled"] = breakdown(pooled, hw, {**SLICES, **ROSE_SLICES} if a.contrast else SLICES)
+        report["pooled"] = breakdown(pooled, hw, slices)
         print_table(f"{model.name}: seeds {', '.join(map(str, a.seeds))} pooled ({len(pooled)} pairs)",
                     report["pooled"])
     if a.json:

@@ -13,6 +13,8 @@ per-modality distractors. Every frame yields a :class:`SynthPair` with
   ``instances`` (0 = none, k = objects[k-1]) and per-object box, class, occlusion and height;
 - ``homography``: the true 3x3 map from thermal pixel coordinates to visible ones;
 - ``stamp_visible_ns`` / ``stamp_thermal_ns``: camera stamps with offset and jitter.
+- with ``pairs(n, visibility=True)``, ``visibility``: how detectable each object is in each camera,
+  the frame against the same frame rendered without the object under the same noise.
 
 How each modality fails (what makes fusion and inconsistency measurable):
 - night/dusk: low, uneven illumination (street lights), shot noise and headlight glare;
@@ -149,6 +151,8 @@ class SynthPair:
     frame_index: int
     ambient_c: float
     distractors: list[dict] = field(default_factory=list)  # {kind: hot|visible, box}
+    # with pairs(..., visibility=True): per object, {visible_k, thermal_k} (SyntheticGenerator._visibility)
+    visibility: list[dict] | None = None
 
     @property
     def thermal8(self) -> np.ndarray:
@@ -170,6 +174,13 @@ class SynthPair:
 
 
 # ----------------------------------------------------------------------------- scene
+
+
+def detectability_index(diff: np.ndarray, noise_var) -> float:
+    """d' of the ideal observer for a signal known exactly in independent Gaussian noise:
+    sqrt(sum(diff^2 / noise_var)) (``noise_var`` a scalar or per element)."""
+    d = np.asarray(diff, np.float64)
+    return float(np.sqrt(np.sum(d * d / np.asarray(noise_var, np.float64))))
 
 
 def _noise_texture(rng: np.random.Generator, h: int, w: int, cell: int) -> np.ndarray:
@@ -360,17 +371,20 @@ class SyntheticGenerator:
 
     # -- public API
 
-    def pairs(self, n: int) -> Iterator[SynthPair]:
-        """``n`` pairs: consecutive sequences of ``cfg.sequence_length`` frames."""
+    def pairs(self, n: int, visibility: bool = False) -> Iterator[SynthPair]:
+        """``n`` pairs: consecutive sequences of ``cfg.sequence_length`` frames. ``visibility``: also
+        measure each object's detectability in each camera (``SynthPair.visibility``; one more
+        rendering per object, so several times slower; the pairs themselves do not change)."""
         seq, made = 0, 0
         while made < n:
             k = min(self.cfg.sequence_length, n - made)
-            for p in self.sequence(seq, k):
+            for p in self.sequence(seq, k, visibility=visibility):
                 yield p
             made += k
             seq += 1
 
-    def sequence(self, sequence_id: int, length: int | None = None, condition: str | None = None) -> Iterator[SynthPair]:
+    def sequence(self, sequence_id: int, length: int | None = None, condition: str | None = None,
+                 visibility: bool = False) -> Iterator[SynthPair]:
         """Frames of one sequence; each sequence has its own seed-derived RNG stream."""
         cfg = self.cfg
         rng = np.random.default_rng([self.seed, int(sequence_id)])
@@ -390,7 +404,8 @@ class SyntheticGenerator:
             t = t0 + f / cfg.fps
             sv = t + rng.normal(0, cfg.stamp_jitter_s)
             st = t + cfg.thermal_time_offset_s + rng.normal(0, cfg.stamp_jitter_s)
-            yield self._render(rng, scene, tracks, homography, sequence_id, f, int(round(sv * 1e9)), int(round(st * 1e9)))
+            yield self._render(rng, scene, tracks, homography, sequence_id, f, int(round(sv * 1e9)), int(round(st * 1e9)),
+                               visibility)
             for tr in tracks:
                 self._step(rng, scene, tr)
 
@@ -462,12 +477,13 @@ class SyntheticGenerator:
             return A + 3 + 8 * sun, A + 6 + 8 * sun, A + 22  # glass, body, hot tyres/exhaust
         return A + 2 + 10 * sun, A + 1 + 12 * sun, A + 1
 
-    def _render(self, rng, scene: _Scene, tracks, homography, seq_id, frame, sv_ns, st_ns) -> SynthPair:
+    def _compose(self, scene: _Scene, tracks, skip=None):
+        """Noise-free scene content of one frame: (albedo, temperature, instance ids, distractors,
+        drawn objects as (k, track, box)). ``skip``: a track left out (the frame without it)."""
         cfg = self.cfg
-        W, H = cfg.width, cfg.height
         albedo = scene.albedo_bg.copy()
         temp = scene.temp_bg.copy()
-        inst = np.zeros((H, W), np.uint16)
+        inst = np.zeros((cfg.height, cfg.width), np.uint16)
         distractors = []
         # distractors are static scene content, behind moving objects
         for kind, dx, dy, color in scene.distractors:
@@ -483,6 +499,8 @@ class SyntheticGenerator:
         order = sorted(tracks, key=lambda tr: tr.y)
         drawn = []
         for k, tr in enumerate(order, start=1):
+            if tr is skip:
+                continue
             box = _object_box(tr.class_id, tr.x, tr.y, scene._scale(tr.y))
             _draw_object(albedo, tr.class_id, box, [tuple(map(float, c)) for c in tr.colors], tr.phase)
             _draw_object(temp, tr.class_id, box, list(self._temperatures(scene, tr, box)), tr.phase)
@@ -492,10 +510,18 @@ class SyntheticGenerator:
             _draw_occluder(inst, occ, 0)
             _draw_occluder(temp, occ, scene.ambient - 1.0)
             _draw_occluder(albedo, occ, (0.15, 0.3, 0.12) if occ[0] == "bush" else (0.35, 0.35, 0.38))
+        return albedo, temp, inst, distractors, drawn
+
+    def _render(self, rng, scene: _Scene, tracks, homography, seq_id, frame, sv_ns, st_ns,
+                visibility: bool = False) -> SynthPair:
+        cfg = self.cfg
+        W, H = cfg.width, cfg.height
+        albedo, temp, inst, distractors, drawn = self._compose(scene, tracks)
         # visible fraction per object: visible pixels vs the object's own full shape
         counts = np.bincount(inst.ravel(), minlength=len(drawn) + 1)
         objects, lut = [], np.zeros(len(drawn) + 1, np.uint8)
         remap = np.zeros(len(drawn) + 1, np.uint16)
+        kept = []
         for k, tr, box in drawn:
             full, (x0, y0, x1, y1) = self._full_shape(tr, box)
             cx0, cy0, cx1, cy1 = max(0.0, x0), max(0.0, y0), min(float(W), x1), min(float(H), y1)
@@ -508,13 +534,49 @@ class SyntheticGenerator:
             lut[new_id] = tr.class_id
             objects.append(SynthObject(new_id, tr.class_id, (cx0, cy0, cx1, cy1), vis_frac, occ, tr.crossover,
                                        float(self._temperatures(scene, tr, box)[1]), tr.track_id))
+            kept.append(tr)
         inst = remap[inst]
         semantic = lut[: len(objects) + 1][inst]
 
+        noise_state = rng.bit_generator.state if visibility else None
         visible = self._visible(rng, scene, albedo, drawn)
         thermal = self._thermal(rng, scene, temp, homography)
-        return SynthPair(visible, thermal, semantic, inst, objects, scene.condition, homography.copy(),
+        pair = SynthPair(visible, thermal, semantic, inst, objects, scene.condition, homography.copy(),
                          sv_ns, st_ns, seq_id, frame, scene.ambient, distractors)
+        if visibility:
+            pair.visibility = self._visibility(scene, tracks, kept, homography, noise_state, visible, thermal,
+                                               (albedo, drawn), (self.seed, seq_id, frame))
+        return pair
+
+    def _visibility(self, scene: _Scene, tracks, kept, homography, noise_state, visible, thermal, content,
+                    key) -> list[dict]:
+        """Each labelled object's ideal-observer detectability in each camera: the frame rendered
+        with the object against the same frame rendered without it, under the *same* sensor noise, so
+        their difference is the object's whole signal (its shape, texture and colour, what it hides,
+        its headlights); k = sqrt(sum of (difference / noise sigma)^2) over the camera's own pixels.
+        That is the detectability index d' of an observer that knows the object and the background
+        exactly (signal known exactly, white noise; Barrett & Myers, Foundations of Image Science
+        ch. 13): no detector does better, and Rose's criterion (k >= about 5) is where one starts to
+        see it. Visible: the noise is measured per pixel and channel from a second noise draw
+        (smoothed over about 3 px; at least the 8-bit step, 1/sqrt(12)), as if the channels were
+        independent, as a colour camera's are; thermal: the generator's NETD in counts."""
+        def fresh(state):
+            g = np.random.Generator(np.random.PCG64())
+            g.bit_generator.state = state
+            return g
+
+        alt = np.random.default_rng([*key, 7])  # a second, independent noise draw of the same frame
+        v2 = self._visible(alt, scene, *content).astype(np.float32)
+        var_v = np.maximum(cv2.GaussianBlur((visible.astype(np.float32) - v2) ** 2 / 2.0, (0, 0), 3.0), 1.0 / 12.0)
+        var_t = (self.cfg.thermal_netd_k * COUNTS_PER_KELVIN) ** 2 + 1.0 / 12.0
+        out = []
+        for tr in kept:
+            albedo, temp, _, _, drawn = self._compose(scene, tracks, skip=tr)
+            g = fresh(noise_state)
+            dv = visible.astype(np.float32) - self._visible(g, scene, albedo, drawn).astype(np.float32)
+            dt = thermal.astype(np.float32) - self._thermal(g, scene, temp, homography).astype(np.float32)
+            out.append({"visible_k": detectability_index(dv, var_v), "thermal_k": detectability_index(dt, var_t)})
+        return out
 
     def _full_shape(self, tr: _Track, box) -> tuple[int, tuple[float, float, float, float]]:
         """(pixel count, tight pixel-edge box) of the object's whole shape drawn alone.

@@ -153,3 +153,41 @@ def test_persons_below_rose_in_both_cameras_become_ignore_regions_in_their_slice
     assert rows["all but mean contrast below Rose in both"]["miss_rate"] == 0.0
     assert rows["night but mean contrast below Rose in both"]["miss_rate"] == 0.0
     assert rows["mean contrast below Rose in both"]["miss_rate"] == 100.0
+
+
+def test_modality_visibility_rates_persons_by_the_frame_rendered_without_them():
+    """The ideal observer (the frame against the same frame without the person, same noise): by day a
+    warm person stands far out in both cameras; at night the visible image shows it barely, thermal
+    plainly; a person at the background's temperature keeps a signal (its colour, its outline in the
+    background's texture), so nobody here is below k = 5 in both cameras."""
+    mb = _module()
+    from ms_perception.synth.generator import SynthConfig
+    rows, unseen = {}, set()
+    for cond, cross in (("day", 0.0), ("night", 0.0), ("night", 1.0)):
+        night = 1.0 if cond == "night" else 0.0
+        cfg = SynthConfig(width=320, height=256, night_fraction=night, dusk_fraction=0.0, fog_fraction=0.0,
+                          crossover_fraction=cross, thermal_factor=4, sequence_length=3)
+        for r in mb.modality_visibility(cfg, seed=3, pairs=3, height_floor=25.0, unseeable=unseen):
+            rows[(r["condition"], r["crossover"])] = r
+    day, warm, cold = rows[("day", False)], rows[("night", False)], rows[("night", True)]
+    assert min(day["persons"], warm["persons"], cold["persons"]) > 0
+    assert day["visible_k_p10_p50_p90"][0] > warm["visible_k_p10_p50_p90"][2]     # night darkens the visible image
+    assert warm["thermal_k_p10_p50_p90"][0] > cold["thermal_k_p10_p50_p90"][1]    # crossover: far less in thermal
+    assert cold["thermal_k_p10_p50_p90"][0] > 0 and cold["below_5_in_both"] == len(unseen) == 0
+    for r in (day, warm, cold):
+        assert r["visible_k_p10_p50_p90"] == sorted(r["visible_k_p10_p50_p90"])
+
+
+def test_persons_the_ideal_observer_cannot_see_become_ignore_regions_in_their_slices():
+    mb = _module()
+    seen = {"box": [300.0, 100.0, 340.0, 200.0], "class_id": 1, "occlusion": 0, "crossover": False}
+    faint = {"box": [100.0, 100.0, 140.0, 200.0], "class_id": 1, "occlusion": 0, "crossover": True}
+    recs = mb.person_records([(1, _result([[300, 100, 340, 200]], [0.9], [0]))],
+                             [{"stamp_ns": 1, "condition": "night", "objects": [seen, faint]}], person_label=0)
+    assert mb.mark_below_rose(recs, {(100.0, 100.0, 140.0, 200.0)}, key="unseeable") == 1
+    assert not any(o.get("below_rose") for o in recs[0][0])        # the other measure's flag is untouched
+    rows = {r["slice"]: r for r in mb.breakdown(recs, (512, 640), {"all": (None, None), **mb.IDEAL_SLICES})}
+    assert rows["all"]["miss_rate"] == 50.0
+    assert rows["all but ideal observer below 5 in both"]["miss_rate"] == 0.0
+    assert rows["night but ideal observer below 5 in both"]["persons"] == 1
+    assert rows["ideal observer below 5 in both"]["miss_rate"] == 100.0

@@ -171,3 +171,59 @@ def test_all_conditions_and_classes_appear():
     assert {p.condition for p in ps} == {"day", "dusk", "night", "fog"}
     assert {o.class_id for p in ps for o in p.objects} == {1, 2, 3}
     assert {o.occlusion for p in ps for o in p.objects} == {0, 1, 2}
+
+
+def test_detectability_index_is_the_whitened_norm_of_the_difference():
+    from ms_perception.synth.generator import detectability_index
+    assert detectability_index([3.0, 4.0], 1.0) == pytest.approx(5.0)               # sqrt(9 + 16)
+    assert detectability_index([3.0, 4.0], [1.0, 4.0]) == pytest.approx(13 ** 0.5)  # sqrt(9 + 16 / 4)
+    assert detectability_index(np.zeros((2, 3)), 2.0) == 0.0
+
+
+def test_visibility_does_not_change_the_pairs():
+    """Measuring visibility renders on copies of the noise stream: every pair, and every later
+    frame, is the one generated without it; one entry per labelled object."""
+    cfg = SynthConfig(width=320, height=256, thermal_factor=4, sequence_length=3)
+    a = list(SyntheticGenerator(cfg, 5).pairs(6))
+    b = list(SyntheticGenerator(cfg, 5).pairs(6, visibility=True))
+    for x, y in zip(a, b):
+        assert np.array_equal(x.visible, y.visible) and np.array_equal(x.thermal_raw, y.thermal_raw)
+        assert x.visibility is None and len(y.visibility) == len(y.objects)
+        assert all(v["visible_k"] >= 0 and v["thermal_k"] >= 0 for v in y.visibility)
+
+
+def _one_person_cfg(**kw):
+    return SynthConfig(width=320, height=256, thermal_factor=1, night_fraction=0.0, dusk_fraction=0.0,
+                       fog_fraction=0.0, objects_per_frame=(1, 1), class_weights=(1.0, 0.0, 0.0),
+                       hot_distractors=(0, 0), visible_distractors=(0, 0), occluders=(0, 0),
+                       sequence_length=3, **kw)
+
+
+def test_a_crossover_person_on_a_flat_background_has_no_thermal_signal(monkeypatch):
+    """Without background texture, a person at the road's temperature standing on the road changes
+    no thermal pixel: the frame without it is the same image under the same noise, k = 0 exactly;
+    the visible image shows the same person plainly by day, and a warm person stands far out."""
+    from ms_perception.synth import generator as G
+    monkeypatch.setattr(G, "_noise_texture", lambda rng, h, w, cell: np.zeros((h, w), np.float32))
+    on_road = warm = 0
+    for seed in range(6):
+        for cross, k_key in ((1.0, "cold"), (0.0, "warm")):
+            for p in SyntheticGenerator(_one_person_cfg(crossover_fraction=cross), seed).pairs(3, visibility=True):
+                for o, v in zip(p.objects, p.visibility):
+                    if k_key == "warm":
+                        warm += 1
+                        assert v["thermal_k"] > 100
+                    elif abs(o.temperature_c - (p.ambient_c + 14.0)) < 1e-3:   # a day road: ambient + 14 °C
+                        on_road += 1
+                        assert v["thermal_k"] == 0.0 and v["visible_k"] > 5.0
+    assert on_road > 0 and warm > 0
+
+
+def test_thermal_detectability_scales_with_the_inverse_of_the_sensor_noise():
+    """k = |difference| / sigma: doubling the NETD (5 -> 10 counts) halves a warm person's thermal k,
+    sqrt((25 + 1/12) / (100 + 1/12)) = 0.5006, up to the rounding of the counts."""
+    ks = []
+    for netd in (0.05, 0.10):
+        p = next(SyntheticGenerator(_one_person_cfg(thermal_netd_k=netd), 2).pairs(1, visibility=True))
+        ks.append(p.visibility[0]["thermal_k"])
+    assert ks[1] / ks[0] == pytest.approx(0.5006, rel=0.02)
