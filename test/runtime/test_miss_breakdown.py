@@ -139,12 +139,17 @@ def test_rose_k_integrates_the_contrast_over_the_cameras_own_pixels():
     assert mb.ROSE_K == 5.0
 
 
-def test_persons_below_rose_in_both_cameras_become_ignore_regions_in_their_slices():
-    mb = _module()
+def _found_and_faint(mb):
+    """One night image: a person the detector finds and a faint one at (100, 100, 140, 200) it misses."""
     seen = {"box": [300.0, 100.0, 340.0, 200.0], "class_id": 1, "occlusion": 0, "crossover": False}
     faint = {"box": [100.0, 100.0, 140.0, 200.0], "class_id": 1, "occlusion": 0, "crossover": True}
-    recs = mb.person_records([(1, _result([[300, 100, 340, 200]], [0.9], [0]))],
+    return mb.person_records([(1, _result([[300, 100, 340, 200]], [0.9], [0]))],
                              [{"stamp_ns": 1, "condition": "night", "objects": [seen, faint]}], person_label=0)
+
+
+def test_persons_below_rose_in_both_cameras_become_ignore_regions_in_their_slices():
+    mb = _module()
+    recs = _found_and_faint(mb)
     assert mb.mark_below_rose(recs, {(100.0, 100.0, 140.0, 200.0)}) == 1
     rows = {r["slice"]: r for r in mb.breakdown(recs, (512, 640), {"all": (None, None), **mb.ROSE_SLICES})}
     # all: one of two found, never the faint one: 50 % at every FPPI; without it: 0 %; it alone: 100 %
@@ -180,10 +185,7 @@ def test_modality_visibility_rates_persons_by_the_frame_rendered_without_them():
 
 def test_persons_the_ideal_observer_cannot_see_become_ignore_regions_in_their_slices():
     mb = _module()
-    seen = {"box": [300.0, 100.0, 340.0, 200.0], "class_id": 1, "occlusion": 0, "crossover": False}
-    faint = {"box": [100.0, 100.0, 140.0, 200.0], "class_id": 1, "occlusion": 0, "crossover": True}
-    recs = mb.person_records([(1, _result([[300, 100, 340, 200]], [0.9], [0]))],
-                             [{"stamp_ns": 1, "condition": "night", "objects": [seen, faint]}], person_label=0)
+    recs = _found_and_faint(mb)
     assert mb.mark_below_rose(recs, {(100.0, 100.0, 140.0, 200.0)}, key="unseeable") == 1
     assert not any(o.get("below_rose") for o in recs[0][0])        # the other measure's flag is untouched
     rows = {r["slice"]: r for r in mb.breakdown(recs, (512, 640), {"all": (None, None), **mb.IDEAL_SLICES})}
