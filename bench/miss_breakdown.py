@@ -205,7 +205,26 @@ def _percentiles(x, nd: int) -> list[float]:
     return [round(float(y), nd) for y in np.percentile(x, (10, 50, 90))]
 
 
-def modality_visibility(cfg, seed: int, pairs: int, height_floor: float = 55.0, unseeable: set | None = None) -> list[dict]:
+def model_input_fn(pipe):
+    """``to_input(visible, thermal_raw) -> (visible (h, w, 3) uint8, thermal (h, w) uint8)``: a
+    synthetic pair as ``pipe`` feeds it to its model (the pipeline's own letterbox, registration and
+    thermal window), for :func:`modality_visibility`."""
+    from ms_perception.core.frames import Frame, FramePair
+
+    def u8(x, norm):
+        x = np.asarray(x)[0].transpose(1, 2, 0)
+        if x.dtype != np.uint8:   # normalized outside the graph: back to the 8-bit values it came from
+            x = np.clip(np.rint((x * np.asarray(norm.std, np.float32) + np.asarray(norm.mean, np.float32)) * 255), 0, 255)
+        return x.astype(np.uint8)
+
+    def to_input(visible, thermal_raw):
+        feeds = pipe.preprocess(FramePair(Frame(visible, 0, "rgb8"), Frame(thermal_raw, 0, "mono16")))[0]
+        return u8(feeds["visible"], pipe.card.visible_norm), u8(feeds["thermal"], pipe.card.thermal_norm)[..., 0]
+    return to_input
+
+
+def modality_visibility(cfg, seed: int, pairs: int, height_floor: float = 55.0, unseeable: set | None = None,
+                        to_input=None) -> list[dict]:
     """How visible each reasonable-subset person is in each camera *with its structure*: the
     generator renders the frame again without the person under the same sensor noise, and k is the
     whole difference over the noise, sqrt(sum (diff / sigma)^2) over the camera's own pixels
@@ -214,23 +233,29 @@ def modality_visibility(cfg, seed: int, pairs: int, height_floor: float = 55.0, 
     one nobody could be expected to find (its box goes into ``unseeable``); above it, a person may
     still be far harder for a detector that does not know the background. One row per (condition,
     crossover): p10 / p50 / p90 of k in each camera and how many fall below 5 in both. The pairs
-    are the demo bag's (same cfg, seed)."""
+    are the demo bag's (same cfg, seed). ``to_input`` (:func:`model_input_fn`): also k in the
+    model's 8-bit inputs (``*_input_*``), what the resize and the thermal window leave of it."""
     from ms_perception.synth.generator import PERSON, SyntheticGenerator
-    groups: dict[tuple[str, bool], list[tuple[float, float]]] = {}
-    for sp in SyntheticGenerator(cfg, seed).pairs(pairs, visibility=True):
+    keys = ("visible_k", "thermal_k") + (("visible_input_k", "thermal_input_k") if to_input is not None else ())
+    groups: dict[tuple[str, bool], list[tuple[float, ...]]] = {}
+    for sp in SyntheticGenerator(cfg, seed).pairs(pairs, visibility=True, to_input=to_input):
         for o, v in zip(sp.objects, sp.visibility):
             if o.class_id != PERSON or o.height_px < height_floor or o.occlusion > 1:
                 continue
-            groups.setdefault((sp.condition, bool(o.crossover)), []).append((v["visible_k"], v["thermal_k"]))
+            groups.setdefault((sp.condition, bool(o.crossover)), []).append(tuple(v[key] for key in keys))
             if unseeable is not None and max(v["visible_k"], v["thermal_k"]) < ROSE_K:
                 unseeable.add(tuple(float(x) for x in o.box))
     rows = []
     for (cond, cross), v in sorted(groups.items()):
         k = np.asarray(v)
-        rows.append({"condition": cond, "crossover": cross, "persons": len(k),
-                     "visible_k_p10_p50_p90": _percentiles(k[:, 0], 1), "thermal_k_p10_p50_p90": _percentiles(k[:, 1], 1),
-                     "visible_k_below_5": int((k[:, 0] < ROSE_K).sum()), "thermal_k_below_5": int((k[:, 1] < ROSE_K).sum()),
-                     "below_5_in_both": int(((k[:, 0] < ROSE_K) & (k[:, 1] < ROSE_K)).sum())})
+        row = {"condition": cond, "crossover": cross, "persons": len(k)}
+        for j, key in enumerate(keys):
+            row[f"{key}_p10_p50_p90"] = _percentiles(k[:, j], 1)
+            row[f"{key}_below_5"] = int((k[:, j] < ROSE_K).sum())
+        row["below_5_in_both"] = int(((k[:, 0] < ROSE_K) & (k[:, 1] < ROSE_K)).sum())
+        if to_input is not None:
+            row["below_5_in_both_inputs"] = int(((k[:, 2] < ROSE_K) & (k[:, 3] < ROSE_K)).sum())
+        rows.append(row)
     return rows
 
 
@@ -300,16 +325,19 @@ def main(argv=None) -> int:
     for seed in a.seeds:
         with tempfile.TemporaryDirectory() as tmp:
             recs, cfg = replay_demo(model, a.pairs, seed, Path(tmp))
+            if a.visibility:   # in each camera, and in the model's inputs as this pipeline makes them
+                from ms_perception.build import build_pipeline
+                pipe = build_pipeline({"model_path": str(model), "calibration_file": str(Path(tmp) / "thermal_calibration.yaml")})
+                unseen: set = set()
+                report.setdefault("visibility", {})[str(seed)] = vis = modality_visibility(
+                    cfg, seed, a.pairs, unseeable=unseen, to_input=model_input_fn(pipe))
+                mark_below_rose(recs, unseen, key="unseeable")
         hw = (cfg.height, cfg.width)
         slices = {**SLICES, **(ROSE_SLICES if a.contrast else {}), **(IDEAL_SLICES if a.visibility else {})}
         if a.contrast:
             below: set = set()
             report.setdefault("contrast", {})[str(seed)] = c = modality_contrast(cfg, seed, a.pairs, below_rose=below)
             mark_below_rose(recs, below)
-        if a.visibility:
-            unseen: set = set()
-            report.setdefault("visibility", {})[str(seed)] = vis = modality_visibility(cfg, seed, a.pairs, unseeable=unseen)
-            mark_below_rose(recs, unseen, key="unseeable")
         rows = breakdown(recs, hw, slices)
         report["seeds"][str(seed)] = rows
         print_table(f"{model.name}: demo --pairs {a.pairs} --seed {seed}", rows)
@@ -324,11 +352,14 @@ def main(argv=None) -> int:
                       + " | ".join(cells) + f" | {r['below_rose_in_both']} |")
         if a.visibility:
             print("\n| condition | crossover | persons | visible k p10/p50/p90 | thermal k p10/p50/p90 | "
-                  "visible k < 5 | thermal k < 5 | k < 5 in both |\n|---|---|---|---|---|---|---|---|")
+                  "visible k < 5 | thermal k < 5 | k < 5 in both | in the model's input: visible k | thermal k | "
+                  "k < 5 in both |\n|---|---|---|---|---|---|---|---|---|---|---|")
             for r in vis:
                 cells = [" / ".join(f"{x:.1f}" for x in r[k]) for k in ("visible_k_p10_p50_p90", "thermal_k_p10_p50_p90")]
+                inputs = [" / ".join(f"{x:.1f}" for x in r[k]) for k in ("visible_input_k_p10_p50_p90", "thermal_input_k_p10_p50_p90")]
                 print(f"| {r['condition']} | {'yes' if r['crossover'] else 'no'} | {r['persons']} | " + " | ".join(cells)
-                      + f" | {r['visible_k_below_5']} | {r['thermal_k_below_5']} | {r['below_5_in_both']} |")
+                      + f" | {r['visible_k_below_5']} | {r['thermal_k_below_5']} | {r['below_5_in_both']} | "
+                      + " | ".join(inputs) + f" | {r['below_5_in_both_inputs']} |")
     if len(a.seeds) > 1:
         report["pooled"] = breakdown(pooled, hw, slices)
         print_table(f"{model.name}: seeds {', '.join(map(str, a.seeds))} pooled ({len(pooled)} pairs)",

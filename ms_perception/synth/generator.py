@@ -371,20 +371,23 @@ class SyntheticGenerator:
 
     # -- public API
 
-    def pairs(self, n: int, visibility: bool = False) -> Iterator[SynthPair]:
+    def pairs(self, n: int, visibility: bool = False, to_input=None) -> Iterator[SynthPair]:
         """``n`` pairs: consecutive sequences of ``cfg.sequence_length`` frames. ``visibility``: also
         measure each object's detectability in each camera (``SynthPair.visibility``; one more
-        rendering per object, so several times slower; the pairs themselves do not change)."""
+        rendering per object, so several times slower; the pairs themselves do not change).
+        ``to_input``: with ``visibility``, also measure it in a model's input, ``to_input(visible,
+        thermal_raw) -> (visible (h, w, 3) uint8, thermal (h, w) uint8)`` (the runtime's resize,
+        registration and thermal window; keys ``visible_input_k``, ``thermal_input_k``)."""
         seq, made = 0, 0
         while made < n:
             k = min(self.cfg.sequence_length, n - made)
-            for p in self.sequence(seq, k, visibility=visibility):
+            for p in self.sequence(seq, k, visibility=visibility, to_input=to_input):
                 yield p
             made += k
             seq += 1
 
     def sequence(self, sequence_id: int, length: int | None = None, condition: str | None = None,
-                 visibility: bool = False) -> Iterator[SynthPair]:
+                 visibility: bool = False, to_input=None) -> Iterator[SynthPair]:
         """Frames of one sequence; each sequence has its own seed-derived RNG stream."""
         cfg = self.cfg
         rng = np.random.default_rng([self.seed, int(sequence_id)])
@@ -405,7 +408,7 @@ class SyntheticGenerator:
             sv = t + rng.normal(0, cfg.stamp_jitter_s)
             st = t + cfg.thermal_time_offset_s + rng.normal(0, cfg.stamp_jitter_s)
             yield self._render(rng, scene, tracks, homography, sequence_id, f, int(round(sv * 1e9)), int(round(st * 1e9)),
-                               visibility)
+                               visibility, to_input)
             for tr in tracks:
                 self._step(rng, scene, tr)
 
@@ -513,7 +516,7 @@ class SyntheticGenerator:
         return albedo, temp, inst, distractors, drawn
 
     def _render(self, rng, scene: _Scene, tracks, homography, seq_id, frame, sv_ns, st_ns,
-                visibility: bool = False) -> SynthPair:
+                visibility: bool = False, to_input=None) -> SynthPair:
         cfg = self.cfg
         W, H = cfg.width, cfg.height
         albedo, temp, inst, distractors, drawn = self._compose(scene, tracks)
@@ -545,11 +548,11 @@ class SyntheticGenerator:
                          sv_ns, st_ns, seq_id, frame, scene.ambient, distractors)
         if visibility:
             pair.visibility = self._visibility(scene, tracks, kept, homography, noise_state, visible, thermal,
-                                               (albedo, drawn), (self.seed, seq_id, frame))
+                                               (albedo, temp, drawn), (self.seed, seq_id, frame), to_input)
         return pair
 
     def _visibility(self, scene: _Scene, tracks, kept, homography, noise_state, visible, thermal, content,
-                    key) -> list[dict]:
+                    key, to_input=None) -> list[dict]:
         """Each labelled object's ideal-observer detectability in each camera: the frame rendered
         with the object against the same frame rendered without it, under the *same* sensor noise, so
         their difference is the object's whole signal (its shape, texture and colour, what it hides,
@@ -559,23 +562,43 @@ class SyntheticGenerator:
         ch. 13): no detector does better, and Rose's criterion (k >= about 5) is where one starts to
         see it. Visible: the noise is measured per pixel and channel from a second noise draw
         (smoothed over about 3 px; at least the 8-bit step, 1/sqrt(12)), as if the channels were
-        independent, as a colour camera's are; thermal: the generator's NETD in counts."""
+        independent, as a colour camera's are; thermal: the generator's NETD in counts.
+
+        ``to_input``: the same in a model's 8-bit input (both frames through ``to_input``), with the
+        noise of each input pixel measured the same way from the second draw and at least the 8-bit
+        step's 1/12 (what the window's quantization leaves of a faint signal)."""
         def fresh(state):
             g = np.random.Generator(np.random.PCG64())
             g.bit_generator.state = state
             return g
 
+        def local_var(a, b):   # per-element noise variance from two independent draws, at least 1/12
+            d = a.astype(np.float32) - b.astype(np.float32)
+            return np.maximum(cv2.GaussianBlur(d * d / 2.0, (0, 0), 3.0), 1.0 / 12.0)
+
+        albedo0, temp0, drawn0 = content
         alt = np.random.default_rng([*key, 7])  # a second, independent noise draw of the same frame
-        v2 = self._visible(alt, scene, *content).astype(np.float32)
-        var_v = np.maximum(cv2.GaussianBlur((visible.astype(np.float32) - v2) ** 2 / 2.0, (0, 0), 3.0), 1.0 / 12.0)
+        v2 = self._visible(alt, scene, albedo0, drawn0)
+        var_v = local_var(visible, v2)
         var_t = (self.cfg.thermal_netd_k * COUNTS_PER_KELVIN) ** 2 + 1.0 / 12.0
+        if to_input is not None:
+            vin, tin = to_input(visible, thermal)
+            vin2, tin2 = to_input(v2, self._thermal(alt, scene, temp0, homography))
+            var_vi, var_ti = local_var(vin, vin2), local_var(tin, tin2)
         out = []
         for tr in kept:
             albedo, temp, _, _, drawn = self._compose(scene, tracks, skip=tr)
             g = fresh(noise_state)
-            dv = visible.astype(np.float32) - self._visible(g, scene, albedo, drawn).astype(np.float32)
-            dt = thermal.astype(np.float32) - self._thermal(g, scene, temp, homography).astype(np.float32)
-            out.append({"visible_k": detectability_index(dv, var_v), "thermal_k": detectability_index(dt, var_t)})
+            v_wo = self._visible(g, scene, albedo, drawn)
+            t_wo = self._thermal(g, scene, temp, homography)
+            dv = visible.astype(np.float32) - v_wo.astype(np.float32)
+            dt = thermal.astype(np.float32) - t_wo.astype(np.float32)
+            row = {"visible_k": detectability_index(dv, var_v), "thermal_k": detectability_index(dt, var_t)}
+            if to_input is not None:
+                vi, ti = to_input(v_wo, t_wo)
+                row["visible_input_k"] = detectability_index(vin.astype(np.float32) - vi, var_vi)
+                row["thermal_input_k"] = detectability_index(tin.astype(np.float32) - ti, var_ti)
+            out.append(row)
         return out
 
     def _full_shape(self, tr: _Track, box) -> tuple[int, tuple[float, float, float, float]]:

@@ -193,3 +193,34 @@ def test_persons_the_ideal_observer_cannot_see_become_ignore_regions_in_their_sl
     assert rows["all but ideal observer below 5 in both"]["miss_rate"] == 0.0
     assert rows["night but ideal observer below 5 in both"]["persons"] == 1
     assert rows["ideal observer below 5 in both"]["miss_rate"] == 100.0
+
+
+def test_visibility_in_the_models_input_through_the_pipelines_own_preprocessing(tmp_path):
+    """``model_input_fn`` feeds a synthetic pair through the pipeline's own letterbox, registration
+    and thermal window: the visible input is the letterboxed image, the thermal one the 8-bit window
+    of the registered counts. In the embedded model's input (0.24 K a step, half the pixels) a
+    night-scene crossover person keeps a thermal signal of the camera's order (here 68 of 91)."""
+    mb = _module()
+    from ms_perception.build import build_pipeline, default_model
+    from ms_perception.core.frames import Frame
+    from ms_perception.core.preprocess import Letterbox, thermal_input
+    from ms_perception.demo import make_demo_bag
+    from ms_perception.synth.generator import SynthConfig, SyntheticGenerator
+    _, cal, cfg = make_demo_bag(tmp_path, 2, 0)
+    pipe = build_pipeline({"model_path": str(default_model()), "calibration_file": str(cal)})
+    to_input = mb.model_input_fn(pipe)
+    sp = next(SyntheticGenerator(cfg, 0).pairs(1))
+    v, t = to_input(sp.visible, sp.thermal_raw)
+    lb = Letterbox.fit(sp.visible.shape[:2], pipe.model_hw)
+    assert v.dtype == t.dtype == np.uint8 and v.shape == (*pipe.model_hw, 3) and t.shape == tuple(pipe.thermal_hw)
+    assert np.array_equal(v, lb.apply(sp.visible))
+    assert np.array_equal(t, thermal_input(Frame(sp.thermal_raw, 0, "mono16"), pipe.cfg.thermal, sp.homography, lb,
+                                           pipe.thermal_hw))
+    night = SynthConfig(width=640, height=512, night_fraction=1.0, dusk_fraction=0.0, fog_fraction=0.0,
+                        crossover_fraction=1.0, thermal_factor=4, sequence_length=2, misregistration_px=0.0)
+    rows = mb.modality_visibility(night, seed=2, pairs=2, height_floor=25.0, to_input=to_input)
+    cold = [r for r in rows if r["crossover"]]
+    assert cold and all(r["persons"] > 0 for r in cold)
+    for r in cold:
+        cam, inp = r["thermal_k_p10_p50_p90"][1], r["thermal_input_k_p10_p50_p90"][1]
+        assert 0.3 * cam < inp < cam and r["below_5_in_both_inputs"] == 0

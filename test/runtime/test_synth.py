@@ -227,3 +227,39 @@ def test_thermal_detectability_scales_with_the_inverse_of_the_sensor_noise():
         p = next(SyntheticGenerator(_one_person_cfg(thermal_netd_k=netd), 2).pairs(1, visibility=True))
         ks.append(p.visibility[0]["thermal_k"])
     assert ks[1] / ks[0] == pytest.approx(0.5006, rel=0.02)
+
+
+def test_visibility_in_a_models_input_keeps_what_the_input_keeps():
+    """``to_input`` measures k again in what a model is fed. An input that passes the visible image
+    through unchanged gives the same visible k exactly (same differences, same noise estimate); one
+    that drops thermal gives thermal k = 0 exactly."""
+    def passthrough_no_thermal(visible, thermal_raw):
+        return visible, np.zeros(thermal_raw.shape, np.uint8)
+    cfg = SynthConfig(width=320, height=256, thermal_factor=4, sequence_length=3)
+    for p in SyntheticGenerator(cfg, 5).pairs(3, visibility=True, to_input=passthrough_no_thermal):
+        for v in p.visibility:
+            assert v["visible_input_k"] == v["visible_k"] and v["thermal_input_k"] == 0.0
+
+
+def test_a_coarse_thermal_window_erases_a_crossover_persons_texture_hole():
+    """A person at the background's temperature shows in thermal only as a smooth hole in the road's
+    texture (k in the tens at 0.05 K NETD). Through the runtime's 8-bit window at its default
+    -10..50 °C (0.24 K a step) it keeps most of it; through a -100..1000 °C window (4.3 K a step) the
+    texture and the hole are both below one step, so the model's input loses it (k < 5)."""
+    from ms_perception.core.frames import Frame
+    from ms_perception.core.preprocess import Letterbox, ThermalNormalization, thermal_input
+    lb = Letterbox.fit((256, 320), (256, 320))
+
+    def window(lo, hi):
+        norm = ThermalNormalization(celsius_min=lo, celsius_max=hi)
+        return lambda v, t: (v, thermal_input(Frame(t, 0, "mono16"), norm, np.eye(3), lb, (256, 320)))
+    ks = {}
+    for name, fn in (("default", window(-10.0, 50.0)), ("coarse", window(-100.0, 1000.0))):
+        for seed in range(4):
+            for p in SyntheticGenerator(_one_person_cfg(crossover_fraction=1.0), seed).pairs(1, visibility=True, to_input=fn):
+                for o, v in zip(p.objects, p.visibility):
+                    ks.setdefault(name, []).append((v["thermal_k"], v["thermal_input_k"]))
+    raw, default = np.array(ks["default"]).T
+    assert np.array_equal(raw, np.array(ks["coarse"])[:, 0])   # the camera's own k does not depend on the input
+    assert raw.min() > 20 and default.min() > 10
+    assert np.array(ks["coarse"])[:, 1].max() < 5
