@@ -88,6 +88,48 @@ def load_weights(model, path: str | Path) -> None:
     _load_state(model, ck["model"] if isinstance(ck, dict) and isinstance(ck.get("model"), dict) else ck, p)
 
 
+def average_checkpoints(paths: list, weights: list[float] | None = None) -> dict:
+    """A weights-only checkpoint whose floating-point tensors are the convex combination
+    sum_i w_i * theta_i of the checkpoints' (default: equal weights); integer buffers (BatchNorm's
+    batch counters) come from the first. Weight-space ensembling of a fine-tune with the model it
+    started from (WiSE-FT, Wortsman et al., CVPR 2022: theta = (1 - a) theta_0 + a theta_1) keeps
+    much of what each is good at, at one model's cost; the checkpoints must come from the same
+    config (and, for the average to mean anything, from one initialization). The first one's lineage
+    is kept."""
+    if len(paths) < 2:
+        raise ValueError("average: give at least two checkpoints")
+    w = [1.0 / len(paths)] * len(paths) if weights is None else [float(x) for x in weights]
+    if len(w) != len(paths):
+        raise ValueError(f"average: {len(paths)} checkpoints but {len(w)} weights; give one weight per checkpoint")
+    if min(w) < 0 or abs(sum(w) - 1.0) > 1e-6:
+        raise ValueError(f"average: the weights must be >= 0 and sum to 1 (got {w}, sum {sum(w):g})")
+    cks = [_read(Path(p)) for p in paths]
+    states = [ck["model"] if isinstance(ck.get("model"), dict) else ck for ck in cks]
+    first = states[0]
+    for p, st in zip(paths[1:], states[1:]):
+        if set(st) != set(first):
+            diff = sorted(set(st) ^ set(first))
+            raise ValueError(f"average: {p} has other tensors than {paths[0]} (e.g. {diff[:3]}); average "
+                             "checkpoints of the same model config")
+        bad = [k for k in first if st[k].shape != first[k].shape]
+        if bad:
+            raise ValueError(f"average: {p}: {bad[0]} is {tuple(st[bad[0]].shape)}, {tuple(first[bad[0]].shape)} in "
+                             f"{paths[0]}; average checkpoints of the same model config")
+    out = {}
+    for k, v in first.items():
+        if v.is_floating_point():
+            acc = torch.zeros_like(v, dtype=torch.float64)
+            for wi, st in zip(w, states):
+                acc += wi * st[k].to(torch.float64)
+            out[k] = acc.to(v.dtype)
+        else:
+            out[k] = v.clone()
+    ck = {"model": out, "averaged_from": [str(p) for p in paths], "average_weights": w}
+    if isinstance(cks[0], dict) and "lineage" in cks[0]:
+        ck["lineage"] = cks[0]["lineage"]
+    return ck
+
+
 ONNX_PREFIX = "w.model."      # the export wrapper's name for the model (export/onnx_export.py::ExportWrapper)
 
 

@@ -185,6 +185,25 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_average(args) -> int:
+    import torch
+    from ms_perception_training.checkpoints import average_checkpoints
+    try:
+        ck = average_checkpoints(args.checkpoints, args.weights)
+    except RuntimeError as exc:
+        raise TrainCliError(str(exc)) from None
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    torch.save(ck, tmp)
+    tmp.replace(out)
+    summary = {"out": str(out), "checkpoints": ck["averaged_from"], "weights": ck["average_weights"],
+               "tensors": len(ck["model"])}
+    print(jsonio.dumps(summary) if args.json else
+          f"{out}: {len(ck['model'])} tensors, " + " + ".join(f"{w:g} x {p}" for w, p in zip(ck["average_weights"], ck["averaged_from"])))
+    return 0
+
+
 def cmd_active(args) -> int:
     from ms_perception_training.active import load_active_config, run_active
     acfg = load_active_config(args.config)
@@ -238,6 +257,13 @@ def build_parser(prog: str = "ms-perception train") -> argparse.ArgumentParser:
                    help="override the config's strategies (repeatable)")
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_active)
+    av = sub.add_parser("average", help="weight-space average of checkpoints of one model config (e.g. a fine-tune "
+                        "and the model it started from, WiSE-FT); a weights-only checkpoint for export or eval")
+    av.add_argument("checkpoints", nargs="+", help="two or more .pt checkpoints of the same model config")
+    av.add_argument("--weights", type=float, nargs="+", help="one per checkpoint, >= 0, summing to 1 (default: equal)")
+    av.add_argument("--out", required=True)
+    av.add_argument("--json", action="store_true")
+    av.set_defaults(func=cmd_average)
     i = sub.add_parser("info", help="parameters, multiply-accumulates and CPU latency of a model config")
     i.add_argument("--config", required=True)
     i.add_argument("--latency-runs", type=int, default=3, help="timed CPU forwards (0: skip)")

@@ -198,3 +198,45 @@ def test_best_keeper_takes_the_lowest_finite_miss_rate_and_resumes_from_the_curv
     (tmp_path / "best.pt").write_bytes(b"x")
     r = BestKeeper(tmp_path, True, 15)
     assert r.record["iteration"] == 10 and not r.improves(point(20, 36.0)) and r.improves(point(20, 12.0))
+
+
+def test_average_is_the_convex_combination_of_the_checkpoints(tmp_path, capsys):
+    """``train average``: float tensors are sum_i w_i theta_i (WiSE-FT's (1 - a) theta_0 + a theta_1), by
+    hand: 0.25 * 2 + 0.75 * 6 = 5; integer buffers (BatchNorm's batch counters) are the first one's;
+    the lineage is the first one's; bad weights and another config are refused in one line."""
+    a = {"conv.weight": torch.full((2, 2), 2.0), "bn.num_batches_tracked": torch.tensor(7)}
+    b = {"conv.weight": torch.full((2, 2), 6.0), "bn.num_batches_tracked": torch.tensor(9)}
+    torch.save({"model": a, "lineage": "{\"parent\": \"a\"}"}, tmp_path / "a.pt")
+    torch.save({"model": b}, tmp_path / "b.pt")
+    out = tmp_path / "avg" / "soup.pt"
+    assert main(["average", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--weights", "0.25", "0.75",
+                 "--out", str(out)]) == 0
+    ck = torch.load(out, weights_only=True)
+    assert torch.equal(ck["model"]["conv.weight"], torch.full((2, 2), 5.0))
+    assert int(ck["model"]["bn.num_batches_tracked"]) == 7 and ck["lineage"] == "{\"parent\": \"a\"}"
+    assert ck["average_weights"] == [0.25, 0.75]
+    assert main(["average", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--out", str(tmp_path / "eq.pt")]) == 0
+    assert torch.equal(torch.load(tmp_path / "eq.pt", weights_only=True)["model"]["conv.weight"], torch.full((2, 2), 4.0))
+    capsys.readouterr()
+    assert main(["average", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--weights", "0.5", "0.6",
+                 "--out", str(tmp_path / "x.pt")]) == 2
+    assert "sum to 1" in capsys.readouterr().err
+    torch.save({"model": {"conv.weight": torch.zeros(3, 2), "bn.num_batches_tracked": torch.tensor(1)}}, tmp_path / "c.pt")
+    assert main(["average", str(tmp_path / "a.pt"), str(tmp_path / "c.pt"), "--out", str(tmp_path / "y.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "conv.weight is (3, 2)" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.pt").exists() and not (tmp_path / "y.pt").exists()
+
+
+def test_an_average_of_a_model_with_itself_loads_back_as_the_model(tmp_path):
+    """The averaged checkpoint of a real model config loads into that config; the model averaged with
+    itself is the model, tensor for tensor (BatchNorm statistics included)."""
+    cfg = load_model_config(TINY / "gaff_r18_retinanet.yaml")
+    model = build_model(cfg)
+    _spoil_bn(model, 3)
+    torch.save({"model": model.state_dict()}, tmp_path / "m.pt")
+    assert main(["average", str(tmp_path / "m.pt"), str(tmp_path / "m.pt"), "--out", str(tmp_path / "soup.pt")]) == 0
+    again = build_model(cfg)
+    load_weights(again, tmp_path / "soup.pt")
+    for k, v in model.state_dict().items():
+        assert torch.equal(again.state_dict()[k], v), k
