@@ -60,8 +60,14 @@ def _zero_height(m):
     m.height = 0
 
 
-def _no_capture_thread():
-    return not any(t.name == "ms_perception-capture" and t.is_alive() for t in threading.enumerate())
+def _capture_threads() -> set:
+    return {t for t in threading.enumerate() if t.name == "ms_perception-capture" and t.is_alive()}
+
+
+def _no_capture_thread(before: set) -> bool:
+    """No capture writer thread is alive that was not alive ``before`` (a test that ran earlier in
+    the same worker process may still hold its own writer)."""
+    return not (_capture_threads() - before)
 
 
 def test_malformed_frames_are_skipped_counted_and_named(tmp_path, capsys):
@@ -73,7 +79,7 @@ def test_malformed_frames_are_skipped_counted_and_named(tmp_path, capsys):
     assert m["count"] == 3 and [e["stamp_ns"] for e in m["examples"]] == [2 * STEP, 4 * STEP, 6 * STEP]
     assert "truncated or has a bad step" in m["examples"][0]["reason"] and "empty (160x0" in m["examples"][2]["reason"]
     # through the CLI with capture on: the replay goes on, reports the skips, and leaves no temporary folder
-    out, cap = tmp_path / "report.json", tmp_path / "cap"
+    out, cap, before = tmp_path / "report.json", tmp_path / "cap", _capture_threads()
     rc = main(["replay", str(bag), "--assume-same-fov", "--capture-dir", str(cap), "--capture-threshold", "0",
                "--capture-min-interval", "0", "--out", str(out)])
     io = capsys.readouterr()
@@ -81,7 +87,7 @@ def test_malformed_frames_are_skipped_counted_and_named(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["pairs"] == 5 and report["read"]["malformed_frames"][V]["count"] == 3
     assert f"{V}: skipped 3 malformed image(s); first at stamp {2 * STEP}" in io.err
-    assert not list(cap.rglob(".tmp-*")) and _no_capture_thread()
+    assert not list(cap.rglob(".tmp-*")) and _no_capture_thread(before)
     assert "capture: decided" in io.out and "written" in io.out
 
 
@@ -164,7 +170,7 @@ def test_request_errors_are_named_before_replaying(tmp_path, capsys):
 
 
 def test_the_capture_writer_stops_on_every_exit_path(tmp_path):
-    bag = _write(tmp_path / "bag", 4)
+    bag, before = _write(tmp_path / "bag", 4), _capture_threads()
     pipe = build_pipeline({"assume_same_fov": True, "capture_enabled": True, "capture_dir": str(tmp_path / "cap"),
                            "capture_threshold": 0.0, "capture_min_interval_s": 0.0})
 
@@ -173,7 +179,7 @@ def test_the_capture_writer_stops_on_every_exit_path(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         replay_bag(bag, pipe, V, T, on_result=interrupt)
-    assert not pipe.writer._thread.is_alive() and _no_capture_thread()
+    assert not pipe.writer._thread.is_alive() and _no_capture_thread(before)
     pipe.writer.close()   # a second close does nothing (it used to block on a full queue)
 
 
