@@ -269,7 +269,7 @@ def replay_results(model: Path, pairs: int, seed: int, work: Path, score_thresho
     from ms_perception.replay.run import load_annotations, replay_bag
     bag, cal, cfg = make_demo_bag(work, pairs, seed)
     pipe = build_pipeline({"model_path": str(model), "score_threshold": float(score_threshold),
-                           "calibration_file": str(cal)})
+                           "calibration_file": str(cal), "capture_enabled": False})
     pipe.cfg.branch_detections = branch_detections
     _, results = replay_bag(bag, pipe, VISIBLE_TOPIC, THERMAL_TOPIC, slop_s=0.02, queue_size=10, keep=True)
     return results, load_annotations(bag), pipe.engine.card.class_names.index("person"), cfg
@@ -327,7 +327,8 @@ def main(argv=None) -> int:
             recs, cfg = replay_demo(model, a.pairs, seed, Path(tmp))
             if a.visibility:   # in each camera, and in the model's inputs as this pipeline makes them
                 from ms_perception.build import build_pipeline
-                pipe = build_pipeline({"model_path": str(model), "calibration_file": str(Path(tmp) / "thermal_calibration.yaml")})
+                pipe = build_pipeline({"model_path": str(model), "calibration_file": str(Path(tmp) / "thermal_calibration.yaml"),
+                                       "capture_enabled": False})
                 unseen: set = set()
                 report.setdefault("visibility", {})[str(seed)] = vis = modality_visibility(
                     cfg, seed, a.pairs, unseeable=unseen, to_input=model_input_fn(pipe))

@@ -312,7 +312,8 @@ def run_replay_bench(model: Path, pairs: int = 100, rounds: int = 3, seed: int =
         bag, cal, _ = make_demo_bag(tmp / "bag", pairs, seed)
         for rnd in range(rounds):
             for name in variants:
-                params = {"model_path": str(model), "calibration_file": str(cal)}
+                # the node's defaults capture (into ~/ms_perception_capture): the "off" variants say off
+                params = {"model_path": str(model), "calibration_file": str(cal), "capture_enabled": False}
                 if name.startswith("capture"):
                     cap = tmp / f"{name}_{rnd}"
                     params.update(capture_enabled=True, capture_dir=str(cap), robot_id="bench",

@@ -45,3 +45,28 @@ def pytest_collection_finish(session):
     if empty:
         raise pytest.UsageError("test files that collect no test (a file that tests nothing is a failure): "
                                 + ", ".join(empty))
+
+
+def _capture_threads() -> set:
+    import threading
+    return {t for t in threading.enumerate() if t.name == "ms_perception-capture" and t.is_alive()}
+
+
+_HOME_CAPTURE = Path("~/ms_perception_capture").expanduser()   # the node's default capture_dir
+
+
+@pytest.fixture(autouse=True)
+def no_capture_writer_left_open():
+    """A test that builds a capture writer closes it: a writer left open keeps its thread after the
+    test, and a later test in the same worker that counts writer threads saw it (session 36). A test
+    does not capture into the user's home either (the node's default folder): one that builds a
+    pipeline from the node's defaults says ``capture_enabled: false`` or names a folder under tmp_path."""
+    before, home_before = _capture_threads(), _HOME_CAPTURE.exists()
+    yield
+    left = _capture_threads() - before
+    if left:
+        pytest.fail(f"{len(left)} capture writer thread(s) left running: close the pipeline's writer "
+                    "(pipeline.writer.close()) or build it with capture_enabled: false", pytrace=False)
+    if not home_before and _HOME_CAPTURE.exists():
+        pytest.fail(f"the test created {_HOME_CAPTURE} (the node's default capture folder): build its pipeline "
+                    "with capture_enabled: false or a capture_dir under tmp_path", pytrace=False)

@@ -119,6 +119,8 @@ def replay_bag(bag: str | Path, pipeline: Pipeline, visible_topic: str, thermal_
     pipeline at most this many pairs per second, as a camera delivers them (a pair that comes late is
     processed at once and the next one a period later); None: as fast as the pipeline goes."""
     if camera_fps is not None and not (math.isfinite(camera_fps) and camera_fps > 0):
+        if pipeline.writer is not None:   # the run owns the writer on every exit path, this one too
+            pipeline.writer.close()
         raise ValueError(f"camera_fps must be > 0, got {camera_fps}")
     period = 1.0 / camera_fps if camera_fps else 0.0
     due = 0.0

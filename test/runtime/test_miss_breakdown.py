@@ -120,7 +120,8 @@ def test_the_demo_slices_reproduce_the_demos_own_miss_rates(tmp_path):
     recs, cfg = mb.replay_demo(default_model(), pairs, seed, tmp_path / "a")
     rows = {r["slice"]: r for r in mb.breakdown(recs, (cfg.height, cfg.width))}
     bag, cal, _ = make_demo_bag(tmp_path / "b", pairs, seed)
-    pipe = build_pipeline({"model_path": str(default_model()), "score_threshold": 0.3, "calibration_file": str(cal)})
+    pipe = build_pipeline({"model_path": str(default_model()), "score_threshold": 0.3, "calibration_file": str(cal),
+                           "capture_enabled": False})
     _, results = replay_bag(bag, pipe, VISIBLE_TOPIC, THERMAL_TOPIC, slop_s=0.02, queue_size=10, keep=True)
     mr = evaluate_persons(results, load_annotations(bag), pipe.engine.card.class_names.index("person"), (512, 640))
     assert set(mr) == {"all", "day", "night"} and mr["all"] > 1.0     # errors to tell apart
@@ -207,7 +208,8 @@ def test_visibility_in_the_models_input_through_the_pipelines_own_preprocessing(
     from ms_perception.demo import make_demo_bag
     from ms_perception.synth.generator import SynthConfig, SyntheticGenerator
     _, cal, cfg = make_demo_bag(tmp_path, 2, 0)
-    pipe = build_pipeline({"model_path": str(default_model()), "calibration_file": str(cal)})
+    pipe = build_pipeline({"model_path": str(default_model()), "calibration_file": str(cal),
+                           "capture_enabled": False})
     to_input = mb.model_input_fn(pipe)
     sp = next(SyntheticGenerator(cfg, 0).pairs(1))
     v, t = to_input(sp.visible, sp.thermal_raw)

@@ -52,7 +52,7 @@ def test_replay_with_and_without_the_reader_thread_gives_the_same_report(tmp_pat
     bag, cal, _ = make_demo_bag(tmp_path / "bag", pairs=12, seed=3)
     runs = []
     for threaded in (True, False):
-        summ, kept = replay_bag(bag, build_pipeline(resolve({"calibration_file": str(cal)})), VISIBLE_TOPIC, THERMAL_TOPIC, slop_s=0.02,
+        summ, kept = replay_bag(bag, build_pipeline(resolve({"calibration_file": str(cal), "capture_enabled": False})), VISIBLE_TOPIC, THERMAL_TOPIC, slop_s=0.02,
                                 keep=True, reader_thread=threaded)
         runs.append((summ, kept))
     (a, ka), (b, kb) = runs
@@ -73,14 +73,14 @@ def test_replay_at_a_camera_rate_is_paced_and_gives_the_same_results(tmp_path, c
     bag, cal, _ = make_demo_bag(tmp_path / "bag", pairs=12, seed=3)
     runs = []
     for fps in (None, 20.0):
-        runs.append(replay_bag(bag, build_pipeline(resolve({"calibration_file": str(cal)})), VISIBLE_TOPIC,
+        runs.append(replay_bag(bag, build_pipeline(resolve({"calibration_file": str(cal), "capture_enabled": False})), VISIBLE_TOPIC,
                                THERMAL_TOPIC, slop_s=0.02, keep=True, camera_fps=fps))
     (free, kf), (paced, kp) = runs
     assert paced.pairs == free.pairs == 12
     assert paced.wall_s >= 11 / 20.0 and paced.pairs_per_s <= 20.0 * 12 / 11
     assert [r.inconsistency.score for _, r in kp] == [r.inconsistency.score for _, r in kf]
     with pytest.raises(ValueError, match="camera_fps"):
-        replay_bag(bag, build_pipeline(resolve({"calibration_file": str(cal)})), VISIBLE_TOPIC, THERMAL_TOPIC,
+        replay_bag(bag, build_pipeline(resolve({"calibration_file": str(cal), "capture_enabled": False})), VISIBLE_TOPIC, THERMAL_TOPIC,
                    camera_fps=0.0)
     assert main(["replay", str(bag), "--calibration", str(cal), "--camera-fps", "-5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -150,7 +150,7 @@ def test_the_embedded_default_model_computes_the_means_in_its_graph():
     card = read_card(default_model())
     assert card.output(INCONSISTENCY_OUTPUT) is not None
     assert card.graph_sha256 == onnx_graph_sha256(default_model().read_bytes())
-    pipe = build_pipeline(resolve({}))
+    pipe = build_pipeline(resolve({"capture_enabled": False}))
     gen = SyntheticGenerator(SynthConfig(width=640, height=512, night_fraction=0.5), seed=4)
     seen = []
     for sp in gen.pairs(3):
